@@ -1,0 +1,1 @@
+"""AMD ROCm backends."""

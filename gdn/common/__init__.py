@@ -1,0 +1,1 @@
+"""Backend-neutral pieces: probe, registry, reference, validation, launch helpers, portable Triton."""

@@ -1,0 +1,110 @@
+"""Shared launch helpers for Triton kernels.
+
+Every Triton launcher in gdn launches through `launch(kernel, grid, *args, num_warps=..., num_stages=...,
+**constexprs)` instead of `kernel[grid](...)`. In normal use that is the same call. Under `recording(arch)`
+(used by gdn/common/aot.py) nothing runs: each launch is recorded with a signature derived from its
+arguments, and the AOT matrix compiles exactly what the launcher would have launched for that arch,
+with the config the launcher's table picks for it. Launchers must therefore work on `meta` tensors
+(no data access on the host) and read the arch through `current_arch(device)`.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+
+import torch
+
+from gdn.common import probe
+
+_TL_DTYPES = {
+    torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+    torch.int32: "i32", torch.int64: "i64", torch.int8: "i8", torch.uint8: "u8", torch.int16: "i16",
+    torch.bool: "i1", torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5",
+    torch.float8_e4m3fnuz: "fp8e4b8", torch.float8_e5m2fnuz: "fp8e5b16",
+}
+
+
+@dataclass
+class Launch:
+    kernel: object
+    signature: dict
+    constexprs: dict
+    options: dict
+
+
+_RECORD: contextvars.ContextVar[tuple[str, list] | None] = contextvars.ContextVar("gdn_record", default=None)
+
+
+@contextlib.contextmanager
+def recording(arch: str):
+    """Record launches instead of running them, pretending the device is `arch`."""
+    launches: list[Launch] = []
+    token = _RECORD.set((arch, launches))
+    try:
+        yield launches
+    finally:
+        _RECORD.reset(token)
+
+
+def current_arch(device: torch.device) -> str:
+    rec = _RECORD.get()
+    if rec is not None:
+        return rec[0]
+    return probe.device_info(device).arch
+
+
+def _arg_type(v) -> str:
+    if isinstance(v, torch.Tensor):
+        return "*" + _TL_DTYPES[v.dtype]
+    if isinstance(v, bool):
+        return "i1"
+    if isinstance(v, int):
+        return "i32" if -(2**31) <= v < 2**31 else "i64"
+    if isinstance(v, float):
+        return "fp32"
+    if v is None:
+        return "constexpr"
+    raise TypeError(f"gdn.launch: cannot type argument {v!r}")
+
+
+def launch(kernel, grid, *args, num_warps: int = 4, num_stages: int = 2, **constexprs) -> None:
+    rec = _RECORD.get()
+    if rec is None:
+        kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs)
+        return
+    names = kernel.arg_names
+    sig, cexp = {}, {}
+    for name, v in zip(names, args):
+        sig[name] = _arg_type(v)
+        if v is None:
+            cexp[name] = None
+    for name, v in constexprs.items():
+        sig[name] = "constexpr"
+        cexp[name] = v
+    rec[1].append(Launch(kernel, sig, cexp, {"num_warps": num_warps, "num_stages": num_stages}))
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def is_amd(arch: str) -> bool:
+    return arch.startswith("gfx")
+
+
+def pick(table: dict, arch: str, bucket, default):
+    """Config from a table keyed by (arch, bucket), then (arch family, bucket), then bucket.
+
+    Configs are chosen by table, never by autotuning: the decode/prefill kernels update pools in place,
+    and an autotuner's repeated runs would corrupt them.
+    """
+    family = "amd" if is_amd(arch) else ("nvidia" if arch.startswith("sm_") else "cpu")
+    for key in ((arch, bucket), (family, bucket), bucket):
+        if key in table:
+            return table[key]
+    return default

@@ -1,0 +1,113 @@
+"""Hardware and software probe.
+
+`device_info(device)` answers, for one torch device: vendor ("nvidia" | "amd" | "cpu"), arch
+("sm_90", "sm_100", "gfx942", "gfx950", "cpu", ...), SM/CU count, L2 size, and the versions of the
+packages gdn can use. Nothing runs at import time; results are cached per device. `GDN_ARCH` overrides
+the detected arch (the vendor follows the arch), which is how compile-only archs are inspected on a
+machine that lacks them.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+KNOWN_ARCHS = ("sm_80", "sm_90", "sm_100", "gfx942", "gfx950", "cpu")
+
+
+def vendor_of(arch: str) -> str:
+    if arch.startswith("sm_"):
+        return "nvidia"
+    if arch.startswith("gfx"):
+        return "amd"
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device_type: str          # "cuda" (NVIDIA and ROCm both) or "cpu": where tensors live
+    vendor: str               # "nvidia" | "amd" | "cpu" (of `arch`, so GDN_ARCH can pretend)
+    arch: str
+    name: str
+    multiprocessors: int      # SMs (NVIDIA) or CUs (AMD); CPU cores on cpu
+    l2_bytes: int
+    arch_overridden: bool = False
+    versions: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def interpreter(self) -> bool:
+        return interpreter_on()
+
+
+def interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def package_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def gluon_available() -> bool:
+    try:
+        return importlib.util.find_spec("triton.experimental.gluon") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def cutedsl_available() -> bool:
+    try:
+        return importlib.util.find_spec("cutlass") is not None and importlib.util.find_spec("cutlass.cute") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def versions() -> dict:
+    return {
+        "torch": torch.__version__,
+        "triton": package_version("triton") or package_version("pytorch-triton-rocm"),
+        "gluon": gluon_available(),
+        "nvidia-cutlass-dsl": package_version("nvidia-cutlass-dsl") or ("present" if cutedsl_available() else None),
+        "fla-core": package_version("fla-core"),
+        "flashinfer-python": package_version("flashinfer-python"),
+        "triton_interpret": interpreter_on(),
+    }
+
+
+def _detect(device: torch.device) -> tuple[str, str, str, int, int]:
+    if device.type == "cuda" and torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(device)
+        if torch.version.hip is not None:
+            arch = p.gcnArchName.split(":")[0]
+            return "cuda", arch, p.name, p.multi_processor_count, int(getattr(p, "L2_cache_size", 0))
+        return "cuda", f"sm_{p.major}{p.minor}", p.name, p.multi_processor_count, int(getattr(p, "L2_cache_size", 0))
+    return "cpu", "cpu", "cpu", os.cpu_count() or 1, 0
+
+
+@functools.lru_cache(maxsize=None)
+def _device_info(device_type: str, index: int | None, arch_env: str | None) -> DeviceInfo:
+    dev = torch.device(device_type, index) if index is not None else torch.device(device_type)
+    dtype_, arch, name, mp, l2 = _detect(dev)
+    overridden = False
+    if arch_env:
+        arch, overridden = arch_env, arch_env != arch
+    return DeviceInfo(dtype_, vendor_of(arch), arch, name, mp, l2, overridden, versions())
+
+
+def device_info(device: torch.device | str | None = None) -> DeviceInfo:
+    """DeviceInfo of `device` (default: the current CUDA device if any, else cpu)."""
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _device_info(device.type, device.index, os.environ.get("GDN_ARCH") or None)

@@ -1,0 +1,1 @@
+"""NVIDIA-only backends (CuTeDSL, Gluon)."""
