@@ -41,12 +41,14 @@ def load_backends() -> None:
     _loaded = True
 
 
-class _Explained(Exception):
-    def __init__(self, rows):
-        self.rows = rows
+class _Intercepted(Exception):
+    def __init__(self, result):
+        self.result = result
 
 
-_EXPLAIN = contextvars.ContextVar("gdn_explain", default=False)
+# When set, `_run` hands (op, props, backend, args, kwargs) to this callback instead of running:
+# `explain` and the AOT matrix (`capture`) see exactly what a launcher would receive.
+_INTERCEPT = contextvars.ContextVar("gdn_intercept", default=None)
 
 
 @torch._dynamo.assume_constant_result
@@ -62,25 +64,34 @@ def _run(op: str, props: dict, backend: str | None, *args, **kwargs) -> None:
         custom_ops.call(op, *args, backend=_backend_name(op, tuple(props.items()), backend), **kwargs)
         return
     load_backends()
-    if _EXPLAIN.get():
-        raise _Explained(registry.explain(op, props, backend))
+    hook = _INTERCEPT.get()
+    if hook is not None:
+        raise _Intercepted(hook(op, props, backend, args, kwargs))
     registry.select(op, props, backend).fn(*args, **kwargs)
+
+
+def _intercept(hook, op: str, args, kwargs):
+    if op not in OPS:
+        raise KeyError(f"gdn: unknown op {op!r} (ops: {', '.join(OPS)})")
+    token = _INTERCEPT.set(hook)
+    try:
+        globals()[op](*args, **kwargs)
+    except _Intercepted as e:
+        return e.result
+    finally:
+        _INTERCEPT.reset(token)
+    raise AssertionError(f"gdn.{op} returned without dispatching")
 
 
 def explain(op: str, *args, **kwargs) -> list[dict]:
     """Dispatch table for `gdn.ops.<op>(*args, **kwargs)`: one row per backend (chosen / available /
     unavailable with reasons), without running anything."""
-    if op not in OPS:
-        raise KeyError(f"gdn.explain: unknown op {op!r} (ops: {', '.join(OPS)})")
-    fn = globals()[op]
-    token = _EXPLAIN.set(True)
-    try:
-        fn(*args, **kwargs)
-    except _Explained as e:
-        return e.rows
-    finally:
-        _EXPLAIN.reset(token)
-    raise AssertionError("unreachable")
+    return _intercept(lambda op_, props, backend, a, kw: registry.explain(op_, props, backend), op, args, kwargs)
+
+
+def capture(op: str, *args, **kwargs):
+    """(props, args, kwargs) that `gdn.ops.<op>(*args, **kwargs)` would pass to a launcher; runs nothing."""
+    return _intercept(lambda op_, props, backend, a, kw: (props, a, kw), op, args, kwargs)
 
 
 def _contig(*ts):
@@ -245,6 +256,7 @@ def rms_norm_gated(x, z, weight, *, eps=1e-6, out_dtype=None, out=None, backend=
     return out
 
 
+@torch._dynamo.assume_constant_result
 def default_fp8_dtype(device) -> torch.dtype:
     """e4m3fnuz on gfx942 (MI300), e4m3fn on NVIDIA and gfx950."""
     return torch.float8_e4m3fnuz if probe.device_info(device).arch == "gfx942" else torch.float8_e4m3fn

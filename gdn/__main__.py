@@ -1,0 +1,5 @@
+import sys
+
+from gdn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""Test set-up. On a machine without a GPU the Triton kernels run under the interpreter, which must be
+switched on before any kernel module is imported; on a GPU host they run for real and the `gpu` tests run."""
+import os
+
+import torch
+
+HAS_GPU = torch.cuda.is_available()
+if not HAS_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from gdn import ops  # noqa: E402
+
+ops.load_backends()
+
+# op x arch -> list of "numerics ok (backend)" / "compiled (backend)" / "skipped: reason", filled by the
+# matrix tests and written to tests/matrix/last_run.md at the end of the session.
+MATRIX: dict = {}
+
+
+def record(op: str, arch: str, text: str) -> None:
+    MATRIX.setdefault((op, arch), []).append(text)
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_GPU:
+        return
+    skip = pytest.mark.skip(reason="needs a GPU (run `make test-gpu` on the GPU host)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def device():
+    return torch.device("cuda") if HAS_GPU else torch.device("cpu")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not MATRIX:
+        return
+    from gdn.common.probe import KNOWN_ARCHS
+    arch_cols = [a for a in KNOWN_ARCHS if any(k[1] == a for k in MATRIX)]
+    op_rows = sorted({k[0] for k in MATRIX})
+    lines = ["# Correctness matrix, last run", "",
+             f"torch {torch.__version__}, device {'cuda' if HAS_GPU else 'cpu (Triton interpreter)'}", "",
+             "| op | " + " | ".join(arch_cols) + " |", "|---|" + "---|" * len(arch_cols)]
+    for op in op_rows:
+        cells = ["<br>".join(sorted(set(MATRIX.get((op, a), [])))) for a in arch_cols]
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    path = os.path.join(os.path.dirname(__file__), "matrix", "last_run.md")
+    with open(path, "w") as f:
+        f.write(text)
+    terminalreporter.write_sep("=", "correctness matrix (tests/matrix/last_run.md)")
+    terminalreporter.write(text)
