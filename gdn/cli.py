@@ -29,10 +29,20 @@ def _device():
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def support_matrix_md() -> str:
+    from gdn import ops
+    from gdn.common import probe, registry
+    ops.load_backends()
+    return _table(registry.support_matrix(), ["op", "backend", *probe.KNOWN_ARCHS])
+
+
 def cmd_info(args) -> int:
     from gdn import ops
     from gdn.common import examples, probe, registry
     ops.load_backends()
+    if args.matrix_md:
+        print(support_matrix_md())
+        return 0
     dev = _device()
     info = probe.device_info(dev)
     print(f"gdn {__import__('gdn').__version__} on {info.name} ({info.vendor}, arch {info.arch}"
@@ -41,8 +51,7 @@ def cmd_info(args) -> int:
     print("packages: " + ", ".join(f"{k}={v}" for k, v in info.versions.items()))
     print("\nSupport matrix (validated = numerics checked on real hardware; compile-only = compiled for the arch"
           " in CI, never run there; interpreter = runs on CPU under TRITON_INTERPRET=1):\n")
-    cols = ["op", "backend", *probe.KNOWN_ARCHS]
-    print(_table(registry.support_matrix(), cols))
+    print(support_matrix_md())
     print(f"\nDispatch on this device ({dev}, arch {info.arch}) for Qwen3-Next-shaped inputs:\n")
     rows = []
     for op in ops.OPS:
@@ -139,7 +148,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m gdn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("info", help="device, packages, support matrix and dispatch table")
+    i = sub.add_parser("info", help="device, packages, support matrix and dispatch table")
+    i.add_argument("--matrix-md", action="store_true", help="print only the support matrix (markdown)")
     c = sub.add_parser("check", help="correctness matrix for what this machine can run")
     c.add_argument("--op", action="append", help="only these ops")
     c.add_argument("--no-interpret", action="store_true", help="on CPU, do not run Triton under the interpreter")
