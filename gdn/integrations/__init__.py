@@ -1,0 +1,1 @@
+"""Bridges from other frameworks to gdn layers (import the submodule you need: it imports its framework)."""
