@@ -52,6 +52,11 @@ def cmd_info(args) -> int:
     print("\nSupport matrix (validated = numerics checked on real hardware; compile-only = compiled for the arch"
           " in CI, never run there; interpreter = runs on CPU under TRITON_INTERPRET=1):\n")
     print(support_matrix_md())
+    print("\nNotes:")
+    for op in registry.ops():
+        for impl in registry.impls(op):
+            if impl.backend != "reference" and impl.notes:
+                print(f"  {op}/{impl.backend}: {impl.notes}")
     print(f"\nDispatch on this device ({dev}, arch {info.arch}) for Qwen3-Next-shaped inputs:\n")
     rows = []
     for op in ops.OPS:
