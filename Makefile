@@ -20,7 +20,7 @@ run: install
 	$(PY) -m gdn demo
 
 test: install-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not gpu" tests
 
 # On a GPU host (torch and triton already there; no index): the same matrix at full size.
 test-gpu:
