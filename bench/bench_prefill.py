@@ -1,0 +1,359 @@
+"""Chunked prefill: gdn's Triton prefill against FLA 0.6 and FlashInfer 0.7.2 (when importable).
+
+    python bench/bench_prefill.py [--cases 1x32768,8x4096,64x512,1x4096] [--out results.csv]
+                                  [--iters 10] [--no-peers] [--no-check] [--sweep]
+
+Qwen3-Next heads (H=16, HV=32, K=V=128), bf16 q/k/v, fp32 state (gdn: VK pool, FLA: KV initial states,
+FlashInfer: VK), every sequence starting from a state. Per call:
+  - GPU time: the sum of the kernel times of one call (torch.profiler, averaged over --iters calls);
+  - wall time: --iters back-to-back calls between two synchronisations, per call (host overhead and
+    launch gaps included);
+  - Mtok/s = tokens / time; per-kernel times of gdn's launches.
+gdn is timed through the public op (`gdn.ops.prefill(..., backend="triton")`) with raw gates
+(a, b, A_log, dt_bias: the serving path) and with precomputed (g, beta) like the peers.
+Peers get their own conventions: FLA `chunk_gated_delta_rule(q, k, v, g, beta, ...)` with log-space g,
+post-sigmoid beta, KV initial states, use_qk_l2norm_in_kernel=True (its l2norm is in its time);
+FlashInfer `gdn_prefill.chunk_gated_delta_rule` with alpha = exp(g) (fp32), fp32 beta, VK states and q, k
+l2-normalised by the caller (outside its time). Each candidate's output and final states are checked
+against a float64 token-by-token recurrence on the GPU before its time is printed (--no-check skips).
+
+--sweep times gdn's launch plans (output fused into the state pass or not, state-pass V split, warps,
+stages; output-kernel V split) per case, for choosing the config tables in
+gdn/common/triton/prefill/{prefill,chunk_state,chunk_output}.py.
+Without a GPU (--small, TRITON_INTERPRET=1 set by the script) tiny shapes run under the interpreter:
+a smoke test of the script, not a measurement.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import os
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")      # before any kernel module is imported
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gdn import ops  # noqa: E402
+from gdn.common import probe  # noqa: E402
+from gdn.common import reference as R  # noqa: E402
+from gdn.common.triton.prefill import chunk_output as CO  # noqa: E402
+from gdn.common.triton.prefill import chunk_state as CS  # noqa: E402
+from gdn.common.triton.prefill import prefill as P  # noqa: E402
+
+GPU = torch.cuda.is_available()
+DEV = torch.device("cuda" if GPU else "cpu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# inputs and the float64 check
+
+def make_inputs(lengths, H, HV, K, V, seed=0):
+    torch.manual_seed(seed)
+    N, T = len(lengths), sum(lengths)
+    bf = torch.bfloat16
+    x = dict(
+        q=torch.randn(T, H, K, device=DEV).to(bf), k=torch.randn(T, H, K, device=DEV).to(bf),
+        v=torch.randn(T, HV, V, device=DEV).to(bf),
+        a=torch.randn(T, HV, device=DEV).to(bf), b=torch.randn(T, HV, device=DEV).to(bf),
+        A_log=torch.empty(HV, device=DEV).uniform_(-4, -1), dt_bias=torch.empty(HV, device=DEV).uniform_(-1, 1),
+        pool=torch.randn(N, HV, V, K, device=DEV) * 0.1,                 # VK, slot n = sequence n
+        idx=torch.arange(N, dtype=torch.int32, device=DEV),
+        cu=torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=DEV),
+    )
+    x["g"], x["beta"] = R.gates(x["a"], x["b"], x["A_log"], x["dt_bias"])
+    x["scale"] = K ** -0.5
+    return x
+
+
+def recurrence64(x, lengths):
+    """float64 recurrence, all sequences and heads at once, one token step at a time.
+    Returns (o [T,HV,V], final states [N,HV,K,V] KV form)."""
+    q, k, v, g, beta = x["q"], x["k"], x["v"], x["g"], x["beta"]
+    HV, G = v.shape[1], v.shape[1] // q.shape[1]
+    nrm = lambda t: t.double() / torch.sqrt((t.double() ** 2).sum(-1, keepdim=True) + 1e-6)
+    qn, kn = (nrm(q) * x["scale"]).repeat_interleave(G, 1), nrm(k).repeat_interleave(G, 1)
+    S = x["pool"].double().transpose(-1, -2).clone()
+    starts = x["cu"][:-1].long()
+    lens = torch.tensor(lengths, device=DEV)
+    o = torch.zeros(q.shape[0], HV, v.shape[2], dtype=torch.float64, device=DEV)
+    for t in range(max(lengths)):
+        act = lens > t
+        rows = torch.where(act, starts + t, torch.zeros_like(starts))
+        a = act.double()[:, None, None, None]
+        S1 = S * torch.exp(g[rows].double())[:, :, None, None]
+        u = beta[rows].double()[..., None] * (v[rows].double() - torch.einsum("nhkv,nhk->nhv", S1, kn[rows]))
+        S1 = S1 + kn[rows][..., :, None] * u[..., None, :]
+        S = a * S1 + (1 - a) * S
+        o[rows[act]] = torch.einsum("nhkv,nhk->nhv", S1, qn[rows])[act]
+    return o, S
+
+
+def rel(x, ref):
+    x, ref = x.double(), ref.double()
+    if not torch.isfinite(x).all():
+        return float("inf")
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+# ---------------------------------------------------------------------------------------------------
+# candidates: name -> (setup() -> (call, result)) where result() gives (o [T,HV,V], states [N,HV,K,V] KV)
+
+def gdn_candidate(x, raw):
+    pool = x["pool"].clone()
+    out = torch.empty_like(x["v"])
+    kw = dict(a=x["a"], b=x["b"], A_log=x["A_log"], dt_bias=x["dt_bias"]) if raw else dict(g=x["g"], beta=x["beta"])
+
+    def call():
+        ops.prefill(x["q"], x["k"], x["v"], pool, x["idx"], x["cu"], scale=x["scale"], state_layout="vk", out=out,
+                    backend="triton", **kw)
+
+    def reset():
+        pool.copy_(x["pool"])
+
+    return call, reset, lambda: (out, pool.transpose(-1, -2))
+
+
+def fla_candidate(x, repeat_qk=False):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    G = x["v"].shape[1] // x["q"].shape[1]
+    q, k = (x["q"].repeat_interleave(G, 1), x["k"].repeat_interleave(G, 1)) if repeat_qk else (x["q"], x["k"])
+    h0 = x["pool"].transpose(-1, -2).contiguous()                        # FLA: [N, HV, K, V]
+    cu = x["cu"].long()
+    res = {}
+
+    def call():
+        res["o"], res["s"] = chunk_gated_delta_rule(
+            q[None], k[None], x["v"][None], x["g"][None], x["beta"][None], scale=x["scale"], initial_state=h0,
+            output_final_state=True, cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
+
+    return call, lambda: None, lambda: (res["o"][0], res["s"])
+
+
+def flashinfer_candidate(x):
+    from flashinfer.gdn_prefill import chunk_gated_delta_rule
+    nrm = lambda t: (t.float() * torch.rsqrt((t.float() ** 2).sum(-1, keepdim=True) + 1e-6)).to(t.dtype)
+    qn, kn = nrm(x["q"]).contiguous(), nrm(x["k"]).contiguous()        # the caller normalises (not timed)
+    alpha = torch.exp(x["g"]).float().contiguous()
+    beta = x["beta"].float().contiguous()
+    h0 = x["pool"].contiguous()                                          # FlashInfer: [N, HV, V, K]
+    cu = x["cu"].long()
+    res = {}
+
+    def call():
+        res["o"], res["s"] = chunk_gated_delta_rule(
+            qn, kn, x["v"], g=alpha, beta=beta, scale=x["scale"], initial_state=h0, output_final_state=True,
+            cu_seqlens=cu, use_qk_l2norm_in_kernel=False)
+
+    return call, lambda: None, lambda: (res["o"], res["s"].transpose(-1, -2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# timing
+
+def gpu_time(call, iters):
+    """(ms per call, {kernel name: ms per call}) from torch.profiler (sum of the kernel times)."""
+    if not GPU:
+        return float("nan"), {}
+    from torch.profiler import ProfilerActivity, profile
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            call()
+        torch.cuda.synchronize()
+    per = {}
+    for e in prof.events():
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA:
+            per[e.name] = per.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3 / iters
+    return sum(per.values()), per
+
+
+def wall_time(call, iters):
+    call()
+    if GPU:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        call()
+    if GPU:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3 / iters
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def parse_case(s):
+    n, t = s.lower().split("x")
+    return int(n), int(t)
+
+
+def bench_case(name, lengths, dims, args, rows, kernel_rows):
+    H, HV, K, V = dims
+    T = sum(lengths)
+    x = make_inputs(lengths, H, HV, K, V)
+    ref = recurrence64(x, lengths) if args.check else None
+    cands = [[("gdn triton (raw gates)", lambda: gdn_candidate(x, True))],
+             [("gdn triton (g, beta)", lambda: gdn_candidate(x, False))]]
+    if args.peers and GPU:
+        # FLA with GVA first; an FLA that rejects it (or reads v-head hv from another q/k head) gets q/k
+        # repeated to HV heads
+        cands += [[("FLA 0.6 chunk_gated_delta_rule", lambda: fla_candidate(x)),
+                   ("FLA 0.6 chunk_gated_delta_rule (q/k repeated to HV)", lambda: fla_candidate(x, True))],
+                  [("FlashInfer 0.7 gdn_prefill", lambda: flashinfer_candidate(x))]]
+    fla_ms = None
+    for alternatives in cands:
+        for cname, make in alternatives:
+            try:
+                call, reset, result = make()
+                call()
+                if GPU:
+                    torch.cuda.synchronize()
+            except Exception as e:  # a peer missing or rejecting these inputs: report, keep going
+                print(f"  {name}: {cname} unavailable: {type(e).__name__}: {str(e)[:300]}")
+                continue
+            err_o = err_s = float("nan")
+            if ref is not None:
+                reset()
+                call()
+                o, st = result()
+                err_o, err_s = rel(o, ref[0]), rel(st, ref[1])
+                if not (err_o < 2e-2 and err_s < 2e-2):
+                    print(f"  {name}: {cname} does not match the float64 recurrence (o {err_o:.2e}, state "
+                          f"{err_s:.2e}); not timed")
+                    continue
+            g_ms, per = gpu_time(call, args.iters)
+            w_ms = wall_time(call, args.iters)
+            if cname.startswith("FLA"):
+                fla_ms = g_ms
+            rows.append(dict(case=name, impl=cname, tokens=T, gpu_ms=g_ms,
+                             gpu_mtok_s=T / g_ms / 1e3 if g_ms else float("nan"), wall_ms=w_ms,
+                             wall_mtok_s=T / w_ms / 1e3, wall_over_gpu=w_ms / g_ms if g_ms else float("nan"),
+                             rel_l2_o=err_o, rel_l2_state=err_s, kernels=len(per)))
+            if cname.startswith("gdn triton (raw"):
+                for k, ms in sorted(per.items(), key=lambda kv: -kv[1]):
+                    kernel_rows.append(dict(case=name, kernel=k, ms=ms))
+            break
+    for r in rows:
+        if r["case"] == name:
+            r["vs_fla"] = (fla_ms / r["gpu_ms"]) if fla_ms and r["gpu_ms"] else float("nan")
+
+
+SWEEP_STATE = [dict(BV=16, num_warps=4, num_stages=2), dict(BV=32, num_warps=4, num_stages=1),
+               dict(BV=32, num_warps=4, num_stages=2), dict(BV=32, num_warps=4, num_stages=3),
+               dict(BV=64, num_warps=4, num_stages=1), dict(BV=64, num_warps=4, num_stages=2),
+               dict(BV=64, num_warps=8, num_stages=2)]
+SWEEP_OUT = [dict(BV=64, num_warps=4, num_stages=2), dict(BV=128, num_warps=8, num_stages=2),
+             dict(BV=32, num_warps=4, num_stages=2)]
+
+
+def sweep_case(name, lengths, dims, args, rows):
+    """GPU time of gdn's launch plans for one case (tables patched in place, restored after)."""
+    H, HV, K, V = dims
+    T = sum(lengths)
+    x = make_inputs(lengths, H, HV, K, V)
+    call, reset, result = gdn_candidate(x, True)
+    reset()
+    call()
+    base = result()[0].clone()
+    saved = (dict(P._FUSE), dict(CS._CONFIGS), dict(CO._CONFIGS))
+    plans = [(False, s, o) for s in SWEEP_STATE for o in SWEEP_OUT[:1]] + \
+            [(False, SWEEP_STATE[2], o) for o in SWEEP_OUT[1:]] + \
+            [(True, s, None) for s in SWEEP_STATE]
+    try:
+        for fuse, st, oc in plans:
+            for bucket in ("narrow", "wide"):
+                for key in (bucket, ("nvidia", bucket), ("amd", bucket)):
+                    P._FUSE[key] = fuse
+                    CS._CONFIGS[key] = st
+            for bucket in ("big", "small"):
+                for key in (bucket, ("nvidia", bucket), ("amd", bucket)):
+                    if oc is not None:
+                        CO._CONFIGS[key] = oc
+            try:
+                reset()
+                call()
+                err = rel(result()[0], base)
+                g_ms, _ = gpu_time(call, args.iters)
+            except Exception as e:
+                print(f"  sweep {name} fuse={fuse} state={st} out={oc}: {type(e).__name__}: {str(e)[:200]}")
+                continue
+            rows.append(dict(case=name, fuse=fuse, state=st, output=oc if not fuse else "-", gpu_ms=g_ms,
+                             mtok_s=T / g_ms / 1e3 if g_ms else 0, rel_vs_default=err))
+    finally:
+        P._FUSE.clear(), P._FUSE.update(saved[0])
+        CS._CONFIGS.clear(), CS._CONFIGS.update(saved[1])
+        CO._CONFIGS.clear(), CO._CONFIGS.update(saved[2])
+
+
+def fmt(v, nd=3):
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:.{nd}f}" if abs(v) >= 1e-2 else f"{v:.2e}"
+    return str(v)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default="1x32768,8x4096,64x512,1x4096", help="NxL list: N sequences of L tokens")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--out", help="CSV file for the rows")
+    p.add_argument("--no-peers", dest="peers", action="store_false")
+    p.add_argument("--no-check", dest="check", action="store_false")
+    p.add_argument("--sweep", action="store_true", help="time gdn's launch plans instead of the comparison")
+    p.add_argument("--small", action="store_true", help="tiny heads (H=2, HV=4, K=V=32): interpreter smoke test")
+    a = p.parse_args(argv)
+    dims = (2, 4, 32, 32) if a.small or not GPU else (16, 32, 128, 128)
+    if not GPU:
+        a.cases = "2x70,1x130" if a.cases == p.get_default("cases") else a.cases
+        a.iters = 1
+    info = probe.device_info(DEV)
+    print(f"# gdn prefill benchmark, {datetime.date.today()}, {info.name} ({info.arch}), torch {torch.__version__}, "
+          f"triton {info.versions.get('triton')}, fla {info.versions.get('fla-core')}, flashinfer "
+          f"{info.versions.get('flashinfer-python')}; H={dims[0]} HV={dims[1]} K={dims[2]} V={dims[3]}, bf16, "
+          f"fp32 state\n")
+    rows, kernel_rows, sweep_rows = [], [], []
+    for c in a.cases.split(","):
+        N, L_ = parse_case(c)
+        t0 = time.time()
+        if a.sweep:
+            sweep_case(c, [L_] * N, dims, a, sweep_rows)
+        else:
+            bench_case(c, [L_] * N, dims, a, rows, kernel_rows)
+        print(f"  ({c} done in {time.time() - t0:.0f} s)", file=sys.stderr)
+    if a.sweep:
+        cols = ["case", "fuse", "state", "output", "gpu_ms", "mtok_s", "rel_vs_default"]
+        out_rows = sweep_rows
+    else:
+        cols = ["case", "impl", "gpu_ms", "gpu_mtok_s", "wall_ms", "wall_mtok_s", "wall_over_gpu", "vs_fla",
+                "rel_l2_o", "rel_l2_state", "kernels"]
+        out_rows = rows
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in out_rows:
+        print("| " + " | ".join(fmt(r.get(k, "")) for k in cols) + " |")
+    if kernel_rows:
+        print("\ngdn per-kernel GPU time (raw gates)\n\n| case | kernel | ms |\n|---|---|---|")
+        for r in kernel_rows:
+            print(f"| {r['case']} | {r['kernel']} | {fmt(r['ms'])} |")
+    if a.out:
+        with open(a.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols + (["vs_fla"] if "vs_fla" not in cols else []),
+                               extrasaction="ignore")
+            w.writeheader()
+            for r in out_rows:
+                w.writerow(r)
+            for r in kernel_rows:
+                f.write(f"# kernel,{r['case']},{r['kernel']},{r['ms']}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Triton chunk_state: the sequential inter-chunk pass of the chunked gated delta rule.
+
+Kernel-level signature (reference: gdn/common/reference_chunk.py):
+    chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, *,
+                use_qk_l2norm, state_layout)
+    k [T,H,K]; w [T,HV,K], u [T,HV,V] (chunk_wy's outputs); g_cum [T,HV] fp32; state pool [S,HV,V,K]
+    ("vk") or [S,HV,K,V] ("kv"), fp32 or bf16, any slot stride; state_indices [N]; has_initial_state [N]
+    bool or None (all True); outputs h [T//64 + N, HV, K, V] and v_new [T,HV,V].
+    For each sequence n and v-head, starting from the pool state (zeros where has_initial_state is
+    False), chunk by chunk (slot s = cu[n] // 64 + n + c):
+        h[s] = state entering the chunk (KV form, fp32 math, stored in h's dtype)
+        v_new = u - w h
+        state = exp(g_last) state + (k * exp(g_last - g_cum))^T v_new     (g_last: g_cum of the chunk's last token)
+    and the final state is written into the slot, in the pool's dtype and layout. A negative slot: the
+    pool is not touched and h, v_new of that sequence are zero. h slots holding no chunk stay untouched.
+
+One program per (sequence, v-head, BV columns of the state): the state columns evolve independently, so
+splitting V across programs multiplies the parallelism of this latency-bound pass (the long-sequence
+cases have only N*HV (sequence, head) pairs). With FUSE_OUT (prefill's choice when there are enough
+(sequence, head) pairs to fill the GPU) the program also evaluates chunk_output's formula in place and
+writes o, so neither h nor v_new goes to memory.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gdn.common import examples
+from gdn.common import launch as L
+from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton.prefill import _common as C
+from gdn.common.triton.prefill.chunk_output import intra_scores, out_tile
+
+
+@triton.jit
+def _chunk_state_kernel(k, w, u, gcum, state, state_indices, cu, has_init, h, v_new, q, o, rq_buf, rk_buf,
+                        HV, G, scale, s_rt,
+                        s_kt, s_kh, s_wt, s_wh, s_ut, s_uh, s_gt, s_gh,
+                        s_ps, s_ph, s_pk, s_pv,
+                        s_hs, s_hh, s_hk, s_nt, s_nh, s_qt, s_qh, s_ot, s_oh,
+                        K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        L2NORM: tl.constexpr, FUSE_OUT: tl.constexpr, PREC: tl.constexpr):
+    pid = tl.program_id(0)
+    i_v = tl.program_id(1)
+    n = pid // HV
+    hv = pid % HV
+    hk = hv // G
+    bos = tl.load(cu + n).to(tl.int64)
+    eos = tl.load(cu + n + 1).to(tl.int64)
+    slot = tl.load(state_indices + n).to(tl.int64)
+    live = slot >= 0
+    start = live
+    if has_init is not None:
+        start = start & (tl.load(has_init + n) != 0)
+
+    o_t = tl.arange(0, 64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_h = m_k[:, None] & m_v[None, :]
+    p_s = state + slot * s_ps + hv * s_ph + o_k[:, None] * s_pk + o_v[None, :] * s_pv
+    hs = tl.load(p_s, mask=m_h & start, other=0).to(tl.float32)
+    DT = w.dtype.element_ty
+
+    # loop-invariant int32 tile offsets; each chunk only moves scalar (int64) base pointers
+    off_w = o_t[:, None] * s_wt + o_k[None, :]
+    off_u = o_t[:, None] * s_ut + o_v[None, :]
+    off_k = o_t[:, None] * s_kt + o_k[None, :]
+    off_q = o_t[:, None] * s_qt + o_k[None, :]
+    off_o = o_t[:, None] * s_ot + o_v[None, :]
+    off_n = o_t[:, None] * s_nt + o_v[None, :]
+    off_h = o_k[:, None] * s_hk + o_v[None, :]
+    s0 = bos // 64 + n
+    for c in range(0, (eos - bos + 63) // 64):
+        t0 = bos + c * 64
+        in_seq = t0 + o_t < eos
+        valid = in_seq & live
+        m_tk = valid[:, None] & m_k[None, :]
+        m_tv = valid[:, None] & m_v[None, :]
+        wt = tl.load(w + (t0 * s_wt + hv * s_wh) + off_w, mask=m_tk, other=0)
+        ut = tl.load(u + (t0 * s_ut + hv * s_uh) + off_u, mask=m_tv, other=0)
+        p_g = gcum + t0 * s_gt + hv * s_gh
+        gc = tl.load(p_g + o_t * s_gt, mask=valid, other=0).to(tl.float32)
+        g_last = tl.load(p_g + (tl.minimum(eos - t0, 64) - 1) * s_gt, mask=live, other=0).to(tl.float32)
+        kd = tl.load(k + (t0 * s_kt + hk * s_kh) + off_k, mask=m_tk, other=0)
+        if rk_buf is not None:
+            rk = tl.load(rk_buf + (t0 * s_rt + hk) + o_t * s_rt, mask=valid, other=0)
+        else:
+            rk = C.inv_norm(kd.to(tl.float32), L2NORM)
+        kd = kd.to(DT)
+        if FUSE_OUT:
+            qd = tl.load(q + (t0 * s_qt + hk * s_qh) + off_q, mask=m_tk, other=0)
+            if rq_buf is not None:
+                rq = tl.load(rq_buf + (t0 * s_rt + hk) + o_t * s_rt, mask=valid, other=0)
+            else:
+                rq = C.inv_norm(qd.to(tl.float32), L2NORM) * scale
+            qd = qd.to(DT)
+            s_qk = intra_scores(qd, kd, rq, rk, gc, PREC)       # off the state's dependency chain
+        else:
+            tl.store(h + ((s0 + c) * s_hs + hv * s_hh) + off_h, hs.to(h.dtype.element_ty), mask=m_h)
+        hd = hs.to(DT)
+        vn = ut.to(tl.float32) - tl.dot(wt.to(DT), hd, input_precision=PREC)
+        vd = vn.to(DT)
+        if FUSE_OUT:
+            ot = out_tile(qd, hd, s_qk, vd, rq, gc, PREC)
+            tl.store(o + (t0 * s_ot + hv * s_oh) + off_o, ot.to(o.dtype.element_ty),
+                     mask=in_seq[:, None] & m_v[None, :])
+        else:
+            tl.store(v_new + (t0 * s_nt + hv * s_nh) + off_n, vn.to(v_new.dtype.element_ty),
+                     mask=in_seq[:, None] & m_v[None, :])
+        # state += k^T (v_new * rk * exp(g_last - g_cum)): the key's norm and decay ride on v_new's rows
+        vs = (vn * (rk * tl.exp(g_last - gc))[:, None]).to(DT)
+        hs = hs * tl.exp(g_last) + tl.dot(tl.trans(kd), vs, input_precision=PREC)
+    tl.store(p_s, hs.to(state.dtype.element_ty), mask=m_h & live)
+
+
+_CONFIGS = {
+    # "narrow": few (sequence, v-head) pairs (long sequences): split V finely, the plain pass (prefill then
+    # runs chunk_output over all chunks in parallel). "wide": enough pairs to fill the GPU: prefill fuses
+    # the output into this pass. Register budget measured with ptxas on sm_90 (K = V = 128, bf16): narrow
+    # 213 registers, no spill; wide (fused) BV=32 / 1 stage spills 76 bytes, BV=64 or 2 stages several
+    # hundred, so the fused pass takes BV=32 unpipelined (2 CTAs per SM overlap the loads instead).
+    ("nvidia", "narrow"): dict(BV=32, num_warps=4, num_stages=2),
+    ("nvidia", "wide"): dict(BV=32, num_warps=4, num_stages=1),
+    ("amd", "narrow"): dict(BV=32, num_warps=4, num_stages=2),
+    ("amd", "wide"): dict(BV=32, num_warps=4, num_stages=1),
+    "narrow": dict(BV=32, num_warps=4, num_stages=1),
+    "wide": dict(BV=32, num_warps=4, num_stages=1),
+}
+NARROW_PAIRS = 128          # N * HV below this: "narrow"
+
+
+def bucket(N: int, HV: int) -> str:
+    return "narrow" if N * HV < NARROW_PAIRS else "wide"
+
+
+def config(arch: str, N: int, HV: int) -> dict:
+    return dict(L.pick(_CONFIGS, arch, bucket(N, HV), _CONFIGS["narrow"]))
+
+
+def pool_strides(state, state_layout):
+    """(slot, head, k, v) strides of a pool in either layout."""
+    if state_layout == "vk":
+        return state.stride(0), state.stride(1), state.stride(3), state.stride(2)
+    return state.stride(0), state.stride(1), state.stride(2), state.stride(3)
+
+
+def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, q, out, scale,
+                 use_qk_l2norm, state_layout, cfg, arch, rq=None, rk=None):
+    """h, v_new given: the plain pass; q, out given (h, v_new None): the pass with the output fused.
+    rq, rk [T,H] fp32: precomputed inverse q norms (times scale) and k norms, else computed in the loop."""
+    T, H, K = k.shape
+    HV, V = u.shape[1], u.shape[2]
+    N = cu_seqlens.shape[0] - 1
+    cfg = dict(cfg)
+    BV = min(cfg.pop("BV"), C.block_dim(V))
+    fuse = out is not None
+    st = lambda t, n: t.stride(n) if t is not None else 0
+    L.launch(_chunk_state_kernel, (N * HV, L.cdiv(V, BV)), k, w, u, g_cum, state, state_indices, cu_seqlens,
+             has_initial_state, h, v_new, q, out, rq, rk, HV, HV // H, float(scale), H,
+             k.stride(0), k.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1),
+             g_cum.stride(0), g_cum.stride(1), *pool_strides(state, state_layout),
+             st(h, 0), st(h, 1), st(h, 2), st(v_new, 0), st(v_new, 1), st(q, 0), st(q, 1), st(out, 0), st(out, 1),
+             K=K, V=V, BK=C.block_dim(K), BV=BV, L2NORM=bool(use_qk_l2norm), FUSE_OUT=fuse,
+             PREC=C.f32_precision(arch, w.dtype), **cfg)
+
+
+def chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, *, use_qk_l2norm,
+                state_layout):
+    N = cu_seqlens.shape[0] - 1
+    if N <= 0:
+        return
+    k = C.last_dim_contiguous(k)
+    arch = L.current_arch(k.device)
+    launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, None, None, 1.0,
+                 use_qk_l2norm, state_layout, config(arch, N, u.shape[1]), arch)
+
+
+def _example(device, dtype=torch.bfloat16, state_dtype=torch.float32, layout="vk", lengths=(70, 5, 0, 67),
+             H=16, HV=32, K=128, V=128):
+    T, N = sum(lengths), len(lengths)
+    e = lambda *shape, dt=torch.float32: C.example_tensor(device, *shape, dtype=dt)
+    meta = torch.device(device).type == "meta"
+    idx = torch.empty(N, dtype=torch.int32, device=device) if meta else torch.arange(N, dtype=torch.int32, device=device)
+    pool = e(N + 1, HV, V, K, dt=state_dtype) if layout == "vk" else e(N + 1, HV, K, V, dt=state_dtype)
+    return (e(T, H, K, dt=dtype), e(T, HV, K, dt=dtype), e(T, HV, V, dt=dtype), e(T, HV), pool, idx,
+            C.example_cu(lengths, device), None, e(C.num_slots(T, N), HV, K, V, dt=dtype), e(T, HV, V, dt=dtype)), \
+        dict(use_qk_l2norm=True, state_layout=layout)
+
+
+register(Impl(op="chunk_state", backend="triton", fn=chunk_state, archs=C.ARCHS, priority=10, requires=C.REQUIRES,
+              dtypes=dtypes("bfloat16", "float16", "float32"), state_dtypes=dtypes("float32", "bfloat16"),
+              layouts=("vk", "kv"), check=C.head_dim_reasons, interpretable=True, validated_on=(),
+              notes="one program per (sequence, v-head, BV state columns); configs by table, pools in place"))
+examples.register_kernel_example("chunk_state", _example,
+                                 [dict(dtype=dt, state_dtype=sd, layout=lay) for dt in (torch.bfloat16, torch.float32)
+                                  for sd in (torch.float32, torch.bfloat16) for lay in ("vk", "kv")])

@@ -1,0 +1,150 @@
+"""Triton chunked prefill: the gated delta rule over packed varlen tokens in two or three launches.
+
+Kernel-level signature: gdn/common/reference.py `prefill` (the token-by-token oracle).
+
+    1. `_prep_kernel`, one program per (64-token chunk, v-head): gates (raw a, b, A_log, dt_bias or
+       precomputed g, beta) + chunk-local cumsum (chunk_cumsum), k l2norm, beta K K^T and its triangular
+       inverse (chunk_kkt_solve), w and u (chunk_wy), all in registers; writes g_cum, w, u. It also zeroes
+       the output rows past cu_seqlens[-1] (the unused tail of a fixed token budget).
+    2. chunk_state's kernel, one program per (sequence, v-head, BV columns of the state): the sequential
+       pass over the chunks, reading the pool slot and writing the final state back in place.
+       When N*HV (sequence, head) pairs fill the GPU ("wide") it also computes the output (chunk_output's
+       formula) in the same loop; h and v_new never reach memory.
+    3. ("narrow" only: long sequences, few pairs) chunk_output's kernel over all chunks in parallel, from
+       the per-chunk states h and v_new that step 2 stored.
+
+q and k are l2-normalised where they are loaded (no separate pass). Nothing is read back to the host:
+the grid of steps 1 and 3 is the static bound T // 64 + N chunk slots (see _common), so prefill can be
+captured in a CUDA graph for a fixed token budget and traced on meta tensors. Configs come from tables
+(never autotuned: step 2 writes the pools in place).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gdn.common import launch as L
+from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton.prefill import _common as C
+from gdn.common.triton.prefill import chunk_output, chunk_state
+from gdn.common.triton.prefill.chunk_cumsum import raw_gate_g, sigmoid
+from gdn.common.triton.prefill.chunk_kkt_solve import kkt_solve_tile
+from gdn.common.triton.prefill.chunk_wy import wy_tile
+
+
+@triton.jit
+def _prep_kernel(q, k, v, g, beta, a, b, A_log, dt_bias, cu, gcum, w, u, o, rq_buf, rk_buf, N, T, HV, G, scale,
+                 s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh,
+                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                 BLOCK_N: tl.constexpr, L2NORM: tl.constexpr, RAW: tl.constexpr, PREC: tl.constexpr):
+    s = tl.program_id(0)
+    hv = tl.program_id(1)
+    hk = hv // G
+    o_t = tl.arange(0, 64)
+    o_k = tl.arange(0, BK)
+    o_v = tl.arange(0, BV)
+
+    # rows past the last sequence (unused token budget) get zero output
+    end = tl.load(cu + N).to(tl.int64)
+    tail = s.to(tl.int64) * 64 + o_t
+    m_tail = (tail >= end) & (tail < T)
+    tl.store(o + tail[:, None] * s_ot + hv * s_oh + o_v[None, :], tl.zeros((64, BV), o.dtype.element_ty),
+             mask=m_tail[:, None] & (o_v < V)[None, :])
+
+    n, t0, eos = C.seq_of_slot(cu, N, s, 64, BLOCK_N)
+    if t0 < eos:
+        rows = t0 + o_t
+        valid = rows < eos
+        if RAW:
+            x = tl.load(a + rows * s_gt + hv * s_gh, mask=valid, other=0).to(tl.float32)
+            gg = raw_gate_g(x, tl.load(A_log + hv).to(tl.float32), tl.load(dt_bias + hv).to(tl.float32))
+            bb = sigmoid(tl.load(b + rows * s_bt + hv * s_bh, mask=valid, other=0).to(tl.float32))
+        else:
+            gg = tl.load(g + rows * s_gt + hv * s_gh, mask=valid, other=0).to(tl.float32)
+            bb = tl.load(beta + rows * s_bt + hv * s_bh, mask=valid, other=0).to(tl.float32)
+        gg = tl.where(valid, gg, 0.0)
+        bb = tl.where(valid, bb, 0.0)
+        gc = tl.cumsum(gg, axis=0)
+        tl.store(gcum + rows * s_ct + hv * s_ch, gc, mask=valid)
+
+        mk = valid[:, None] & (o_k < K)[None, :]
+        kt = tl.load(k + rows[:, None] * s_kt + hk * s_kh + o_k[None, :], mask=mk, other=0)
+        rk = C.inv_norm(kt.to(tl.float32), L2NORM)
+        if L2NORM:
+            if hv % G == 0:
+                # the inverse norms of q (times scale) and k, once per q/k head, for the later kernels
+                tl.store(rk_buf + rows * H + hk, rk, mask=valid)
+                qt = tl.load(q + rows[:, None] * s_qt + hk * s_qh + o_k[None, :], mask=mk, other=0).to(tl.float32)
+                tl.store(rq_buf + rows * H + hk, C.inv_norm(qt, True) * scale, mask=valid)
+        kd = kt.to(w.dtype.element_ty)
+        Ai = kkt_solve_tile(kd, rk, bb, gc, valid, PREC)
+        mv = valid[:, None] & (o_v < V)[None, :]
+        vt = tl.load(v + rows[:, None] * s_vt + hv * s_vh + o_v[None, :], mask=mv, other=0)
+        wt, ut = wy_tile(Ai, kd, vt.to(w.dtype.element_ty), rk, bb, gc, PREC)
+        tl.store(w + rows[:, None] * s_wt + hv * s_wh + o_k[None, :], wt.to(w.dtype.element_ty), mask=mk)
+        tl.store(u + rows[:, None] * s_ut + hv * s_uh + o_v[None, :], ut.to(u.dtype.element_ty), mask=mv)
+
+
+_PREP_CONFIGS = {
+    # one warpgroup: the 64-row products map onto it (8 warps replicate them); sm_90 K = V = 128:
+    # 208 registers, no spill
+    "big": dict(num_warps=4, num_stages=1),       # max(K, V) >= 128
+    "small": dict(num_warps=4, num_stages=1),
+}
+# Fuse the output into the state pass when the (sequence, v-head) pairs fill the GPU ("wide").
+_FUSE = {"wide": True, "narrow": False}
+
+
+def plan(arch: str, N: int, HV: int, K: int, V: int) -> dict:
+    """The launch plan for these sizes (the benchmark's sweep edits the tables above)."""
+    big = max(C.block_dim(K), C.block_dim(V)) >= 128
+    bucket = chunk_state.bucket(N, HV)
+    return dict(prep=dict(L.pick(_PREP_CONFIGS, arch, "big" if big else "small", _PREP_CONFIGS["small"])),
+                fuse=L.pick(_FUSE, arch, bucket, False), state=chunk_state.config(arch, N, HV),
+                output=chunk_output.config(arch, K, V))
+
+
+def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state, *,
+            scale, use_qk_l2norm, state_layout):
+    T, H, K = q.shape
+    HV, V = v.shape[1], v.shape[2]
+    N = cu_seqlens.shape[0] - 1
+    if N <= 0:
+        out.zero_()
+        return
+    q, k, v = C.last_dim_contiguous(q), C.last_dim_contiguous(k), C.last_dim_contiguous(v)
+    arch = L.current_arch(q.device)
+    p = plan(arch, N, HV, K, V)
+    dev = q.device
+    wdt = C.dot_dtype(q.dtype)
+    g_cum = torch.empty((T, HV), dtype=torch.float32, device=dev)
+    w = torch.empty((T, HV, K), dtype=wdt, device=dev)
+    u = torch.empty((T, HV, V), dtype=wdt, device=dev)
+    raw = g is None
+    gx, bx = (a, b) if raw else (g, beta)
+    l2 = bool(use_qk_l2norm)
+    rq = torch.empty((T, H), dtype=torch.float32, device=dev) if l2 else None
+    rk = torch.empty((T, H), dtype=torch.float32, device=dev) if l2 else None
+    L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u,
+             out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+             v.stride(0), v.stride(1), gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0),
+             g_cum.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
+             H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V), BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw,
+             PREC=C.f32_precision(arch, q.dtype), **p["prep"])
+    if p["fuse"]:
+        chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, None, None,
+                                 q, out, scale, l2, state_layout, p["state"], arch, rq, rk)
+        return
+    h = torch.empty((C.num_slots(T, N), HV, K, V), dtype=wdt, device=dev)
+    v_new = torch.empty((T, HV, V), dtype=wdt, device=dev)
+    chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new,
+                             None, None, 1.0, l2, state_layout, p["state"], arch, None, rk)
+    chunk_output.launch_output(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale, l2, p["output"], arch,
+                               rq, rk)
+
+register(Impl(op="prefill", backend="triton", fn=prefill, archs=C.ARCHS, priority=10, requires=C.REQUIRES,
+              dtypes=dtypes("bfloat16", "float16", "float32"), state_dtypes=dtypes("float32", "bfloat16"),
+              layouts=("vk", "kv"), check=C.head_dim_reasons, interpretable=True, validated_on=(),
+              notes="chunked (64): fused gates+cumsum+kkt+solve+wy, state pass split over V (output fused "
+                    "when wide), no host sync"))

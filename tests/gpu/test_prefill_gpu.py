@@ -1,0 +1,255 @@
+"""Triton chunked prefill on the GPU at real sizes (Qwen3-Next heads: H=16, HV=32, K=V=128).
+
+Large T is checked against a float64 chunk-free recurrence written here (vectorised over sequences and
+heads, one token step at a time); a smaller case against the token-by-token reference op. Both state
+layouts, fp32/bf16 pools, both launch plans, a padding slot, zero-length sequences, poisoned unused
+slots; CUDA-graph capture with a fixed token budget; the sub-ops against their references.
+"""
+import pytest
+import torch
+
+from gdn.common import reference as R
+from gdn.common import reference_chunk as RC
+from gdn.common import registry
+from gdn.common.triton.prefill import _common as C
+from gdn.common.triton.prefill import chunk_state as CS
+from gdn.common.triton.prefill import prefill as P
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA/ROCm GPU")]
+
+H, HV, K, V = 16, 32, 128, 128
+NAN = float("nan")
+
+
+def relerr(x, ref):
+    x, ref = x.double(), ref.double()
+    assert torch.isfinite(x).all(), "non-finite values"
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def tol(dtype, state_dtype):
+    if state_dtype == torch.bfloat16:
+        return 1e-2
+    return 1e-5 if dtype == torch.float32 else 5e-3
+
+
+def cu_of(lengths, dev):
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+
+
+def recurrence64(q, k, v, g, beta, pool, idx, cu, init, scale, layout):
+    """float64 gated delta rule, token by token, all sequences and heads at once. Returns (o [T,HV,V],
+    final states [N,HV,K,V] KV form; rows of padding sequences zero)."""
+    dev = q.device
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    N, Lmax = len(lengths), max(lengths + [0])
+    G = HV // q.shape[1]
+    qn = q.double() / torch.sqrt((q.double() ** 2).sum(-1, keepdim=True) + 1e-6) * scale
+    kn = k.double() / torch.sqrt((k.double() ** 2).sum(-1, keepdim=True) + 1e-6)
+    qn, kn = qn.repeat_interleave(G, 1), kn.repeat_interleave(G, 1)
+    S = torch.zeros(N, HV, K, V, dtype=torch.float64, device=dev)
+    live = idx >= 0
+    for n in range(N):
+        if live[n] and init[n]:
+            s = pool[idx[n]].double()
+            S[n] = s.transpose(-1, -2) if layout == "vk" else s
+    o = torch.zeros(q.shape[0], HV, V, dtype=torch.float64, device=dev)
+    starts = cu[:-1].long()
+    lens = torch.tensor(lengths, device=dev)
+    for t in range(Lmax):
+        act = (lens > t) & live
+        rows = torch.where(act, starts + t, torch.zeros_like(starts))
+        a = act.double()[:, None, None, None]
+        S1 = S * torch.exp(g[rows].double())[:, :, None, None]
+        u = beta[rows].double()[..., None] * (v[rows].double() - torch.einsum("nhkv,nhk->nhv", S1, kn[rows]))
+        S1 = S1 + kn[rows][..., :, None] * u[..., None, :]
+        S = a * S1 + (1 - a) * S
+        ot = torch.einsum("nhkv,nhk->nhv", S1, qn[rows])
+        o[rows[act]] = ot[act]
+    return o, S
+
+
+def make_case(lengths, dtype, layout, pool_dtype, dev, pad_seq=None):
+    N, T = len(lengths), sum(lengths)
+    q, k = torch.randn(T, H, K, device=dev).to(dtype), torch.randn(T, H, K, device=dev).to(dtype)
+    v = torch.randn(T, HV, V, device=dev).to(dtype)
+    a, b = torch.randn(T, HV, device=dev).to(dtype), torch.randn(T, HV, device=dev).to(dtype)
+    A_log = torch.empty(HV, device=dev).uniform_(-4, -1)
+    dt_bias = torch.empty(HV, device=dev).uniform_(-1, 1)
+    S = N + 3
+    shape = (S, HV, V, K) if layout == "vk" else (S, HV, K, V)
+    pool = (torch.randn(shape, device=dev) * 0.1).to(pool_dtype)
+    idx = torch.randperm(S, device=dev)[:N].to(torch.int32)
+    if pad_seq is not None:
+        idx[pad_seq] = -1
+    init = torch.rand(N, device=dev) > 0.3
+    used = torch.zeros(S, dtype=torch.bool, device=dev)
+    used[idx[idx >= 0].long()] = True
+    pool[~used] = NAN
+    return dict(q=q, k=k, v=v, a=a, b=b, A_log=A_log, dt_bias=dt_bias, pool=pool, idx=idx,
+                cu=cu_of(lengths, dev), init=init, used=used)
+
+
+def run_triton(c, layout, g=None, beta=None):
+    p = c["pool"].clone()
+    o = torch.full_like(c["v"], NAN)
+    raw = g is None
+    registry.get("prefill", "triton").fn(
+        c["q"], c["k"], c["v"], p, c["idx"], c["cu"], o, g, beta, *((c["a"], c["b"], c["A_log"], c["dt_bias"])
+                                                                    if raw else (None,) * 4),
+        c["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout=layout)
+    return o, p
+
+
+def check_against_recurrence(c, o, p, layout, dtype, pool_dtype):
+    g, beta = R.gates(c["a"], c["b"], c["A_log"], c["dt_bias"])
+    o_ref, S_ref = recurrence64(c["q"], c["k"], c["v"], g, beta, c["pool"], c["idx"], c["cu"], c["init"],
+                                K ** -0.5, layout)
+    assert relerr(o, o_ref) < tol(dtype, torch.float32)
+    live = (c["idx"] >= 0).nonzero().flatten()
+    got = p[c["idx"][live].long()].double()
+    got = got.transpose(-1, -2) if layout == "vk" else got
+    assert relerr(got, S_ref[live]) < tol(dtype, pool_dtype)
+    before = c["pool"][~c["used"]].view(torch.uint8)
+    assert torch.equal(p[~c["used"]].view(torch.uint8), before), "an unused slot changed"
+
+
+def varlen_64(total, dev, seed=0):
+    """64 sequence lengths summing to `total`: a few zero, most not multiples of 64."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.rand(64, generator=gen) + 0.05
+    w[[3, 17, 40]] = 0
+    lens = (w / w.sum() * total).floor().long()
+    lens[0] += total - lens.sum()
+    return lens.tolist()
+
+
+@pytest.mark.parametrize("lengths,dtype,layout,pool_dtype", [
+    pytest.param("64x~1024", torch.bfloat16, "vk", torch.float32, id="64seq-65536-bf16-vk-fp32pool"),
+    pytest.param("64x~1024", torch.bfloat16, "kv", torch.bfloat16, id="64seq-65536-bf16-kv-bf16pool"),
+    pytest.param([65536], torch.bfloat16, "vk", torch.bfloat16, id="1x65536-bf16-vk-bf16pool"),
+    pytest.param([32768], torch.bfloat16, "kv", torch.float32, id="1x32768-bf16-kv-fp32pool"),
+    pytest.param([4096] * 8, torch.float32, "vk", torch.float32, id="8x4096-fp32-vk-fp32pool"),
+    pytest.param([512] * 64, torch.float32, "kv", torch.float32, id="64x512-fp32-kv-fp32pool"),
+])
+def test_prefill_large_against_float64(lengths, dtype, layout, pool_dtype):
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    if lengths == "64x~1024":
+        lengths = varlen_64(65536, dev)
+    c = make_case(lengths, dtype, layout, pool_dtype, dev, pad_seq=1 if len(lengths) > 1 else None)
+    o, p = run_triton(c, layout)
+    check_against_recurrence(c, o, p, layout, dtype, pool_dtype)
+    if len(lengths) > 1:
+        assert (o[c["cu"][1]:c["cu"][2]] == 0).all()
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("layout,pool_dtype,raw", [("vk", torch.float32, True), ("kv", torch.bfloat16, False)])
+def test_prefill_both_plans_against_reference_op(monkeypatch, fuse, layout, pool_dtype, raw):
+    """Both launch plans on the same inputs against gdn's token-by-token reference op."""
+    for bucket in ("narrow", "wide"):
+        monkeypatch.setitem(P._FUSE, bucket, fuse)
+    torch.manual_seed(1)
+    dev = torch.device("cuda")
+    lengths = [700, 0, 64, 1, 300, 129]
+    c = make_case(lengths, torch.bfloat16, layout, pool_dtype, dev, pad_seq=2)
+    g = beta = None
+    if not raw:
+        g, beta = R.gates(c["a"], c["b"], c["A_log"], c["dt_bias"])
+    o, p = run_triton(c, layout, g, beta)
+    p_ref, o_ref = c["pool"].clone(), torch.full_like(c["v"], NAN)
+    R.prefill(c["q"], c["k"], c["v"], p_ref, c["idx"], c["cu"], o_ref, None, None, c["a"], c["b"], c["A_log"],
+              c["dt_bias"], c["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout=layout)
+    assert relerr(o, o_ref) < 5e-3
+    u = c["used"]
+    assert relerr(p[u], p_ref[u]) < tol(torch.bfloat16, pool_dtype)
+    assert torch.equal(p[~u].view(torch.uint8), c["pool"][~u].view(torch.uint8))
+
+
+@pytest.mark.parametrize("N", [1, 8])
+def test_prefill_cuda_graph(N):
+    """Capture once for a token budget and N sequences; replay with new lengths (summing to less than the
+    budget), new inputs and slots: same result as an eager call, rows past the tokens zero."""
+    dev = torch.device("cuda")
+    budget = 8192
+    torch.manual_seed(2)
+    st = make_case([budget // N] * N, torch.bfloat16, "vk", torch.float32, dev)
+    pool_static = st["pool"].clone()
+    out = torch.empty_like(st["v"])
+    fn = registry.get("prefill", "triton").fn
+
+    def run():
+        fn(st["q"], st["k"], st["v"], pool_static, st["idx"], st["cu"], out, None, None, st["a"], st["b"],
+           st["A_log"], st["dt_bias"], st["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout="vk")
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        run()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for rep in range(2):
+        lengths = torch.randint(0, budget // N, (N,)).tolist()
+        new = make_case(lengths, torch.bfloat16, "vk", torch.float32, dev)
+        T = sum(lengths)
+        for name in ("q", "k", "v", "a", "b"):
+            st[name].zero_()
+            st[name][:T] = new[name]
+        for name in ("A_log", "dt_bias", "idx", "cu", "init"):
+            st[name].copy_(new[name][:st[name].shape[0]] if name != "cu" else new[name])
+        pool_static.copy_(new["pool"][:pool_static.shape[0]])
+        p0 = pool_static.clone()
+        graph.replay()
+        torch.cuda.synchronize()
+        p_eager, o_eager = p0.clone(), torch.full_like(out, NAN)
+        fn(st["q"], st["k"], st["v"], p_eager, st["idx"], st["cu"], o_eager, None, None, st["a"], st["b"],
+           st["A_log"], st["dt_bias"], st["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout="vk")
+        assert torch.equal(out, o_eager)
+        assert torch.equal(pool_static.view(torch.uint8), p_eager.view(torch.uint8))
+        assert (out[T:] == 0).all()
+
+
+def test_sub_ops_against_references():
+    dev = torch.device("cuda")
+    torch.manual_seed(3)
+    lengths = [300, 0, 64, 77]
+    N, T = len(lengths), sum(lengths)
+    cu = cu_of(lengths, dev)
+    k, q = torch.randn(T, H, K, device=dev).bfloat16(), torch.randn(T, H, K, device=dev).bfloat16()
+    v = torch.randn(T, HV, V, device=dev).bfloat16()
+    g, beta = R.gates(torch.randn(T, HV, device=dev), torch.randn(T, HV, device=dev),
+                      torch.empty(HV, device=dev).uniform_(-4, -1), torch.zeros(HV, device=dev))
+    g_cum = torch.empty(T, HV, device=dev)
+    R.chunk_cumsum(g, cu, g_cum, chunk_size=64)
+    got = torch.empty_like(g_cum)
+    registry.get("chunk_cumsum", "triton").fn(g, cu, got, chunk_size=64)
+    assert relerr(got, g_cum) < 1e-6
+    A0, A1 = torch.zeros(T, HV, 64, device=dev), torch.zeros(T, HV, 64, device=dev)
+    RC.chunk_kkt_solve(k, g_cum, beta, cu, A0, use_qk_l2norm=True)
+    registry.get("chunk_kkt_solve", "triton").fn(k, g_cum, beta, cu, A1, use_qk_l2norm=True)
+    assert relerr(A1, A0) < 1e-4                 # tf32 products in the solve
+    w0, u0 = torch.empty(T, HV, K, device=dev), torch.empty(T, HV, V, device=dev)
+    w1, u1 = torch.empty_like(w0), torch.empty_like(u0)
+    RC.chunk_wy(k, v, g_cum, beta, A0, cu, w0, u0, use_qk_l2norm=True)
+    registry.get("chunk_wy", "triton").fn(k, v, g_cum, beta, A0, cu, w1, u1, use_qk_l2norm=True)
+    assert relerr(w1, w0) < 1e-4 and relerr(u1, u0) < 1e-4
+    idx = torch.tensor([2, 0, -1, 1], dtype=torch.int32, device=dev)
+    pool = torch.randn(4, HV, V, K, device=dev) * 0.1
+    NS = C.num_slots(T, N)
+    wb, ub = w0.bfloat16(), u0.bfloat16()
+    res = []
+    for fn in (RC.chunk_state, registry.get("chunk_state", "triton").fn):
+        p, h, vn = pool.clone(), torch.zeros(NS, HV, K, V, device=dev), torch.zeros(T, HV, V, device=dev)
+        fn(k, wb, ub, g_cum, p, idx, cu, None, h, vn, use_qk_l2norm=True, state_layout="vk")
+        res.append((p, h, vn))
+    assert relerr(res[1][0], res[0][0]) < 5e-3      # bf16 products of the state pass
+    assert relerr(res[1][2], res[0][2]) < 5e-3
+    hb, vb = res[0][1].bfloat16(), res[0][2].bfloat16()
+    o0, o1 = torch.empty(T, HV, V, device=dev), torch.empty(T, HV, V, device=dev)
+    RC.chunk_output(q, k, vb, hb, g_cum, idx, cu, o0, scale=K ** -0.5, use_qk_l2norm=True)
+    registry.get("chunk_output", "triton").fn(q, k, vb, hb, g_cum, idx, cu, o1, scale=K ** -0.5, use_qk_l2norm=True)
+    assert relerr(o1, o0) < 1e-3
