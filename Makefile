@@ -14,7 +14,7 @@ install:
 	$(PIP) install -q -e .
 
 install-test: install
-	$(PIP) install -q -e '.[test,hf]'
+	$(PIP) install -q -e '.[test,hf,cuda]'
 
 run: install
 	$(PY) -m gdn demo
