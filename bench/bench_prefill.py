@@ -1,7 +1,7 @@
 """Chunked prefill: gdn's Triton prefill against FLA 0.6 and FlashInfer 0.7.2 (when importable).
 
     python bench/bench_prefill.py [--cases 1x32768,8x4096,64x512,1x4096] [--out results.csv]
-                                  [--iters 10] [--no-peers] [--no-check] [--sweep]
+                                  [--iters 10] [--no-peers] [--no-check] [--sweep] [--in-process]
 
 Qwen3-Next heads (H=16, HV=32, K=V=128), bf16 q/k/v, fp32 state (gdn: VK pool, FLA: KV initial states,
 FlashInfer: VK), every sequence starting from a state. Per call:
@@ -17,6 +17,11 @@ FlashInfer `gdn_prefill.chunk_gated_delta_rule` with alpha = exp(g) (fp32), fp32
 l2-normalised by the caller (outside its time). Each candidate's output and final states are checked
 against a float64 token-by-token recurrence on the GPU before its time is printed (--no-check skips).
 
+On a GPU every case runs in its own process (a CUDA fault poisons the process that hit it, never the other
+cases); each process writes its rows as soon as they are measured and the table is printed from whatever
+came back, with a FAILED row for a case (or candidate) that did not finish. Peers are measured before gdn
+within a case. --in-process runs everything in this process instead.
+
 --sweep times gdn's launch plans (output fused into the state pass or not, state-pass V split, warps,
 stages; output-kernel V split) per case, for choosing the config tables in
 gdn/common/triton/prefill/{prefill,chunk_state,chunk_output}.py.
@@ -28,9 +33,12 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -194,21 +202,37 @@ def parse_case(s):
     return int(n), int(t)
 
 
-def bench_case(name, lengths, dims, args, rows, kernel_rows):
+def _cuda_broken(e: BaseException) -> bool:
+    """An error after which this process's CUDA context is unusable (sticky: illegal address, launch
+    failure, device-side assert); the remaining candidates of the case are skipped, not mismeasured."""
+    msg = str(e).lower()
+    return GPU and any(m in msg for m in ("illegal memory access", "illegal address", "unspecified launch",
+                                          "device-side assert", "misaligned address", "cuda error"))
+
+
+def bench_case(name, lengths, dims, args, rows, kernel_rows, emit=lambda: None):
+    """Measure every candidate of one case. Rows are appended (and `emit` called) as soon as each
+    candidate finishes; a failure is a row too (impl "... FAILED: reason"), never an exception."""
     H, HV, K, V = dims
     T = sum(lengths)
     x = make_inputs(lengths, H, HV, K, V)
     ref = recurrence64(x, lengths) if args.check else None
-    cands = [[("gdn triton (raw gates)", lambda: gdn_candidate(x, True))],
-             [("gdn triton (g, beta)", lambda: gdn_candidate(x, False))]]
+    cands = []
     if args.peers and GPU:
         # FLA with GVA first; an FLA that rejects it (or reads v-head hv from another q/k head) gets q/k
-        # repeated to HV heads
+        # repeated to HV heads. Peers go first: a fault in gdn cannot cost their numbers.
         cands += [[("FLA 0.6 chunk_gated_delta_rule", lambda: fla_candidate(x)),
                    ("FLA 0.6 chunk_gated_delta_rule (q/k repeated to HV)", lambda: fla_candidate(x, True))],
                   [("FlashInfer 0.7 gdn_prefill", lambda: flashinfer_candidate(x))]]
-    fla_ms = None
+    cands += [[("gdn triton (raw gates)", lambda: gdn_candidate(x, True))],
+              [("gdn triton (g, beta)", lambda: gdn_candidate(x, False))]]
+    fail = lambda cname, why: rows.append(dict(case=name, impl=f"{cname} FAILED: {why}"[:160], tokens=T))
+    broken = None
     for alternatives in cands:
+        if broken is not None:
+            fail(alternatives[0][0], f"not run (CUDA context lost: {broken})")
+            emit()
+            continue
         for cname, make in alternatives:
             try:
                 call, reset, result = make()
@@ -216,22 +240,36 @@ def bench_case(name, lengths, dims, args, rows, kernel_rows):
                 if GPU:
                     torch.cuda.synchronize()
             except Exception as e:  # a peer missing or rejecting these inputs: report, keep going
-                print(f"  {name}: {cname} unavailable: {type(e).__name__}: {str(e)[:300]}")
+                print(f"  {name}: {cname} unavailable: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                if _cuda_broken(e):
+                    broken = f"{type(e).__name__}"
+                    fail(cname, str(e)[:100])
+                    emit()
+                    break
                 continue
-            err_o = err_s = float("nan")
-            if ref is not None:
-                reset()
-                call()
-                o, st = result()
-                err_o, err_s = rel(o, ref[0]), rel(st, ref[1])
-                if not (err_o < 2e-2 and err_s < 2e-2):
-                    print(f"  {name}: {cname} does not match the float64 recurrence (o {err_o:.2e}, state "
-                          f"{err_s:.2e}); not timed")
-                    continue
-            g_ms, per = gpu_time(call, args.iters)
-            w_ms = wall_time(call, args.iters)
-            if cname.startswith("FLA"):
-                fla_ms = g_ms
+            try:
+                err_o = err_s = float("nan")
+                if ref is not None:
+                    reset()
+                    call()
+                    o, st = result()
+                    err_o, err_s = rel(o, ref[0]), rel(st, ref[1])
+                    if not (err_o < 2e-2 and err_s < 2e-2):
+                        print(f"  {name}: {cname} does not match the float64 recurrence (o {err_o:.2e}, state "
+                              f"{err_s:.2e}); not timed", flush=True)
+                        rows.append(dict(case=name, impl=f"{cname} WRONG (not timed)", tokens=T, rel_l2_o=err_o,
+                                         rel_l2_state=err_s))
+                        emit()
+                        continue                  # the next alternative, if any (FLA: q/k repeated)
+                g_ms, per = gpu_time(call, args.iters)
+                w_ms = wall_time(call, args.iters)
+            except Exception as e:
+                print(f"  {name}: {cname} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                fail(cname, f"{type(e).__name__}: {str(e)[:100]}")
+                if _cuda_broken(e):
+                    broken = type(e).__name__
+                emit()
+                break
             rows.append(dict(case=name, impl=cname, tokens=T, gpu_ms=g_ms,
                              gpu_mtok_s=T / g_ms / 1e3 if g_ms else float("nan"), wall_ms=w_ms,
                              wall_mtok_s=T / w_ms / 1e3, wall_over_gpu=w_ms / g_ms if g_ms else float("nan"),
@@ -239,21 +277,31 @@ def bench_case(name, lengths, dims, args, rows, kernel_rows):
             if cname.startswith("gdn triton (raw"):
                 for k, ms in sorted(per.items(), key=lambda kv: -kv[1]):
                     kernel_rows.append(dict(case=name, kernel=k, ms=ms))
+            emit()
             break
+
+
+def add_vs_fla(rows):
+    """vs_fla = FLA's GPU time / this row's, per case (FLA: the first FLA row of the case that was timed)."""
+    fla = {}
     for r in rows:
-        if r["case"] == name:
-            r["vs_fla"] = (fla_ms / r["gpu_ms"]) if fla_ms and r["gpu_ms"] else float("nan")
+        if r["impl"].startswith("FLA") and r.get("gpu_ms") and r["case"] not in fla:
+            fla[r["case"]] = r["gpu_ms"]
+    for r in rows:
+        f, g = fla.get(r["case"]), r.get("gpu_ms")
+        r["vs_fla"] = f / g if f and g else float("nan")
 
 
-SWEEP_STATE = [dict(BV=16, num_warps=4, num_stages=2), dict(BV=32, num_warps=4, num_stages=1),
+# No num_stages=1 for the state pass: Triton 3.6 miscompiles it on sm_90 (chunk_state.MIN_STAGES clamps it).
+SWEEP_STATE = [dict(BV=16, num_warps=4, num_stages=2), dict(BV=16, num_warps=4, num_stages=3),
                dict(BV=32, num_warps=4, num_stages=2), dict(BV=32, num_warps=4, num_stages=3),
-               dict(BV=64, num_warps=4, num_stages=1), dict(BV=64, num_warps=4, num_stages=2),
+               dict(BV=32, num_warps=8, num_stages=2), dict(BV=64, num_warps=4, num_stages=2),
                dict(BV=64, num_warps=8, num_stages=2)]
 SWEEP_OUT = [dict(BV=64, num_warps=4, num_stages=2), dict(BV=128, num_warps=8, num_stages=2),
              dict(BV=32, num_warps=4, num_stages=2)]
 
 
-def sweep_case(name, lengths, dims, args, rows):
+def sweep_case(name, lengths, dims, args, rows, emit=lambda: None):
     """GPU time of gdn's launch plans for one case (tables patched in place, restored after)."""
     H, HV, K, V = dims
     T = sum(lengths)
@@ -283,9 +331,15 @@ def sweep_case(name, lengths, dims, args, rows):
                 g_ms, _ = gpu_time(call, args.iters)
             except Exception as e:
                 print(f"  sweep {name} fuse={fuse} state={st} out={oc}: {type(e).__name__}: {str(e)[:200]}")
+                rows.append(dict(case=name, fuse=fuse, state=st, output=oc if not fuse else "-",
+                                 gpu_ms=f"FAILED: {type(e).__name__}"))
+                emit()
+                if _cuda_broken(e):
+                    break
                 continue
             rows.append(dict(case=name, fuse=fuse, state=st, output=oc if not fuse else "-", gpu_ms=g_ms,
                              mtok_s=T / g_ms / 1e3 if g_ms else 0, rel_vs_default=err))
+            emit()
     finally:
         P._FUSE.clear(), P._FUSE.update(saved[0])
         CS._CONFIGS.clear(), CS._CONFIGS.update(saved[1])
@@ -300,6 +354,34 @@ def fmt(v, nd=3):
     return str(v)
 
 
+def run_isolated(case, argv, timeout):
+    """One case in a child process; returns (rows, kernel_rows, sweep_rows) it wrote, plus a FAILED row when
+    it did not finish (a crash, a CUDA fault, a timeout): whatever it measured before that is kept."""
+    fd, path = tempfile.mkstemp(suffix=".json", prefix="bench_prefill_")
+    os.close(fd)
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--cases", case, "--child-json", path]
+    why = None
+    try:
+        r = subprocess.run(cmd, timeout=timeout)
+        if r.returncode != 0:
+            why = f"child exit {r.returncode}"
+    except subprocess.TimeoutExpired:
+        why = f"timeout after {timeout} s"
+    try:
+        with open(path) as f:
+            got = json.load(f)
+    except (OSError, ValueError):
+        got = {}
+    finally:
+        os.unlink(path)
+    rows, kernel_rows, sweep_rows = got.get("rows", []), got.get("kernel_rows", []), got.get("sweep_rows", [])
+    if why is not None:
+        print(f"  {case}: {why}; keeping the {len(rows) + len(sweep_rows)} rows it measured", flush=True)
+        (sweep_rows if "--sweep" in argv else rows).append(
+            dict(case=case, impl=f"(case did not finish: {why})", fuse=f"(case did not finish: {why})"))
+    return rows, kernel_rows, sweep_rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="1x32768,8x4096,64x512,1x4096", help="NxL list: N sequences of L tokens")
@@ -309,29 +391,68 @@ def main(argv=None):
     p.add_argument("--no-check", dest="check", action="store_false")
     p.add_argument("--sweep", action="store_true", help="time gdn's launch plans instead of the comparison")
     p.add_argument("--small", action="store_true", help="tiny heads (H=2, HV=4, K=V=32): interpreter smoke test")
+    p.add_argument("--in-process", action="store_true", help="no child process per case")
+    p.add_argument("--case-timeout", type=int, default=600, help="seconds per case (isolated runs)")
+    p.add_argument("--deadline", type=float, help="seconds for all cases: later cases are cut short or skipped, "
+                   "and the table is printed in time")
+    p.add_argument("--child-json", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     dims = (2, 4, 32, 32) if a.small or not GPU else (16, 32, 128, 128)
     if not GPU:
         a.cases = "2x70,1x130" if a.cases == p.get_default("cases") else a.cases
         a.iters = 1
+    rows, kernel_rows, sweep_rows = [], [], []
+    if a.child_json:                       # one isolated case: write the rows as they come
+        def emit():
+            with open(a.child_json + ".tmp", "w") as f:
+                json.dump(dict(rows=rows, kernel_rows=kernel_rows, sweep_rows=sweep_rows), f)
+            os.replace(a.child_json + ".tmp", a.child_json)
+        for c in a.cases.split(","):
+            N, L_ = parse_case(c)
+            if a.sweep:
+                sweep_case(c, [L_] * N, dims, a, sweep_rows, emit)
+            else:
+                bench_case(c, [L_] * N, dims, a, rows, kernel_rows, emit)
+        emit()
+        return 0
     info = probe.device_info(DEV)
     print(f"# gdn prefill benchmark, {datetime.date.today()}, {info.name} ({info.arch}), torch {torch.__version__}, "
           f"triton {info.versions.get('triton')}, fla {info.versions.get('fla-core')}, flashinfer "
           f"{info.versions.get('flashinfer-python')}; H={dims[0]} HV={dims[1]} K={dims[2]} V={dims[3]}, bf16, "
-          f"fp32 state\n")
-    rows, kernel_rows, sweep_rows = [], [], []
+          f"fp32 state\n", flush=True)
+    isolate = GPU and not a.in_process
+    passthrough = [f"--iters={a.iters}"] + [flag for flag, on in (("--no-peers", not a.peers),
+                                                                  ("--no-check", not a.check),
+                                                                  ("--sweep", a.sweep), ("--small", a.small)) if on]
+    end = time.time() + a.deadline if a.deadline else None
     for c in a.cases.split(","):
-        N, L_ = parse_case(c)
         t0 = time.time()
-        if a.sweep:
-            sweep_case(c, [L_] * N, dims, a, sweep_rows)
+        left = a.case_timeout if end is None else min(a.case_timeout, int(end - t0))
+        if isolate and left < 10:
+            print(f"  {c}: skipped (deadline)", flush=True)
+            (sweep_rows if a.sweep else rows).append(dict(case=c, impl="(skipped: deadline)", fuse="(skipped)"))
+            continue
+        if isolate:
+            r, k, sw = run_isolated(c, passthrough, left)
+            rows += r
+            kernel_rows += k
+            sweep_rows += sw
         else:
-            bench_case(c, [L_] * N, dims, a, rows, kernel_rows)
-        print(f"  ({c} done in {time.time() - t0:.0f} s)", file=sys.stderr)
+            N, L_ = parse_case(c)
+            try:
+                if a.sweep:
+                    sweep_case(c, [L_] * N, dims, a, sweep_rows)
+                else:
+                    bench_case(c, [L_] * N, dims, a, rows, kernel_rows)
+            except Exception as e:  # keep the table: what was measured so far is printed below
+                print(f"  {c}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                rows.append(dict(case=c, impl=f"(case failed: {type(e).__name__})"))
+        print(f"  ({c} done in {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     if a.sweep:
         cols = ["case", "fuse", "state", "output", "gpu_ms", "mtok_s", "rel_vs_default"]
         out_rows = sweep_rows
     else:
+        add_vs_fla(rows)
         cols = ["case", "impl", "gpu_ms", "gpu_mtok_s", "wall_ms", "wall_mtok_s", "wall_over_gpu", "vs_fla",
                 "rel_l2_o", "rel_l2_state", "kernels"]
         out_rows = rows

@@ -168,6 +168,40 @@ def test_prefill_both_plans_against_reference_op(monkeypatch, fuse, layout, pool
     assert torch.equal(p[~u].view(torch.uint8), c["pool"][~u].view(torch.uint8))
 
 
+@pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])
+@pytest.mark.parametrize("lengths,pad", [
+    pytest.param([300, 64, 0, 129], 1, id="4seq-pad1-zero1"),
+    pytest.param([512] * 8, 1, id="8x512-pad1"),
+    pytest.param([1000, 0, 65, 1, 512, 129, 0, 2000], 3, id="8seq-pad3-zero2"),
+])
+def test_prefill_many_sequences_both_plans(monkeypatch, fuse, lengths, pad):
+    """The shapes that failed on the H100 (N*HV >= 128: the "wide" bucket; padding and zero-length
+    sequences; multi-chunk lengths not multiples of 64), each plan forced, against the float64 recurrence."""
+    for bucket in ("narrow", "wide"):
+        monkeypatch.setitem(P._FUSE, bucket, fuse)
+    torch.manual_seed(4)
+    dev = torch.device("cuda")
+    c = make_case(lengths, torch.bfloat16, "vk", torch.float32, dev, pad_seq=pad)
+    o, p = run_triton(c, "vk")
+    check_against_recurrence(c, o, p, "vk", torch.bfloat16, torch.float32)
+    assert (o[c["cu"][pad]:c["cu"][pad + 1]] == 0).all()
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])
+def test_prefill_single_stage_request_is_clamped(monkeypatch, fuse):
+    """Tables (or a sweep) asking for num_stages=1: on sm_90 that loop is miscompiled by Triton 3.6 (garbage
+    or an illegal address); chunk_state clamps it, so the result stays right."""
+    for bucket in ("narrow", "wide"):
+        monkeypatch.setitem(P._FUSE, bucket, fuse)
+        for key in (bucket, ("nvidia", bucket)):
+            monkeypatch.setitem(CS._CONFIGS, key, dict(BV=32, num_warps=4, num_stages=1))
+    torch.manual_seed(5)
+    dev = torch.device("cuda")
+    c = make_case([512] * 8, torch.bfloat16, "vk", torch.float32, dev, pad_seq=1)
+    o, p = run_triton(c, "vk")
+    check_against_recurrence(c, o, p, "vk", torch.bfloat16, torch.float32)
+
+
 @pytest.mark.parametrize("N", [1, 8])
 def test_prefill_cuda_graph(N):
     """Capture once for a token budget and N sequences; replay with new lengths (summing to less than the

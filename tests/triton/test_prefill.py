@@ -7,10 +7,14 @@ sequences, lengths that are not multiples of 64, the unused tail of a token budg
 launch plans (output fused into the state pass or not). Outputs and unused pool slots are NaN-poisoned.
 Tolerances (spec/ops.md): fp32 1e-5, bf16 inputs 5e-3, bf16 state 1e-2.
 """
+import contextlib
+
+import numpy as np
 import pytest
 import torch
 
 from gdn import ops
+from gdn.common import probe
 from gdn.common import launch as L
 from gdn.common import reference as R
 from gdn.common import reference_chunk as RC
@@ -72,6 +76,68 @@ def plan(monkeypatch):
             monkeypatch.setitem(P._FUSE, bucket, fuse)
             monkeypatch.setitem(CS._CONFIGS, bucket, dict(BV=BV, num_warps=4, num_stages=1))
     return set_plan
+
+
+@contextlib.contextmanager
+def bounds_checked():
+    """Under the interpreter: every active lane of every tl.load / tl.store of the kernels launched inside
+    must fall within one of the launch's tensor arguments (their extents, views included), else
+    AssertionError naming the kernel and program. The GPU faults on such accesses only sometimes (the
+    address may land in another live allocation); the interpreter reads host memory and never faults."""
+    import triton.runtime.interpreter as interp
+    GE, B = interp.GridExecutor, interp.InterpreterBuilder
+    saved = GE._init_args_hst, B.create_masked_load, B.create_masked_store
+    launch = {}
+
+    def extent(t):
+        span = sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) + 1
+        return t.data_ptr(), t.data_ptr() + span * t.element_size()
+
+    def init(self, args_dev, kwargs):
+        a, k = saved[0](self, args_dev, kwargs)
+        ts = [x for x in list(a) + list(k.values()) if isinstance(x, torch.Tensor) and x.numel()]
+        launch.update(name=self.fn.__name__, regions=np.array([extent(t) for t in ts], dtype=np.uint64).reshape(-1, 2))
+        return a, k
+
+    def check(ptrs, mask, what):
+        addr = ptrs.data.astype(np.uint64).reshape(-1)[np.broadcast_to(mask.data.astype(bool), ptrs.data.shape).reshape(-1)]
+        if addr.size == 0:
+            return
+        size = np.uint64(max(1, ptrs.get_element_ty().primitive_bitwidth // 8))
+        lo, hi = launch["regions"][:, 0], launch["regions"][:, 1]
+        inside = ((addr[:, None] >= lo[None, :]) & (addr[:, None] + size <= hi[None, :])).any(axis=1)
+        if not inside.all():
+            raise AssertionError(f"{what} out of bounds in {launch['name']}, program "
+                                 f"{interp.interpreter_builder.grid_idx}: {int((~inside).sum())} lanes")
+
+    def load(self, ptrs, mask, other, *rest):
+        check(ptrs, mask, "load")
+        return saved[1](self, ptrs, mask, other, *rest)
+
+    def store(self, ptrs, value, mask, *rest):
+        check(ptrs, mask, "store")
+        return saved[2](self, ptrs, value, mask, *rest)
+
+    GE._init_args_hst, B.create_masked_load, B.create_masked_store = init, load, store
+    try:
+        yield
+    finally:
+        GE._init_args_hst, B.create_masked_load, B.create_masked_store = saved
+
+
+@pytest.fixture
+def poisoned_workspace(monkeypatch):
+    """prefill's internal buffers (g_cum, w, u, norms, h, v_new) come from torch.empty: fill them with NaN
+    so that a read of anything no kernel wrote shows (on the CPU fresh pages are zeros and hide it)."""
+    class _Torch:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def empty(*a, **kw):
+            t = torch.empty(*a, **kw)
+            return t.fill_(NAN) if t.dtype.is_floating_point else t
+    monkeypatch.setattr(P, "torch", _Torch())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,6 +374,110 @@ def test_public_api_dispatches_to_triton():
     o0 = ops.prefill(q, k, v, p0, idx, cu, backend="reference", **kw)
     o1 = ops.prefill(q, k, v, p1, idx, cu, backend="triton", **kw)
     assert relerr(o1, o0) < 1e-5 and relerr(p1, p0) < 1e-5
+
+
+# The GPU failures of 2026-11-22 (H100: "illegal memory access" in the state pass for N*HV >= 128, garbage
+# from the plain pass) had the shapes below: several sequences, so that N * HV reaches the "wide" bucket,
+# multi-chunk lengths that are not multiples of 64, a padding slot, zero-length sequences. Their cause was
+# a Triton codegen bug for num_stages=1 on sm_90 (chunk_state.MIN_STAGES; test_state_pass_stages_on_hopper),
+# which no CPU run can show; these tests pin everything else for those shapes: every access in bounds,
+# no read of unwritten workspace, both plans, the V split, both buckets' tables.
+
+MANY = [   # lengths, slots, output fused into the state pass
+    pytest.param([130, 0, 65, 70, 1, 64, 0, 129], [9, -1, 2, 7, 1, 0, 6, 4], False, id="8seq-pad1-zero2-plain"),
+    pytest.param([130, 0, 65, 70, 1, 64, 0, 129], [9, -1, 2, 7, 1, 0, 6, 4], True, id="8seq-pad1-zero2-fused"),
+    pytest.param([200, 64, 0, 129], [3, -1, 0, 5], False, id="4seq-pad1-zero1-plain"),
+    pytest.param([0, 130, 1, 64, 77], [-1, 4, 0, 2, 6], True, id="5seq-pad0-fused"),
+]
+
+
+@pytest.mark.skipif(not probe.interpreter_on(), reason="bounds checks hook the Triton interpreter")
+@pytest.mark.parametrize("lengths,idx,fuse", MANY)
+def test_prefill_many_sequences_in_bounds(plan, poisoned_workspace, fuse, lengths, idx):
+    plan(fuse, 16)                                            # V = 32: two V blocks per (sequence, head)
+    H, HV, K, V = 1, 2, 16, 32                                # (both buckets' tables are patched)
+    N, T = len(lengths), sum(lengths) + 40                    # plus the unused tail of a token budget
+    cu = cu_of(lengths)
+    q, k, v = torch.randn(T, H, K).bfloat16(), torch.randn(T, H, K).bfloat16(), torch.randn(T, HV, V).bfloat16()
+    a, b, A_log, dt_bias = gates(T, HV, torch.bfloat16)
+    idx = torch.tensor(idx, dtype=torch.int32)
+    init = torch.rand(N) > 0.3
+    pool = pool_of(int(idx.max()) + 2, HV, K, V, "vk", torch.float32)
+    used = poison_unused(pool, idx)
+    res = {}
+    for name, fn in (("ref", R.prefill), ("tri", triton("prefill"))):
+        p, o = pool.clone(), torch.full((T, HV, V), NAN, dtype=torch.bfloat16)
+        with bounds_checked() if name == "tri" else contextlib.nullcontext():
+            fn(q, k, v, p, idx, cu, o, None, None, a, b, A_log, dt_bias, init, scale=K ** -0.5,
+               use_qk_l2norm=True, state_layout="vk")
+        res[name] = p, o
+    (p0, o0), (p1, o1) = res["ref"], res["tri"]
+    assert relerr(o1, o0) < tol(torch.bfloat16)
+    pad = (idx < 0).nonzero().flatten().tolist()
+    for n in pad:
+        assert (o1[cu[n]:cu[n + 1]] == 0).all()
+    assert (o1[cu[-1]:] == 0).all()
+    assert torch.equal(p1[~used].view(torch.uint8), p0[~used].view(torch.uint8)), "an unused slot changed"
+    assert relerr(p1[used], p0[used]) < tol(torch.bfloat16)
+
+
+@pytest.mark.skipif(not probe.interpreter_on(), reason="bounds checks hook the Triton interpreter")
+def test_sub_ops_many_sequences_in_bounds(poisoned_workspace):
+    """chunk_state and chunk_output on their own (the plain plan's h buffer: chunk slots, not sequence-local
+    chunk ids), bounds-checked, with more chunk slots than chunks (zero-length and short sequences)."""
+    lengths, H, HV, K, V = [130, 0, 65, 1, 0, 129], 1, 4, 16, 32
+    T = sum(lengths)
+    q, k, v, g_cum, beta, cu = _chunk_inputs(lengths, H, HV, K, V, torch.float32)
+    w, u = torch.randn(T, HV, K) * 0.3, torch.randn(T, HV, V)
+    idx = torch.tensor([5, 0, -1, 2, 3, 1])
+    pool = pool_of(6, HV, K, V, "kv", torch.float32)
+    NS = C.num_slots(T, len(lengths))
+    outs = {}
+    for name, fn in (("ref", RC.chunk_state), ("tri", triton("chunk_state"))):
+        p, h, vn = pool.clone(), torch.full((NS, HV, K, V), NAN), torch.full((T, HV, V), NAN)
+        with bounds_checked() if name == "tri" else contextlib.nullcontext():
+            fn(k, w, u, g_cum, p, idx, cu, None, h, vn, use_qk_l2norm=True, state_layout="kv")
+        outs[name] = p, h, vn
+    (p0, h0, v0), (p1, h1, v1) = outs["ref"], outs["tri"]
+    assert relerr(p1, p0) < 1e-5 and relerr(v1, v0) < 1e-5
+    assert torch.equal(h1.isnan(), h0.isnan()) and relerr(h1.nan_to_num(), h0.nan_to_num()) < 1e-5
+    o0, o1 = torch.full((T, HV, V), NAN), torch.full((T, HV, V), NAN)
+    RC.chunk_output(q, k, v0, h0.nan_to_num(), g_cum, idx, cu, o0, scale=K ** -0.5, use_qk_l2norm=True)
+    with bounds_checked():
+        triton("chunk_output")(q, k, v0, h0.nan_to_num(), g_cum, idx, cu, o1, scale=K ** -0.5, use_qk_l2norm=True)
+    assert relerr(o1, o0) < 1e-5
+
+
+@pytest.mark.skipif(not probe.interpreter_on(), reason="hooks the Triton interpreter")
+def test_bounds_checker_catches_out_of_range():
+    """The checker itself: a chunk_state launch given a pool slot past the pool's end must trip it."""
+    lengths, H, HV, K, V = [70], 1, 2, 16, 16
+    q, k, v, g_cum, beta, cu = _chunk_inputs(lengths, H, HV, K, V, torch.float32)
+    w, u = torch.randn(70, HV, K), torch.randn(70, HV, V)
+    pool = torch.zeros(2, HV, V, K)
+    with pytest.raises(Exception, match="out of bounds"), bounds_checked():
+        triton("chunk_state")(k, w, u, g_cum, pool, torch.tensor([2]), cu, None, torch.empty(3, HV, K, V),
+                              torch.empty(70, HV, V), use_qk_l2norm=True, state_layout="vk")
+
+
+@pytest.mark.parametrize("N", [1, 2, 4, 8, 64])
+@pytest.mark.parametrize("fuse", [False, True])
+@pytest.mark.parametrize("stages", [None, 1])
+def test_state_pass_stages_on_hopper(monkeypatch, N, fuse, stages):
+    """The root cause of the H100 failures: chunk_state's loop compiled with num_stages=1 on sm_90 reads
+    shared memory out of range (Triton 3.6). Whatever the tables say (stages=1 patched in: a sweep), every
+    state-pass launch on sm_90 has num_stages >= 2, for both plans and both buckets."""
+    for bucket in ("narrow", "wide"):
+        monkeypatch.setitem(P._FUSE, bucket, fuse)
+        if stages is not None:
+            for key in (bucket, ("nvidia", bucket), ("sm_90", bucket)):
+                monkeypatch.setitem(CS._CONFIGS, key, dict(BV=32, num_warps=4, num_stages=stages))
+    with L.recording("sm_90") as launches:
+        triton("prefill")(*_meta_prefill(N, 4096), scale=0.1, use_qk_l2norm=True, state_layout="vk")
+    name = lambda l: (l.kernel.fn if hasattr(l.kernel, "fn") else l.kernel).__name__
+    state = [l for l in launches if name(l) == "_chunk_state_kernel"]
+    assert len(state) == 1 and state[0].options["num_stages"] >= 2
+    assert state[0].constexprs["FUSE_OUT"] == fuse
 
 
 # ---------------------------------------------------------------------------------------------------

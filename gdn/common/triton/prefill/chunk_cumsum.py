@@ -79,4 +79,4 @@ def chunk_cumsum(g, cu_seqlens, out, *, chunk_size):
 
 register(Impl(op="chunk_cumsum", backend="triton", fn=chunk_cumsum, archs=C.ARCHS, priority=10,
               requires=C.REQUIRES, dtypes=dtypes("bfloat16", "float16", "float32"), interpretable=True,
-              validated_on=(), notes="one program per [chunk, heads] tile; no host sync"))
+              validated_on=("sm_90",), notes="one program per [chunk, heads] tile; no host sync"))

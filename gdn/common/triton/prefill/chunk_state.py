@@ -121,15 +121,25 @@ _CONFIGS = {
     # runs chunk_output over all chunks in parallel). "wide": enough pairs to fill the GPU: prefill fuses
     # the output into this pass. Register budget measured with ptxas on sm_90 (K = V = 128, bf16): narrow
     # 213 registers, no spill; wide (fused) BV=32 / 1 stage spills 76 bytes, BV=64 or 2 stages several
-    # hundred, so the fused pass takes BV=32 unpipelined (2 CTAs per SM overlap the loads instead).
+    # hundred. But num_stages=1 is miscompiled on sm_90 (see MIN_STAGES): 2 stages on NVIDIA.
     ("nvidia", "narrow"): dict(BV=32, num_warps=4, num_stages=2),
-    ("nvidia", "wide"): dict(BV=32, num_warps=4, num_stages=1),
+    ("nvidia", "wide"): dict(BV=32, num_warps=4, num_stages=2),
     ("amd", "narrow"): dict(BV=32, num_warps=4, num_stages=2),
     ("amd", "wide"): dict(BV=32, num_warps=4, num_stages=1),
     "narrow": dict(BV=32, num_warps=4, num_stages=1),
     "wide": dict(BV=32, num_warps=4, num_stages=1),
 }
 NARROW_PAIRS = 128          # N * HV below this: "narrow"
+
+# Triton 3.6 on sm_90 miscompiles this kernel's chunk loop when it is not software-pipelined
+# (num_stages=1): the wgmma operands are read from shared memory out of range. Measured on an H100
+# (K = V = 128, bf16, BV=32, 4 warps): compute-sanitizer reports "Invalid __shared__ read of size 1024
+# bytes" in the fused pass (its hi/lo dot_split product) -> "illegal memory access"; the plain pass
+# returns garbage (o rel err 1e4..1e28). num_stages=2, same everything else: both passes match the
+# float64 recurrence. The interpreter ignores num_stages, so only a GPU run shows it. Upstream reports of
+# the same class: triton-lang/triton#10486, #10573, #11366 (Hopper wgmma IMA since 3.6, 4 warps, 32-wide
+# tiles). Every launch on these archs is clamped, whatever a table or a sweep asks for.
+MIN_STAGES = {"sm_90": 2, "sm_90a": 2}
 
 
 def bucket(N: int, HV: int) -> str:
@@ -156,6 +166,7 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
     N = cu_seqlens.shape[0] - 1
     cfg = dict(cfg)
     BV = min(cfg.pop("BV"), C.block_dim(V))
+    cfg["num_stages"] = max(cfg.get("num_stages", 2), MIN_STAGES.get(arch, 1))
     fuse = out is not None
     st = lambda t, n: t.stride(n) if t is not None else 0
     L.launch(_chunk_state_kernel, (N * HV, L.cdiv(V, BV)), k, w, u, g_cum, state, state_indices, cu_seqlens,

@@ -145,6 +145,6 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
 
 register(Impl(op="prefill", backend="triton", fn=prefill, archs=C.ARCHS, priority=10, requires=C.REQUIRES,
               dtypes=dtypes("bfloat16", "float16", "float32"), state_dtypes=dtypes("float32", "bfloat16"),
-              layouts=("vk", "kv"), check=C.head_dim_reasons, interpretable=True, validated_on=(),
+              layouts=("vk", "kv"), check=C.head_dim_reasons, interpretable=True, validated_on=("sm_90",),
               notes="chunked (64): fused gates+cumsum+kkt+solve+wy, state pass split over V (output fused "
                     "when wide), no host sync"))
