@@ -87,7 +87,27 @@ NH_BUCKETS = (32, 64, 256, 512, 1024, 2048, 4096, 8192, 16384)
 # Filled from `python bench/bench_cutedsl_decode.py --sweep` on real hardware; keys
 # (arch, layout, state dtype, "decode" | "mtp", bucket), values tiles (a, warps) or (a, warps, opts).
 # Missing keys (and entries that do not fit the head dims) fall back to `default_tile`.
-TILES: dict = {}
+# sm_90: from `python bench/bench_cutedsl_decode.py --sweep` on an H100 80GB HBM3, 2026-11-22 (every tile
+# checked against the reference before timing; tests/gpu/test_cutedsl_gpu.py 194/194 on that GPU).
+TILES: dict = {
+    ('sm_90', 'vk', 'bf16', 'decode', 32): (4, 4, 'es'),
+    ('sm_90', 'vk', 'bf16', 'decode', 256): (16, 8),
+    ('sm_90', 'vk', 'bf16', 'decode', 1024): (8, 8, 'es'),
+    ('sm_90', 'vk', 'bf16', 'decode', 2048): (8, 8),
+    ('sm_90', 'vk', 'bf16', 'decode', 4096): (16, 4),
+    ('sm_90', 'vk', 'bf16', 'decode', 8192): (16, 8, 'es'),
+    ('sm_90', 'vk', 'bf16', 'decode', 16384): (4, 4, 'e'),
+    ('sm_90', 'vk', 'fp32', 'decode', 32): (1, 8, 'e'),
+    ('sm_90', 'vk', 'fp32', 'decode', 256): (16, 4),
+    ('sm_90', 'vk', 'fp32', 'decode', 1024): (16, 4),
+    ('sm_90', 'vk', 'fp32', 'decode', 2048): (4, 8, 'e'),
+    ('sm_90', 'vk', 'fp32', 'decode', 4096): (16, 4),
+    ('sm_90', 'vk', 'fp32', 'decode', 8192): (16, 4),
+    ('sm_90', 'vk', 'fp32', 'decode', 16384): (4, 4),
+    ('sm_90', 'vk', 'fp32', 'mtp', 256): (4, 8),
+    ('sm_90', 'vk', 'fp32', 'mtp', 1024): (2, 4),
+    ('sm_90', 'vk', 'fp32', 'mtp', 4096): (16, 4),
+}
 
 
 def nh_bucket(nh: int) -> int:

@@ -44,5 +44,5 @@ def _aot(arch: str) -> list:
 
 register(Impl(op="decode_packed", backend="cutedsl", fn=decode_packed, archs=C.ARCHS, priority=40,
               requires=C.REQUIRES, dtypes=IN_DTYPES, state_dtypes=STATE_DTYPES, layouts=("vk", "kv"),
-              head_dims=C.HEAD_DIMS, validated_on=(), interpretable=False, aot=_aot,
+              head_dims=C.HEAD_DIMS, validated_on=("sm_90",), interpretable=False, aot=_aot,
               notes="the CuTeDSL decode kernel addressing q/k/v inside mixed_qkv (pointer arithmetic)"))
