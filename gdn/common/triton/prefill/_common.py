@@ -13,7 +13,6 @@ import triton
 import triton.language as tl
 
 from gdn.common import launch as L
-from gdn.common import probe
 
 BT = 64                      # chunk size of the prefill pipeline
 MAX_HEAD_DIM = 256           # K and V tiles sit in registers
@@ -106,61 +105,6 @@ def dot_split(a, b, PREC: tl.constexpr):
     hi = a.to(b.dtype)
     lo = (a - hi.to(tl.float32)).to(b.dtype)
     return tl.dot(lo, b, acc=tl.dot(hi, b))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Two bugs of Triton 3.6's interpreter (TRITON_INTERPRET=1), fixed in place when it is on:
-#  - a scalar (a 1-element numpy array) becomes a Python int through `int(arr)`, which numpy >= 2.3
-#    rejects, so loops with run-time bounds fail; index through the array's single element instead;
-#  - tl.dot on bfloat16 operands multiplies their raw uint16 storage; widen them to fp32 first (exact,
-#    accumulation in fp32 as on the GPU);
-#  - fp32 -> bf16 casts truncate; the GPU rounds to nearest even, and truncation's bias would make the
-#    interpreter's bf16 numerics look worse than the hardware's.
-
-def _interpreter_shims() -> None:
-    if not probe.interpreter_on():
-        return
-    import numpy as np
-    import triton.runtime.interpreter as interp
-    if getattr(interp, "_gdn_shims", False):
-        return
-    if hasattr(interp, "_patch_lang_tensor"):
-        orig_patch = interp._patch_lang_tensor
-
-        def patch_lang_tensor(tensor, scope):
-            orig_patch(tensor, scope)
-            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-        interp._patch_lang_tensor = patch_lang_tensor
-    builder = getattr(interp, "InterpreterBuilder", None)
-    if builder is not None and hasattr(builder, "create_dot"):
-        orig_dot = builder.create_dot
-
-        def widen(x):
-            if x.dtype == tl.bfloat16:
-                return interp.TensorHandle((x.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-            return x
-
-        def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-            return orig_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
-
-        builder.create_dot = create_dot
-    if builder is not None and hasattr(builder, "cast_impl"):
-        orig_cast = builder.cast_impl
-
-        def cast_impl(self, src, dst_type):
-            if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-                u = src.data.astype(np.float32).view(np.uint32).astype(np.uint64)
-                r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-                r = np.where(np.isnan(src.data), np.uint16(0x7FC0), r)
-                return interp.TensorHandle(r, dst_type.scalar)
-            return orig_cast(self, src, dst_type)
-
-        builder.cast_impl = cast_impl
-    interp._gdn_shims = True
-
-
-_interpreter_shims()
 
 
 # ---------------------------------------------------------------------------------------------------
