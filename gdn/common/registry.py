@@ -236,7 +236,8 @@ def clear_cache() -> None:
 
 
 def support_matrix(archs: Iterable[str] = probe.KNOWN_ARCHS) -> list[dict]:
-    """op x backend x arch: 'validated' (numerics on real hardware), 'compile-only', or ''."""
+    """op x backend x arch: 'validated' (numerics on real hardware), 'compile-only', 'interpreter' (CPU),
+    'oracle' (the reference), or '' (not served)."""
     rows = []
     for op in ops():
         for impl in impls(op):
@@ -244,7 +245,9 @@ def support_matrix(archs: Iterable[str] = probe.KNOWN_ARCHS) -> list[dict]:
             for arch in archs:
                 if not impl.serves(arch) and not (arch == "cpu" and impl.interpretable):
                     row[arch] = ""
-                elif arch == "cpu" and impl.backend != "reference":
+                elif impl.backend == "reference":
+                    row[arch] = "oracle"         # fp32 PyTorch: runs wherever torch does; it judges the others
+                elif arch == "cpu":
                     row[arch] = "interpreter"
                 elif arch in impl.validated_on or "*" in impl.validated_on:
                     row[arch] = "validated"
