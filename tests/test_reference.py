@@ -230,7 +230,6 @@ def test_conv1d_update_and_prefill(W, bias, act):
         assert torch.equal(pool[idx[i]], window[:, 1:])
     assert (out[1] == 0).all() and torch.equal(pool[[0, 1, 3]], before[[0, 1, 3]])
     # prefill conv: sequence lengths 1 (shorter than W-1), 0 and 6
-    lens = [1, 0, 6]
     cu = torch.tensor([0, 1, 1, 7])
     xs = torch.randn(7, D)
     pool2 = torch.randn(S, D, W - 1)

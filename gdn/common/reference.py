@@ -129,7 +129,6 @@ def commit_accepted(state, state_indices, intermediate_states, intermediate_indi
 
 def split_packed_qkv(mixed_qkv, num_k_heads, head_k_dim, head_v_dim):
     """[B, 2*H*K + HV*V] -> q,k [B,H,K], v [B,HV,V] (views)."""
-    B = mixed_qkv.shape[0]
     hk = num_k_heads * head_k_dim
     q = mixed_qkv[:, :hk].unflatten(1, (num_k_heads, head_k_dim))
     k = mixed_qkv[:, hk:2 * hk].unflatten(1, (num_k_heads, head_k_dim))

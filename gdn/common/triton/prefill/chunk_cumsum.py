@@ -12,7 +12,6 @@ prefill, which fuses gates + cumsum into its first kernel instead of launching t
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
