@@ -27,13 +27,15 @@ import argparse
 import csv
 import math
 import os
-import statistics
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gdn.common.timing import copy_bandwidth, rel  # noqa: E402
+from gdn.common.timing import graph_time_us as graph_us  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
 DEV = "cuda"
@@ -48,58 +50,6 @@ def log(msg):
 
 # ---------------------------------------------------------------------------------------------------
 # measurement
-
-def copy_bandwidth(nbytes=1 << 30, reps=15) -> float:
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=DEV).normal_()
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    ts = []
-    for _ in range(reps):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        dst.copy_(src)
-        e1.record()
-        e1.synchronize()
-        ts.append(e0.elapsed_time(e1) * 1e-3)
-    del src, dst
-    torch.cuda.empty_cache()
-    return 2 * nbytes / statistics.median(ts)
-
-
-def graph_us(calls, replays=20) -> float:
-    """Median per-call time (us) of a CUDA graph of `calls` (warmed up on a side stream first)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(replays):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        ts.append(e0.elapsed_time(e1) * 1e3)
-    del g
-    return statistics.median(ts) / len(calls)
-
-
-def rel(x, r) -> float:
-    x, r = x.double(), r.double()
-    if not torch.isfinite(x).all():
-        return float("inf")
-    return ((x - r).norm() / r.norm().clamp_min(1e-30)).item()
-
 
 # ---------------------------------------------------------------------------------------------------
 # one problem: B sequences, n rotations of disjoint slots
@@ -278,7 +228,7 @@ def main():
     info = probe.device_info()
     arch = info.arch
     l2 = info.l2_bytes or (50 << 20)
-    bw = copy_bandwidth()
+    bw = copy_bandwidth(reps=15)
     log(f"{info.name} ({arch}, {info.multiprocessors} SMs, L2 {l2 >> 20} MiB), copy bandwidth {bw / 1e12:.3f} TB/s, "
         f"torch {torch.__version__}, cutlass-dsl {probe.versions().get('nvidia-cutlass-dsl')}, "
         f"flashinfer {probe.package_version('flashinfer-python')}")

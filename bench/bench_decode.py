@@ -18,13 +18,14 @@ import csv
 import datetime
 import math
 import os
-import statistics
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gdn.common.timing import copy_bandwidth, graph_time_us, rel  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
 DEV = "cuda"
@@ -33,59 +34,6 @@ ESZ = {torch.float32: 4, torch.bfloat16: 2}
 
 # ---------------------------------------------------------------------------------------------------
 # measurement
-
-def copy_bandwidth(nbytes=1 << 30, reps=20) -> float:
-    """Bytes/s of a large device-to-device copy, counting read + write."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=DEV).normal_()
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    ts = []
-    for _ in range(reps):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        dst.copy_(src)
-        e1.record()
-        e1.synchronize()
-        ts.append(e0.elapsed_time(e1) * 1e-3)
-    del src, dst
-    torch.cuda.empty_cache()
-    return 2 * nbytes / statistics.median(ts)
-
-
-def graph_time_us(calls, replays) -> float:
-    """Median per-call time (us) of a CUDA graph holding `calls` (each already warmed up)."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(replays):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        ts.append(e0.elapsed_time(e1) * 1e3)
-    del g
-    return statistics.median(ts) / len(calls)
-
-
-def rel(x, ref) -> float:
-    x, ref = x.double(), ref.double()
-    if not torch.isfinite(x).all():
-        return float("inf")
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
 
 def n_rot(per_call_bytes: int, l2: int, lo=2, hi=128) -> int:
     return max(lo, min(hi, math.ceil(8 * l2 / max(per_call_bytes, 1))))
