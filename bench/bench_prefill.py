@@ -274,9 +274,9 @@ def bench_case(name, lengths, dims, args, rows, kernel_rows, emit=lambda: None):
                              gpu_mtok_s=T / g_ms / 1e3 if g_ms else float("nan"), wall_ms=w_ms,
                              wall_mtok_s=T / w_ms / 1e3, wall_over_gpu=w_ms / g_ms if g_ms else float("nan"),
                              rel_l2_o=err_o, rel_l2_state=err_s, kernels=len(per)))
-            if cname.startswith("gdn triton (raw"):
+            if not cname.startswith("gdn triton (g,"):
                 for k, ms in sorted(per.items(), key=lambda kv: -kv[1]):
-                    kernel_rows.append(dict(case=name, kernel=k, ms=ms))
+                    kernel_rows.append(dict(case=name, impl=cname, kernel=k[:90], ms=ms))
             emit()
             break
 
@@ -293,10 +293,10 @@ def add_vs_fla(rows):
 
 
 # No num_stages=1 for the state pass: Triton 3.6 miscompiles it on sm_90 (chunk_state.MIN_STAGES clamps it).
-SWEEP_STATE = [dict(BV=16, num_warps=4, num_stages=2), dict(BV=16, num_warps=4, num_stages=3),
-               dict(BV=32, num_warps=4, num_stages=2), dict(BV=32, num_warps=4, num_stages=3),
-               dict(BV=32, num_warps=8, num_stages=2), dict(BV=64, num_warps=4, num_stages=2),
-               dict(BV=64, num_warps=8, num_stages=2)]
+SWEEP_STATE = [dict(BV=16, num_warps=4, num_stages=2), dict(BV=32, num_warps=4, num_stages=2),
+               dict(BV=32, num_warps=4, num_stages=3), dict(BV=32, num_warps=8, num_stages=2),
+               dict(BV=64, num_warps=4, num_stages=2), dict(BV=64, num_warps=8, num_stages=2),
+               dict(BV=64, num_warps=8, num_stages=3), dict(BV=32, num_warps=4, num_stages=2, TMA=False)]
 SWEEP_OUT = [dict(BV=64, num_warps=4, num_stages=2), dict(BV=128, num_warps=8, num_stages=2),
              dict(BV=32, num_warps=4, num_stages=2)]
 
@@ -316,12 +316,13 @@ def sweep_case(name, lengths, dims, args, rows, emit=lambda: None):
             [(True, s, None) for s in SWEEP_STATE]
     try:
         for fuse, st, oc in plans:
+            arch = probe.device_info(DEV).arch
             for bucket in ("narrow", "wide"):
-                for key in (bucket, ("nvidia", bucket), ("amd", bucket)):
+                for key in (bucket, (arch, bucket), ("nvidia", bucket), ("amd", bucket)):
                     P._FUSE[key] = fuse
                     CS._CONFIGS[key] = st
             for bucket in ("big", "small"):
-                for key in (bucket, ("nvidia", bucket), ("amd", bucket)):
+                for key in (bucket, (arch, bucket), ("nvidia", bucket), ("amd", bucket)):
                     if oc is not None:
                         CO._CONFIGS[key] = oc
             try:
@@ -461,9 +462,9 @@ def main(argv=None):
     for r in out_rows:
         print("| " + " | ".join(fmt(r.get(k, "")) for k in cols) + " |")
     if kernel_rows:
-        print("\ngdn per-kernel GPU time (raw gates)\n\n| case | kernel | ms |\n|---|---|---|")
+        print("\nper-kernel GPU time (gdn: raw gates)\n\n| case | impl | kernel | ms |\n|---|---|---|---|")
         for r in kernel_rows:
-            print(f"| {r['case']} | {r['kernel']} | {fmt(r['ms'])} |")
+            print(f"| {r['case']} | {r.get('impl', '')} | {r['kernel']} | {fmt(r['ms'])} |")
     if a.out:
         with open(a.out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols + (["vs_fla"] if "vs_fla" not in cols else []),
@@ -472,7 +473,7 @@ def main(argv=None):
             for r in out_rows:
                 w.writerow(r)
             for r in kernel_rows:
-                f.write(f"# kernel,{r['case']},{r['kernel']},{r['ms']}\n")
+                f.write(f"# kernel,{r['case']},{r.get('impl', '')},{r['kernel']},{r['ms']}\n")
     return 0
 
 

@@ -47,6 +47,11 @@ def recording(arch: str):
         _RECORD.reset(token)
 
 
+def is_recording() -> bool:
+    """True inside `recording(arch)` (launchers then run on meta tensors and launch nothing)."""
+    return _RECORD.get() is not None
+
+
 def current_arch(device: torch.device) -> str:
     rec = _RECORD.get()
     if rec is not None:

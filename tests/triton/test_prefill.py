@@ -274,6 +274,49 @@ def test_prefill_matches_recurrence(plan, dtype, pool_dtype, layout, raw, cu_dty
     assert relerr(p1[used], p0[used]) < tol(dtype, pool_dtype)
 
 
+TMA_CASES = [   # fuse, l2norm, pool layout / dtype, input dtype
+    pytest.param(True, True, "vk", torch.float32, torch.bfloat16, id="fused-l2-vk"),
+    pytest.param(False, True, "kv", torch.bfloat16, torch.bfloat16, id="plain-l2-kv-bf16pool"),
+    pytest.param(True, False, "kv", torch.float32, torch.float32, id="fused-nol2-fp32"),
+    pytest.param(False, False, "vk", torch.float32, torch.float16, id="plain-nol2-fp16"),
+]
+
+
+@pytest.mark.parametrize("fuse,l2,layout,pool_dtype,dtype", TMA_CASES)
+def test_prefill_tma_state_pass(plan, monkeypatch, fuse, l2, layout, pool_dtype, dtype):
+    """The sm_90+ state pass (TMA descriptors cut at each sequence's end), run under the interpreter by
+    letting the CPU count as a TMA arch: several sequences (tails, a zero-length one, a padding slot, the
+    unused tail of a token budget whose rows are NaN), against the token-by-token reference."""
+    monkeypatch.setattr(CS, "TMA_ARCHS", CS.TMA_ARCHS + ("cpu",))
+    plan(fuse, 16)
+    launched = []
+    real = L.launch
+    monkeypatch.setattr(L, "launch", lambda kern, *a, **kw: (launched.append(kern.fn.__name__), real(kern, *a, **kw)))
+    lengths, H, HV, K, V = [70, 0, 64, 1, 129], 1, 2, 16, 32
+    N, T = len(lengths), sum(lengths) + 20
+    cu = cu_of(lengths)
+    s = 1.0 if l2 else 0.3                                    # raw keys: keep fp16 intermediates in range
+    q, k, v = (torch.randn(T, H, K) * s).to(dtype), (torch.randn(T, H, K) * s).to(dtype), torch.randn(T, HV, V).to(dtype)
+    q[cu[-1]:], k[cu[-1]:], v[cu[-1]:] = NAN, NAN, NAN         # garbage in the unused budget
+    a, b, A_log, dt_bias = gates(T, HV, dtype)
+    idx = torch.tensor([3, 0, -1, 5, 1])
+    init = torch.tensor([True, False, True, True, False])
+    pool = pool_of(7, HV, K, V, layout, pool_dtype)
+    used = poison_unused(pool, idx)
+    res = {}
+    for name, fn in (("ref", R.prefill), ("tri", triton("prefill"))):
+        p, o = pool.clone(), torch.full((T, HV, V), NAN, dtype=dtype)
+        fn(q, k, v, p, idx, cu, o, None, None, a, b, A_log, dt_bias, init, scale=K ** -0.5, use_qk_l2norm=l2,
+           state_layout=layout)
+        res[name] = p, o
+    assert "_chunk_state_tma_kernel" in launched, launched
+    (p0, o0), (p1, o1) = res["ref"], res["tri"]
+    assert relerr(o1[:cu[-1]], o0[:cu[-1]]) < tol(dtype)
+    assert (o1[cu[2]:cu[3]] == 0).all() and (o1[cu[-1]:] == 0).all()
+    assert torch.equal(p1[~used].view(torch.uint8), p0[~used].view(torch.uint8)), "an unused slot changed"
+    assert relerr(p1[used], p0[used]) < tol(dtype, pool_dtype)
+
+
 def test_prefill_padding_rows_budget_tail_and_no_l2norm(plan):
     """A padding sequence with tokens gets zero rows; rows past cu_seqlens[-1] (the unused part of a fixed
     token budget) are zeroed; use_qk_l2norm=False; a zero-length sequence with has_initial_state False
@@ -475,7 +518,7 @@ def test_state_pass_stages_on_hopper(monkeypatch, N, fuse, stages):
     with L.recording("sm_90") as launches:
         triton("prefill")(*_meta_prefill(N, 4096), scale=0.1, use_qk_l2norm=True, state_layout="vk")
     name = lambda l: (l.kernel.fn if hasattr(l.kernel, "fn") else l.kernel).__name__
-    state = [l for l in launches if name(l) == "_chunk_state_kernel"]
+    state = [l for l in launches if name(l).startswith("_chunk_state")]
     assert len(state) == 1 and state[0].options["num_stages"] >= 2
     assert state[0].constexprs["FUSE_OUT"] == fuse
 
@@ -499,6 +542,8 @@ def test_prefill_records_on_meta(arch, N, kernels):
     args = _meta_prefill(N, 4096)
     with L.recording(arch) as launches:
         triton("prefill")(*args, scale=0.1, use_qk_l2norm=True, state_layout="vk")
+    if arch in CS.TMA_ARCHS:                                  # Hopper+: the state pass moves tiles by TMA
+        kernels = [k.replace("_chunk_state_kernel", "_chunk_state_tma_kernel") for k in kernels]
     assert [l.kernel.fn.__name__ if hasattr(l.kernel, "fn") else l.kernel.__name__ for l in launches] == kernels
     fused = [l for l in launches if l.constexprs.get("FUSE_OUT") is not None]
     assert fused and fused[0].constexprs["FUSE_OUT"] == (N == 8)

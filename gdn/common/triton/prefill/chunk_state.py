@@ -116,12 +116,104 @@ def _chunk_state_kernel(k, w, u, gcum, state, state_indices, cu, has_init, h, v_
     tl.store(p_s, hs.to(state.dtype.element_ty), mask=m_h & live)
 
 
+@triton.jit
+def _chunk_state_tma_kernel(k, w, u, gcum, state, state_indices, cu, has_init, h, v_new, q, o, rq_buf, rk_buf,
+                            HV, G, h_rows, scale, s_rt, s_kt, s_wt, s_ut, s_gt, s_gh, s_ps, s_ph, s_pk, s_pv, s_nt,
+                            s_qt, s_ot,
+                            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                            FUSE_OUT: tl.constexpr, PREC: tl.constexpr):
+    """The same pass with every [64, *] tile moved by TMA (sm_90+): tensor descriptors cut at the sequence's
+    end (shape [eos, *]) zero-fill the tail chunk and never read or write the next sequence's rows, and the
+    tiles land in shared memory in the wgmma layout. The pointer-tile version keeps [64, K] address tensors
+    in registers and spills (ptxas, sm_90: 255 registers + 0.6-2 KB of spill per thread).
+    Needs (checked by `tma_ok`): K and V equal to their tiles, q/k/w/u/o/v_new with contiguous [head, dim]
+    rows, 16-byte aligned bases and row strides, contiguous h [slots, HV, K, V] (h_rows = slots * HV * K),
+    and rq_buf / rk_buf (the precomputed inverse norms; None without l2norm)."""
+    pid = tl.program_id(0)
+    i_v = tl.program_id(1)
+    n = pid // HV
+    hv = pid % HV
+    hk = hv // G
+    bos = tl.load(cu + n).to(tl.int32)           # TMA coordinates are 32-bit
+    eos = tl.load(cu + n + 1).to(tl.int32)
+    NC = (eos - bos + 63) // 64
+    slot = tl.load(state_indices + n).to(tl.int64)
+    v0 = i_v * BV
+    DT = w.dtype.element_ty
+    o_t = tl.arange(0, 64)
+    if FUSE_OUT:
+        d_o = tl.make_tensor_descriptor(o + hv * V, [eos, V], [s_ot, 1], [64, BV])
+    else:
+        d_n = tl.make_tensor_descriptor(v_new + hv * V, [eos, V], [s_nt, 1], [64, BV])
+        d_h = tl.make_tensor_descriptor(h, [h_rows, V], [V, 1], [BK, BV])
+    s0 = bos // 64 + n
+    if slot < 0:
+        # skipped sequence: pool untouched; its rows of o (fused) or v_new, and its h slots, are zero
+        for c in range(0, NC):
+            if FUSE_OUT:
+                d_o.store([bos + c * 64, v0], tl.zeros((64, BV), o.dtype.element_ty))
+            else:
+                d_n.store([bos + c * 64, v0], tl.zeros((64, BV), v_new.dtype.element_ty))
+                d_h.store([((s0 + c) * HV + hv) * K, v0], tl.zeros((BK, BV), h.dtype.element_ty))
+        return
+
+    o_k = tl.arange(0, BK)
+    o_v = v0 + tl.arange(0, BV)
+    m_h = (o_k < K)[:, None] & (o_v < V)[None, :]
+    p_s = state + slot * s_ps + hv * s_ph + o_k[:, None] * s_pk + o_v[None, :] * s_pv
+    start = True
+    if has_init is not None:
+        start = tl.load(has_init + n) != 0
+    hs = tl.load(p_s, mask=m_h & start, other=0).to(tl.float32)
+
+    d_w = tl.make_tensor_descriptor(w + hv * K, [eos, K], [s_wt, 1], [64, BK])
+    d_u = tl.make_tensor_descriptor(u + hv * V, [eos, V], [s_ut, 1], [64, BV])
+    d_k = tl.make_tensor_descriptor(k + hk * K, [eos, K], [s_kt, 1], [64, BK])
+    if FUSE_OUT:
+        d_q = tl.make_tensor_descriptor(q + hk * K, [eos, K], [s_qt, 1], [64, BK])
+    for c in range(0, NC):
+        t0 = bos + c * 64
+        valid = t0 + o_t < eos
+        wt = d_w.load([t0, 0])
+        ut = d_u.load([t0, v0])
+        kd = d_k.load([t0, 0])
+        p_g = gcum + t0.to(tl.int64) * s_gt + hv * s_gh
+        gc = tl.load(p_g + o_t * s_gt, mask=valid, other=0).to(tl.float32)
+        g_last = tl.load(p_g + (tl.minimum(eos - t0, 64) - 1) * s_gt).to(tl.float32)
+        off_r = t0.to(tl.int64) * s_rt + hk + o_t * s_rt
+        if rk_buf is not None:
+            rk = tl.load(rk_buf + off_r, mask=valid, other=0)
+        else:
+            rk = tl.where(valid, 1.0, 0.0)
+        if FUSE_OUT:
+            qd = d_q.load([t0, 0])
+            if rq_buf is not None:
+                rq = tl.load(rq_buf + off_r, mask=valid, other=0)
+            else:
+                rq = tl.where(valid, scale, 0.0)
+            s_qk = intra_scores(qd, kd, rq, rk, gc, PREC)       # off the state's dependency chain
+        else:
+            d_h.store([((s0 + c) * HV + hv) * K, v0], hs.to(h.dtype.element_ty))
+        hd = hs.to(DT)
+        vn = ut.to(tl.float32) - tl.dot(wt, hd, input_precision=PREC)
+        if FUSE_OUT:
+            d_o.store([t0, v0], out_tile(qd, hd, s_qk, vn.to(DT), rq, gc, PREC).to(o.dtype.element_ty))
+        else:
+            d_n.store([t0, v0], vn.to(v_new.dtype.element_ty))
+        vs = (vn * (rk * tl.exp(g_last - gc))[:, None]).to(DT)
+        hs = hs * tl.exp(g_last) + tl.dot(tl.trans(kd), vs, input_precision=PREC)
+    tl.store(p_s, hs.to(state.dtype.element_ty), mask=m_h)
+
+
 _CONFIGS = {
     # "narrow": few (sequence, v-head) pairs (long sequences): split V finely, the plain pass (prefill then
     # runs chunk_output over all chunks in parallel). "wide": enough pairs to fill the GPU: prefill fuses
-    # the output into this pass. Register budget measured with ptxas on sm_90 (K = V = 128, bf16): narrow
-    # 213 registers, no spill; wide (fused) BV=32 / 1 stage spills 76 bytes, BV=64 or 2 stages several
-    # hundred. But num_stages=1 is miscompiled on sm_90 (see MIN_STAGES): 2 stages on NVIDIA.
+    # the output into this pass. num_stages=1 is miscompiled on sm_90 (see MIN_STAGES).
+    # sm_90 (the TMA kernel), from `bench/bench_prefill.py --sweep` on an H100, 2026-11-22 (whole prefill,
+    # GPU time): 8x4096 fused BV=64/4 warps/2 stages 2.97 ms (BV=32: 3.34-3.68; 8 warps 3.26-4.78);
+    # 1x32768 plain BV=32/4 warps/3 stages 3.12 ms (BV=16 3.21, BV=64 3.47).
+    ("sm_90", "narrow"): dict(BV=32, num_warps=4, num_stages=3),
+    ("sm_90", "wide"): dict(BV=64, num_warps=4, num_stages=2),
     ("nvidia", "narrow"): dict(BV=32, num_warps=4, num_stages=2),
     ("nvidia", "wide"): dict(BV=32, num_warps=4, num_stages=2),
     ("amd", "narrow"): dict(BV=32, num_warps=4, num_stages=2),
@@ -157,6 +249,36 @@ def pool_strides(state, state_layout):
     return state.stride(0), state.stride(1), state.stride(2), state.stride(3)
 
 
+TMA_ARCHS = ("sm_90", "sm_90a", "sm_100", "sm_100a")
+
+
+def tma_ok(arch, k, w, u, h, v_new, q, out, rk, use_qk_l2norm) -> bool:
+    """Whether the TMA kernel can take these tensors (see its docstring)."""
+    if arch not in TMA_ARCHS or (rk is None and use_qk_l2norm):
+        return False
+    K, V = k.shape[2], u.shape[2]
+    if K != C.block_dim(K) or V != C.block_dim(V):
+        return False
+    rows = [t for t in (k, w, u, v_new, q, out) if t is not None]
+    if any(t.stride(2) != 1 or t.stride(1) != t.shape[2] or (t.stride(0) * t.element_size()) % 16
+           or t.data_ptr() % 16 for t in rows):
+        return False
+    return h is None or (h.is_contiguous() and h.data_ptr() % 16 == 0)
+
+
+def _tma_scratch(size: int, alignment: int, stream):
+    """Global scratch for the kernels' on-device TMA descriptors (Triton asks through its allocator)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_tma_allocator() -> None:
+    """Triton needs an allocator for device-side tensor descriptors; install ours unless the caller set one
+    (the setting is per thread: Triton keeps it in a ContextVar)."""
+    from triton.runtime import _allocation
+    if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:
+        triton.set_allocator(_tma_scratch)
+
+
 def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, q, out, scale,
                  use_qk_l2norm, state_layout, cfg, arch, rq=None, rk=None):
     """h, v_new given: the plain pass; q, out given (h, v_new None): the pass with the output fused.
@@ -169,6 +291,15 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
     cfg["num_stages"] = max(cfg.get("num_stages", 2), MIN_STAGES.get(arch, 1))
     fuse = out is not None
     st = lambda t, n: t.stride(n) if t is not None else 0
+    if cfg.pop("TMA", True) and tma_ok(arch, k, w, u, h, v_new, q, out, rk, use_qk_l2norm):
+        if not L.is_recording():
+            ensure_tma_allocator()
+        L.launch(_chunk_state_tma_kernel, (N * HV, L.cdiv(V, BV)), k, w, u, g_cum, state, state_indices, cu_seqlens,
+                 has_initial_state, h, v_new, q, out, rq, rk, HV, HV // H, h.shape[0] * HV * K if h is not None else 0,
+                 float(scale), H, k.stride(0), w.stride(0), u.stride(0), g_cum.stride(0), g_cum.stride(1),
+                 *pool_strides(state, state_layout), st(v_new, 0), st(q, 0), st(out, 0),
+                 K=K, V=V, BK=K, BV=BV, FUSE_OUT=fuse, PREC=C.f32_precision(arch, w.dtype), **cfg)
+        return
     L.launch(_chunk_state_kernel, (N * HV, L.cdiv(V, BV)), k, w, u, g_cum, state, state_indices, cu_seqlens,
              has_initial_state, h, v_new, q, out, rq, rk, HV, HV // H, float(scale), H,
              k.stride(0), k.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1),
