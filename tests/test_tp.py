@@ -1,5 +1,6 @@
-"""Tensor parallelism: a GatedDeltaNet sharded over 2 CPU processes (gloo) matches the unsharded layer built
-from the same weights, through a varlen prefill, decode steps and an MTP verify + commit."""
+"""Tensor parallelism: a GatedDeltaNet sharded over 2 processes matches the unsharded layer built from the
+same weights, through a varlen prefill, decode steps and an MTP verify + commit: on CPU with gloo, and on 2
+GPUs with NCCL (marker gpu; skipped with fewer than 2 GPUs), where the kernels are gdn's Triton ones."""
 import os
 
 import pytest
@@ -19,8 +20,8 @@ def _layer(layout, seed=0, **kw):
     return lay
 
 
-def _full_layer(layout):
-    lay = _layer(layout)
+def _full_layer(layout, dev):
+    lay = _layer(layout).to(dev)
     with torch.no_grad():
         for p in lay.parameters():
             p.normal_(0, 0.3)
@@ -42,21 +43,25 @@ def _run(lay, inputs):
     return outs, cache
 
 
-def _inputs():
+def _inputs(dev):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(13, HID, generator=g)
     cu = torch.tensor([0, 5, 13], dtype=torch.int32)
     steps = [torch.randn(2, HID, generator=g) for _ in range(3)]
     draft = torch.randn(2, 2, HID, generator=g)
-    return x, cu, steps, draft
+    return x.to(dev), cu.to(dev), [s.to(dev) for s in steps], draft.to(dev)
 
 
-def _worker(rank, init_file, errors):
+def _worker(rank, init_file, errors, backend):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dev = torch.device("cpu")
+    if backend == "nccl":
+        dev = torch.device("cuda", rank)
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         for layout in ("interleaved", "contiguous"):
-            _check(rank, layout)
+            _check(rank, layout, dev)
     except Exception as e:  # noqa: BLE001
         errors.put(f"rank {rank}: {type(e).__name__}: {e}")
         raise
@@ -64,14 +69,14 @@ def _worker(rank, init_file, errors):
         dist.destroy_process_group()
 
 
-def _check(rank, layout):
+def _check(rank, layout, dev):
     with torch.no_grad():
-        full = _full_layer(layout)
-        ref, ref_cache = _run(full, _inputs())
-        shard = _layer(layout, process_group=dist.group.WORLD).eval()
+        full = _full_layer(layout, dev)
+        ref, ref_cache = _run(full, _inputs(dev))
+        shard = _layer(layout, process_group=dist.group.WORLD).to(dev).eval()
         shard.load_state_dict(full.state_dict())            # full checkpoint: each rank slices its part
         assert shard.local_num_v_heads == HV // WORLD and shard.conv_dim == full.conv_dim // WORLD
-        got, cache = _run(shard, _inputs())
+        got, cache = _run(shard, _inputs(dev))
         for i, (a, b) in enumerate(zip(got, ref)):
             err = ((a - b).norm() / b.norm()).item()
             assert err < 1e-5, f"{layout} rank {rank} output {i}: rel err {err}"
@@ -96,12 +101,15 @@ class _HFLike(torch.nn.Module):
         self.layer_idx, self.activation = lay.layer_idx, lay.activation
 
 
-def test_tp2_matches_unsharded(tmp_path):
+@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=pytest.mark.gpu)])
+def test_tp2_matches_unsharded(tmp_path, backend):
+    if backend == "nccl" and torch.cuda.device_count() < WORLD:
+        pytest.skip(f"NCCL tensor parallelism needs {WORLD} GPUs, this host has {torch.cuda.device_count()}")
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
     init_file = os.path.join(tmp_path, "store")
     try:
-        mp.start_processes(_worker, args=(init_file, errors), nprocs=WORLD, join=True,
+        mp.start_processes(_worker, args=(init_file, errors, backend), nprocs=WORLD, join=True,
                            start_method="spawn")
     except Exception as e:  # noqa: BLE001
         msgs = []

@@ -1,5 +1,6 @@
 """gdn.integrations.transformers: tiny random Qwen3-Next / Qwen3.5 models generate the same greedy tokens
-(and logits) patched as unpatched. CPU, fp32, built from configs (no download)."""
+(and logits) patched as unpatched. fp32, built from configs (no download); on CPU, and on a GPU (marker gpu)
+where the patched model runs gdn's Triton kernels."""
 import pytest
 import torch
 
@@ -15,7 +16,10 @@ COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_l
               max_position_embeddings=256)
 
 
-def tiny_model(kind):
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def tiny_model(kind, dev="cpu"):
     torch.manual_seed(0)
     if kind == "qwen3_next":
         cfg = transformers.Qwen3NextConfig(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
@@ -31,7 +35,7 @@ def tiny_model(kind):
                 m.A_log.uniform_(-2, 1)
                 m.dt_bias.normal_(0, 1)
                 m.norm.weight.uniform_(0.5, 1.5)
-    return model
+    return model.to(dev)
 
 
 def generate(model, ids, mask=None, **kw):
@@ -46,10 +50,11 @@ def check_same(ref, out, tol=1e-4):
         torch.testing.assert_close(b, a, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("dev", DEVICES)
 @pytest.mark.parametrize("kind", ["qwen3_next", "qwen3_5"])
-def test_generate_matches(kind):
-    model = tiny_model(kind)
-    ids = torch.randint(1, 128, (2, 9))
+def test_generate_matches(kind, dev):
+    model = tiny_model(kind, dev)
+    ids = torch.randint(1, 128, (2, 9)).to(dev)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0                             # left padding in row 1
     ref = generate(model, ids, mask)
@@ -69,10 +74,11 @@ def test_generate_matches(kind):
     check_same(ref, generate(model, ids, mask), tol=1e-6)
 
 
-def test_shared_parameters_and_kv_layout():
-    model = tiny_model("qwen3_next")
+@pytest.mark.parametrize("dev", DEVICES)
+def test_shared_parameters_and_kv_layout(dev):
+    model = tiny_model("qwen3_next", dev)
     orig = model.model.layers[0].linear_attn
-    ids = torch.randint(1, 128, (1, 6))
+    ids = torch.randint(1, 128, (1, 6)).to(dev)
     ref = generate(model, ids)
     patch(model, state_layout="kv")
     new = model.model.layers[0].linear_attn
@@ -84,10 +90,11 @@ def test_shared_parameters_and_kv_layout():
     check_same(ref2, generate(patch(model), ids))
 
 
+@pytest.mark.parametrize("dev", DEVICES)
 @torch.no_grad()
-def test_cache_bridge_converts_hf_cache_and_beam_search():
-    model = tiny_model("qwen3_next")
-    ids = torch.randint(1, 128, (2, 7))
+def test_cache_bridge_converts_hf_cache_and_beam_search(dev):
+    model = tiny_model("qwen3_next", dev)
+    ids = torch.randint(1, 128, (2, 7)).to(dev)
     # prefill with HF's own modules (HF layout in the cache), then continue patched: the bridge converts
     cache_ref = transformers.DynamicCache(config=model.config)
     cache = transformers.DynamicCache(config=model.config)
