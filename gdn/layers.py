@@ -195,6 +195,12 @@ class GDNCache:
         """
         if self.inter_states is None:
             raise RuntimeError("GDNCache.commit: the cache has no intermediate buffers (max_draft_tokens=0)")
+        pool_dev = self.ssm_states[0].device
+        for name, t in (("state_indices", state_indices), ("num_accepted", num_accepted),
+                        ("intermediate_indices", intermediate_indices)):
+            if t is not None and t.device != pool_dev:
+                raise ValueError(f"GDNCache.commit: argument '{name}' expected on the cache's device {pool_dev}, "
+                                 f"got {t.device}")
         B = state_indices.shape[0]
         if intermediate_indices is None:
             intermediate_indices = torch.arange(B, device=state_indices.device, dtype=state_indices.dtype)

@@ -204,6 +204,10 @@ def test_verify_tree_and_update_state():
     (o0, o2), ref02 = run([0, 2])
     (_, o1), _ = run([0, 1])
     assert rel(out[:, 0], o0) < 1e-5 and rel(out[:, 1], o1) < 1e-5 and rel(out[:, 2], o2) < 1e-5
+    before_commit = [t.clone() for t in cache.ssm_states + cache.conv_states]
+    with pytest.raises(ValueError, match="argument 'num_accepted' expected on the cache's device"):
+        cache.commit(slots, torch.tensor([3, 3], dtype=torch.int32, device="meta"))
+    assert all(torch.equal(a, b) for a, b in zip(before_commit, cache.ssm_states + cache.conv_states))
     cache.commit(slots, torch.tensor([3, 3], dtype=torch.int32))   # accept node 2 (path 0 -> 2)
     assert rel(cache.ssm_states[0][slots.long()], ref02.ssm_states[0][slots.long()]) < 1e-5
     assert rel(cache.conv_states[0][slots.long()], ref02.conv_states[0][slots.long()]) < 1e-6

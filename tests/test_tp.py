@@ -38,7 +38,7 @@ def _run(lay, inputs):
     outs = [lay.prefill(x, cache, slots, cu_seqlens=cu)]
     outs += [lay.decode(s, cache, slots) for s in steps]
     outs.append(lay.verify(draft, cache, slots))
-    cache.commit(slots, torch.tensor([1, 2], dtype=torch.int32))
+    cache.commit(slots, torch.tensor([1, 2], dtype=torch.int32, device=x.device))
     outs.append(lay.decode(steps[0], cache, slots))
     return outs, cache
 
