@@ -1,7 +1,8 @@
 """`python -m gdn info | check | demo | bench`.
 
-info   device, packages, the support matrix (validated / compile-only / interpreter per arch) and the
-       dispatch table for this device: op x backend -> chosen / available / why not.
+info   device, packages, the support matrix (validated / compile-only / interpreter per arch), which
+       implementations are compile-only here (self-checked on first use), and the dispatch table for this
+       device: op x backend -> chosen / available / why not / self-check verdict.
 check  the numerics half of the correctness matrix for what this machine can execute (on CPU the Triton
        kernels run under the interpreter), as a table; exit 1 on any failure.
 demo   a Qwen3-Next-shaped decode and prefill step on the best backend here, checked against the
@@ -36,6 +37,29 @@ def support_matrix_md() -> str:
     return _table(registry.support_matrix(), ["op", "backend", *probe.KNOWN_ARCHS])
 
 
+def selfcheck_summary(info) -> str:
+    """Which public-op implementations serving this arch never ran on it, and what their first call does.
+    (Prefill sub-ops are not dispatched on their own: the prefill self-check covers them.)"""
+    from gdn import ops
+    from gdn.common import registry, selfcheck
+    if info.arch == "cpu":
+        return ("Self-check: none on cpu (the reference and the interpreted Triton kernels are what the CPU tests "
+                "check); on a GPU, compile-only implementations are self-checked on first use.")
+    names = [f"{op}/{i.backend}" for op in ops.OPS for i in registry.impls(op)
+             if i.serves(info.arch) and i.backend != "reference" and info.arch not in i.validated_on
+             and "*" not in i.validated_on]
+    if not names:
+        return f"Self-check: every implementation serving {info.arch} was validated on it."
+    head = f"Compile-only on {info.arch} (compiled in CI, never run on this arch): {', '.join(names)}.\n"
+    if info.device_type == "cpu":
+        return head + f"They are self-checked on first use on a real {info.arch} GPU (here the tensors are on CPU)."
+    if not selfcheck.enabled():
+        return head + "GDN_SELFCHECK=0: they run UNCHECKED."
+    return head + ("Each is self-checked on its first call per input signature against the best implementation "
+                   f"validated on {info.arch} (else the reference) and skipped, with a logged reason, if they "
+                   "disagree (GDN_SELFCHECK=0 turns this off).")
+
+
 def cmd_info(args) -> int:
     from gdn import ops
     from gdn.common import examples, probe, registry
@@ -57,6 +81,7 @@ def cmd_info(args) -> int:
         for impl in registry.impls(op):
             if impl.backend != "reference" and impl.notes:
                 print(f"  {op}/{impl.backend}: {impl.notes}")
+    print(f"\n{selfcheck_summary(info)}")
     print(f"\nDispatch on this device ({dev}, arch {info.arch}) for Qwen3-Next-shaped inputs:\n")
     rows = []
     for op in ops.OPS:
@@ -65,8 +90,10 @@ def cmd_info(args) -> int:
             a, k = examples.example(op, dev, size="qwen", B=2, lengths=(3, 2))
         for r in ops.explain(op, *a, **k):
             rows.append({"op": op, "backend": r["backend"], "status": r["status"],
-                         "why not": "; ".join(r["reasons"])})
-    print(_table(rows, ["op", "backend", "status", "why not"]))
+                         "why not": "; ".join(x for x in r["reasons"] if x != r["selfcheck"]),
+                         "self-check": r["selfcheck"]})
+    checked = any(r["self-check"] for r in rows)
+    print(_table(rows, ["op", "backend", "status", "why not", *(["self-check"] if checked else [])]))
     return 0
 
 

@@ -15,6 +15,14 @@ Environment:
   GDN_BACKEND_<OP>=<name>   force a backend for one op (strict: raises if it cannot run)
   GDN_DISABLE=<a,b>         exclude backends from automatic choice
   GDN_LOG_DISPATCH=1        log each choice (and fall-backs) once per signature
+  GDN_SELFCHECK=0           do not self-check compile-only implementations on first use
+
+Self-check (gdn/common/selfcheck.py): on a GPU arch missing from an implementation's `validated_on`, the
+first selection of it for a signature runs it once on a small example against a trusted implementation;
+if they disagree it is excluded for that signature (logged, shown by explain) and the next candidate is
+selected, while a forced backend raises. The verdict is part of the cached choice, so later calls are
+still one dict lookup. Inside torch.compile tracing or CUDA-graph capture no kernel may run: the check is
+skipped (logged), the choice is not cached, and the next eager call checks.
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from gdn.common import probe
+from gdn.common import probe, selfcheck
 
 log = logging.getLogger("gdn.dispatch")
 
@@ -178,7 +186,9 @@ def _describe(props: Props) -> str:
 
 
 def explain(op: str, props: Props, backend: str | None = None) -> list[dict]:
-    """The dispatch table for these inputs: one row per candidate, in the order tried."""
+    """The dispatch table for these inputs: one row per candidate, in the order tried. `selfcheck` says
+    whether a compile-only candidate passed its first-use self-check here, failed it (then it is
+    unavailable, with that reason) or is still to be checked."""
     info = probe.device_info(props.get("device"))
     forced, _ = (backend, True) if backend else _env_choice(op)
     disabled = {d.strip() for d in os.environ.get("GDN_DISABLE", "").split(",") if d.strip()}
@@ -189,50 +199,82 @@ def explain(op: str, props: Props, backend: str | None = None) -> list[dict]:
             reasons = reasons + [f"not the forced backend ({forced})"]
         elif not forced and impl.backend in disabled:
             reasons = reasons + ["disabled by GDN_DISABLE"]
+        check = "" if reasons else selfcheck.status(impl, info, props)
+        if check.startswith("excluded"):
+            reasons = reasons + [check]
         status = "unavailable" if reasons else ("chosen" if chosen is None else "available")
         if status == "chosen":
             chosen = impl
         rows.append({"backend": impl.backend, "status": status, "priority": impl.priority,
                      "reasons": reasons, "validated_on": impl.validated_on,
-                     "validated_here": info.arch in impl.validated_on})
+                     "validated_here": info.arch in impl.validated_on, "selfcheck": check})
     return rows
 
 
 def select(op: str, props: Props, backend: str | None = None) -> Impl:
     forced, _ = (backend, True) if backend else _env_choice(op)
     key = (op, forced, os.environ.get("GDN_DISABLE"), os.environ.get("GDN_ARCH"), probe.interpreter_on(),
-           tuple(props.items()))
+           os.environ.get("GDN_SELFCHECK"), tuple(props.items()))
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
     info = probe.device_info(props.get("device"))
-    rows = explain(op, props, backend)
-    chosen = next((r for r in rows if r["status"] == "chosen"), None)
-    if chosen is None:
-        lines = [f"  {r['backend']}: {'; '.join(r['reasons'])}" for r in rows]
-        if forced:
-            mine = [l for l, r in zip(lines, rows) if r["backend"] == forced]
-            if not mine:
-                raise NoBackendError(f"gdn.{op}: forced backend {forced!r} is not registered for this op "
-                                     f"(registered: {', '.join(r['backend'] for r in rows)})")
-            raise NoBackendError(f"gdn.{op}: forced backend {forced!r} cannot run on {info.arch} for inputs "
-                                 f"({_describe(props)}):\n{mine[0]}")
-        raise NoBackendError(f"gdn.{op}: no backend can run on {info.arch} for inputs ({_describe(props)}):\n"
-                             + "\n".join(lines))
-    impl = get(op, chosen["backend"])
+    cacheable = True
+    while True:     # each pass either settles or adds a failed self-check, which explain() then excludes
+        rows = explain(op, props, backend)
+        chosen = next((r for r in rows if r["status"] == "chosen"), None)
+        if chosen is None:
+            _raise_no_backend(op, props, info, forced, rows)
+        impl = get(op, chosen["backend"])
+        if not selfcheck.needed(impl, info) or selfcheck.cached(impl, info, props) is not None:
+            break
+        where = selfcheck.capturing()
+        if where is not None:
+            # Never run kernels while tracing or capturing: use it unchecked now, check on an eager call.
+            cacheable = False
+            if ("skipped", key) not in _LOGGED:
+                _LOGGED.add(("skipped", key))
+                log.warning("gdn.%s: self-check of %s (compile-only on %s) skipped during %s; it runs unchecked "
+                            "here. Make one eager call with these inputs first to check it.", op, impl.backend,
+                            info.arch, where)
+            break
+        if selfcheck.run(impl, props, info).ok is not False:
+            break
     if os.environ.get("GDN_LOG_DISPATCH", "0") not in ("", "0") and key not in _LOGGED:
         _LOGGED.add(key)
         skipped = [f"{r['backend']} ({'; '.join(r['reasons'])})" for r in rows
                    if r["status"] == "unavailable" and r["priority"] > impl.priority]
         log.warning("gdn.%s on %s -> %s%s", op, info.arch, impl.backend,
                     f"; skipped {', '.join(skipped)}" if skipped else "")
-    _CACHE[key] = impl
+    if cacheable:
+        _CACHE[key] = impl
     return impl
 
 
+def _raise_no_backend(op: str, props: Props, info: probe.DeviceInfo, forced: str | None, rows: list[dict]):
+    lines = [f"  {r['backend']}: {'; '.join(r['reasons'])}" for r in rows]
+    if forced:
+        mine = [(l, r) for l, r in zip(lines, rows) if r["backend"] == forced]
+        if not mine:
+            raise NoBackendError(f"gdn.{op}: forced backend {forced!r} is not registered for this op "
+                                 f"(registered: {', '.join(r['backend'] for r in rows)})")
+        line, row = mine[0]
+        if row["selfcheck"].startswith("excluded"):
+            raise NoBackendError(
+                f"gdn.{op}: forced backend {forced!r} is compile-only on {info.arch} and failed its first-use "
+                f"self-check for inputs ({_describe(props)}):\n{line}\nUnforce it to fall back to a checked "
+                "backend, or set GDN_SELFCHECK=0 to use it unchecked.")
+        raise NoBackendError(f"gdn.{op}: forced backend {forced!r} cannot run on {info.arch} for inputs "
+                             f"({_describe(props)}):\n{line}")
+    raise NoBackendError(f"gdn.{op}: no backend can run on {info.arch} for inputs ({_describe(props)}):\n"
+                         + "\n".join(lines))
+
+
 def clear_cache() -> None:
+    """Forget cached choices, log-once marks and self-check verdicts."""
     _CACHE.clear()
     _LOGGED.clear()
+    selfcheck.clear()
 
 
 def support_matrix(archs: Iterable[str] = probe.KNOWN_ARCHS) -> list[dict]:
