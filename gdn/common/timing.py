@@ -59,3 +59,10 @@ def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
     if not torch.isfinite(x).all():
         return float("inf")
     return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def flushed_time_us(fn, warmup: int = 25, rep: int = 100) -> float:
+    """Median per-call time (us) of fn() with L2 cleared before every call (triton.testing.do_bench zeroes a
+    256 MB buffer between calls): the cold-cache time of an op whose inputs a model would not leave in L2."""
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median") * 1e3

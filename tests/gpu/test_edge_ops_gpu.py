@@ -167,6 +167,107 @@ def test_causal_conv1d_full(dtype):
     assert bits_equal(buf[:, D * (W - 1):], buf0[:, D * (W - 1):])
 
 
+# the other config paths of the table-driven kernels (the tests above run the tables' choices)
+
+@pytest.mark.parametrize("cfg", [dict(ROWS=1, BLOCK_D=1024, num_warps=4, FLAT=True),
+                                 dict(ROWS=4, BLOCK_D=256, num_warps=4, FLAT=True),
+                                 dict(ROWS=2, BLOCK_D=512, num_warps=4, FLAT=False)], ids=["r1flat", "r4flat", "cols"])
+@pytest.mark.parametrize("B", [3, ROWS])
+def test_causal_conv1d_update_configs_full(cfg, B):
+    g = gen(12)
+    S = ROWS + 100
+    idx = slots(B, S, g)
+    used = idx[idx >= 0].long()
+    pool, buf = conv_pool(S, torch.bfloat16, g, used)
+    buf0 = buf.clone()
+    x, w, b = randn(B, D, g=g), randn(D, W, g=g, scale=0.5), randn(D, g=g)
+    out = torch.full((B, D), NAN, dtype=torch.bfloat16, device=DEV)
+    get("causal_conv1d_update", "triton").fn(x, pool, w, b, idx, out, activation="silu", config=cfg)
+    p_ref = buf0[:, :D * (W - 1)].view(S, D, W - 1).clone()
+    ref = torch.empty_like(out)
+    R.causal_conv1d_update(x, p_ref, w, b, idx, ref, activation="silu")
+    live = idx >= 0
+    assert (out[~live] == 0).all() and rel(out[live], ref[live]) < TOL[torch.bfloat16]
+    assert bits_equal(pool[used], p_ref[used])
+    assert bits_equal(unused_rows(buf, used), unused_rows(buf0, used))
+    assert bits_equal(buf[:, D * (W - 1):], buf0[:, D * (W - 1):])
+
+
+def test_causal_conv1d_update_transposed_pool_full():
+    """A pool whose slot rows are not contiguous ([S, W-1, D] storage): the per-column state path."""
+    g = gen(13)
+    B, S = 512, 600
+    idx = slots(B, S, g)
+    used = idx[idx >= 0].long()
+    buf = torch.full((S, W - 1, D), NAN, dtype=torch.bfloat16, device=DEV)
+    pool = buf.transpose(1, 2)
+    pool[used] = randn(used.numel(), D, W - 1, g=g)
+    p_ref, buf0 = pool.clone(), buf.clone()
+    x, w, b = randn(B, D, g=g), randn(D, W, g=g, scale=0.5), randn(D, g=g)
+    out = torch.full((B, D), NAN, dtype=torch.bfloat16, device=DEV)
+    get("causal_conv1d_update", "triton").fn(x, pool, w, b, idx, out, activation="silu")
+    ref = torch.empty_like(out)
+    R.causal_conv1d_update(x, p_ref, w, b, idx, ref, activation="silu")
+    live = idx >= 0
+    assert (out[~live] == 0).all() and rel(out[live], ref[live]) < TOL[torch.bfloat16]
+    assert torch.equal(pool[used], p_ref[used]) and bits_equal(unused_rows(buf, used), unused_rows(buf0, used))
+
+
+@pytest.mark.parametrize("cfg", [dict(ROWS=2, num_warps=1, FLAT=True), dict(ROWS=16, num_warps=8, FLAT=True),
+                                 dict(ROWS=4, num_warps=4, FLAT=False)], ids=["r2", "r16", "cols"])
+@pytest.mark.parametrize("B", [5, ROWS])
+def test_conv1d_update_split_configs_full(cfg, B):
+    g = gen(14)
+    S = ROWS + 50
+    idx = slots(B, S, g)
+    used = idx[idx >= 0].long()
+    pool, buf = conv_pool(S, torch.bfloat16, g, used)
+    buf0 = buf.clone()
+    qkvz, ba = randn(B, DZ, g=g), randn(B, 2 * HV, g=g)
+    w, b = randn(D, W, g=g, scale=0.5), randn(D, g=g)
+    kw = dict(num_k_heads=H, num_v_heads=HV, head_k_dim=K, head_v_dim=V, layout="contiguous", activation="silu")
+    outs = tuple(o[:B] for o in split_outputs(ROWS, torch.bfloat16))
+    refs = tuple(torch.empty_like(o) for o in outs)
+    get("conv1d_update_split", "triton").fn(qkvz, ba, pool, w, b, idx, *outs, **kw, config=cfg)
+    p_ref = buf0[:, :D * (W - 1)].view(S, D, W - 1).clone()
+    R.conv1d_update_split(qkvz, ba, p_ref, w, b, idx, *refs, **kw)
+    live = idx >= 0
+    assert (outs[0][~live] == 0).all() and rel(outs[0][live], refs[0][live]) < TOL[torch.bfloat16]
+    for o, r in zip(outs[1:], refs[1:]):
+        assert bits_equal(o, r)
+    assert bits_equal(pool[used], p_ref[used])
+    assert bits_equal(unused_rows(buf, used), unused_rows(buf0, used))
+
+
+@pytest.mark.parametrize("cfg", [dict(BLOCK_T=128, CHUNK=4, BLOCK_D=512, num_warps=2),
+                                 dict(BLOCK_T=16, CHUNK=16, BLOCK_D=256, num_warps=1),
+                                 dict(BLOCK_T=32, CHUNK=32, BLOCK_D=256, num_warps=4)],
+                         ids=["loop", "tile16", "tile32-2ch"])
+def test_causal_conv1d_configs_full(cfg):
+    g = gen(15)
+    lengths = [0, 1, 2, 3, ROWS // 12, 0, ROWS // 4, 5, ROWS // 6, 0, 0, 130, 4, 4, 4]
+    lengths[9] = ROWS - sum(lengths)
+    N = len(lengths)
+    S = N + 5
+    idx = torch.randperm(S, generator=g, device=DEV)[:N].to(torch.int64)
+    idx[6] = -1
+    used = idx[idx >= 0].long()
+    pool, buf = conv_pool(S, torch.bfloat16, g, used)
+    buf0 = buf.clone()
+    init = torch.tensor([i % 3 != 1 for i in range(N)], device=DEV)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int64, device=DEV)
+    x, w, b = randn(ROWS, D, g=g), randn(D, W, g=g, scale=0.5), randn(D, g=g)
+    out = torch.full((ROWS, D), NAN, dtype=torch.bfloat16, device=DEV)
+    get("causal_conv1d", "triton").fn(x, w, b, cu, pool, idx, init, out, activation="silu", config=cfg)
+    p_ref = buf0[:, :D * (W - 1)].view(S, D, W - 1).clone()
+    ref = torch.empty_like(out)
+    R.causal_conv1d(x, w, b, cu, p_ref, idx, init, ref, activation="silu")
+    tok_live = torch.repeat_interleave(idx >= 0, torch.tensor(lengths, device=DEV))
+    assert (out[~tok_live] == 0).all() and rel(out[tok_live], ref[tok_live]) < TOL[torch.bfloat16]
+    assert bits_equal(pool[used], p_ref[used])
+    assert bits_equal(unused_rows(buf, used), unused_rows(buf0, used))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_rms_norm_gated_full(dtype):
     g = gen(5)

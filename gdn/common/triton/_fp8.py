@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from gdn.common import probe
+
 # exponent bias of each e4m3 flavour: fn (OCP, +-448, -0 exists) and fnuz (+-240, 0x80 is NaN, no -0)
 EXP_BIAS = {torch.float8_e4m3fn: 7, torch.float8_e4m3fnuz: 8}
 
@@ -31,6 +33,40 @@ def fp8_target(y: torch.Tensor, arch: str):
     if native_fp8(arch, y.dtype):
         return y, False, EXP_BIAS[y.dtype]
     return y.view(torch.uint8), True, EXP_BIAS[y.dtype]
+
+
+# store modes of `fp8_store`: the output's own fp8 type (hardware cvt), software rounding to bits, or (e4m3fnuz
+# where only e4m3fn is in hardware) the e4m3fn cvt of 2v: fnuz has the same 3-bit mantissa and one more
+# exponent bias, so fnuz(v) and fn(2v) have the same bits for every |v| <= 224 (fn saturates at 448), RNE
+# ties included; fn's -0 (0x80, NaN in fnuz) becomes 0, as in torch's fnuz rounding.
+NATIVE, SOFT, FNUZ_VIA_FN = 0, 1, 2
+
+
+def fp8_mode(y: torch.Tensor, arch: str, fp8_max: float):
+    """(tensor the kernel stores to, MODE, EXP_BIAS) for an fp8 output `y` on `arch` with values clamped to
+    +-fp8_max. The interpreter's fp32 -> fp8 cast rounds wrongly, so running under it always uses SOFT
+    (recording on meta tensors for the AOT matrix keeps the arch's real choice)."""
+    if y.dtype not in EXP_BIAS:
+        raise ValueError(f"gdn: fp8 output must be float8_e4m3fn or float8_e4m3fnuz, got {y.dtype}")
+    interp = probe.interpreter_on() and y.device.type != "meta"
+    if not interp and native_fp8(arch, y.dtype):
+        return y, NATIVE, EXP_BIAS[y.dtype]
+    if (not interp and y.dtype == torch.float8_e4m3fnuz and native_fp8(arch, torch.float8_e4m3fn)
+            and fp8_max <= 224.0):
+        return y.view(torch.uint8), FNUZ_VIA_FN, EXP_BIAS[y.dtype]
+    return y.view(torch.uint8), SOFT, EXP_BIAS[y.dtype]
+
+
+@triton.jit
+def fp8_store_value(q, y_ptr, MODE: tl.constexpr, EXP_BIAS: tl.constexpr):
+    """The value to store at y_ptr (its element type) for q, already clamped to +-fp8_max (see fp8_mode)."""
+    if MODE == 0:
+        return q.to(y_ptr.dtype.element_ty)
+    elif MODE == 2:
+        bits = (q * 2.0).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        return tl.where(bits == 0x80, 0, bits).to(tl.uint8)
+    else:
+        return e4m3_bits(q, EXP_BIAS)
 
 
 @triton.jit

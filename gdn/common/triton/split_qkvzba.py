@@ -1,9 +1,7 @@
 """split_qkvzba (portable Triton): projection outputs -> (mixed_qkv, z, b, a) in one launch.
 
 mixed_qkvz [T, 2HK + 2HV*V], mixed_ba [T, 2HV] -> mixed_qkv [T, 2HK + HV*V] = [q_all | k_all | v_all],
-z [T, HV, V], b, a [T, HV]. Layouts (spec/ops.md op 7):
-  "interleaved" (Qwen3-Next): per q/k head h, [q_h (K) | k_h (K) | v_h (G*V) | z_h (G*V)] and [b_h (G) | a_h (G)]
-  "contiguous"  (Qwen3.5):    [q_all | k_all | v_all | z_all] and [b_all | a_all]
+z [T, HV, V], b, a [T, HV]; layouts "interleaved" / "contiguous" (gdn/common/triton/_split_layout.py).
 Either way head h owns q_h, k_h, v-heads hG..hG+G-1 of v and z, and their b/a; only the source offsets
 differ. One program copies those six pieces for BLOCK_T rows; the grid is (row blocks, H).
 """
@@ -14,6 +12,7 @@ import triton.language as tl
 
 from gdn.common import launch as L
 from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton._split_layout import check_split_args, qkv_cols, src_cols
 
 PORTABLE_ARCHS = ("sm_80", "sm_90", "sm_100", "gfx942", "gfx950")
 
@@ -37,25 +36,13 @@ def _split_qkvzba_kernel(qkvz_ptr, ba_ptr, qkv_ptr, z_ptr, b_ptr, a_ptr, T,
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < T
     GV: tl.constexpr = G * V
-    if INTERLEAVED:
-        q0 = h * (2 * K + 2 * GV)
-        k0 = q0 + K
-        v0 = q0 + 2 * K
-        z0 = v0 + GV
-        b0 = h * (2 * G)
-        a0 = b0 + G
-    else:
-        q0 = h * K
-        k0 = H * K + h * K
-        v0 = 2 * H * K + h * GV
-        z0 = 2 * H * K + H * GV + h * GV
-        b0 = h * G
-        a0 = H * G + h * G
+    q0, k0, v0, z0, b0, a0 = src_cols(h, H, G, K, V, INTERLEAVED)
+    qc, kc, vc = qkv_cols(h, H, G, K, V)
     src = rows * s_qkvz
     dst = rows * s_qkv
-    _copy_cols(qkvz_ptr, qkv_ptr, src, dst, rmask, q0, h * K, K, BK)
-    _copy_cols(qkvz_ptr, qkv_ptr, src, dst, rmask, k0, H * K + h * K, K, BK)
-    _copy_cols(qkvz_ptr, qkv_ptr, src, dst, rmask, v0, 2 * H * K + h * GV, GV, BGV)
+    _copy_cols(qkvz_ptr, qkv_ptr, src, dst, rmask, q0, qc, K, BK)
+    _copy_cols(qkvz_ptr, qkv_ptr, src, dst, rmask, k0, kc, K, BK)
+    _copy_cols(qkvz_ptr, qkv_ptr, src, dst, rmask, v0, vc, GV, BGV)
     # z rows [HV * V] (heads hG.. of this group are one run), b / a rows [HV]
     _copy_cols(qkvz_ptr, z_ptr, src, rows * s_z, rmask, z0, h * GV, GV, BGV)
     _copy_cols(ba_ptr, b_ptr, rows * s_ba, rows * s_b, rmask, b0, h * G, G, BG)
@@ -74,15 +61,9 @@ def split_qkvzba(mixed_qkvz, mixed_ba, mixed_qkv, z, b, a, *, num_k_heads, num_v
     H, HV, K, V = num_k_heads, num_v_heads, head_k_dim, head_v_dim
     G = HV // H
     T = mixed_qkvz.shape[0]
-    if layout not in ("interleaved", "contiguous"):
-        raise ValueError(f"gdn.split_qkvzba: layout must be 'interleaved' or 'contiguous', got {layout!r}")
+    check_split_args("split_qkvzba", layout, mixed_qkvz, mixed_ba, mixed_qkv, z, b, a, V)
     if T == 0:
         return
-    for name, t in (("mixed_qkvz", mixed_qkvz), ("mixed_ba", mixed_ba), ("mixed_qkv", mixed_qkv)):
-        if t.stride(1) != 1:
-            raise ValueError(f"gdn.split_qkvzba: {name} needs unit column stride, got {tuple(t.stride())}")
-    if z.stride(2) != 1 or z.stride(1) != V or b.stride(1) != 1 or a.stride(1) != 1:
-        raise ValueError("gdn.split_qkvzba: z needs contiguous [HV, V] rows and b, a unit column stride")
     arch = L.current_arch(mixed_qkvz.device)
     cfg = L.pick(_CONFIGS, arch, None, dict(elems=4096, num_warps=4))
     BK, BGV, BG = L.next_pow2(K), L.next_pow2(G * V), L.next_pow2(G)
