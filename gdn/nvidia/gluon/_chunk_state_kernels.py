@@ -1,0 +1,173 @@
+"""Gluon kernel body of chunk_state (launcher and contract: chunk_state.py)."""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+
+from gdn.nvidia.gluon._jit import inv_norm, zero_rows_past
+
+
+@gluon.jit
+def _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred,
+                K: gl.constexpr, V: gl.constexpr):
+    """TMA of one chunk's w [64, K], k [64, K], u [64, BV] tiles onto one mbarrier (nothing when not pred)."""
+    nbytes: gl.constexpr = w_desc.block_type.nbytes + k_desc.block_type.nbytes + u_desc.block_type.nbytes
+    mbarrier.expect(bar, nbytes, pred=pred)
+    tma.async_copy_global_to_shared(w_desc, [t0, hv * K], bar, w_buf, pred=pred)
+    tma.async_copy_global_to_shared(k_desc, [t0, hk * K], bar, k_buf, pred=pred)
+    tma.async_copy_global_to_shared(u_desc, [t0, hv * V + v0], bar, u_buf, pred=pred)
+
+
+@gluon.jit
+def _decays(gcum, t0, eos, hv, s_gt, s_gh, BT: gl.constexpr, row: gl.constexpr):
+    """g_cum of the chunk starting at t0 (rows past eos read 0) and of its last token; 0 for the prefetch
+    past a sequence's last chunk (never used)."""
+    r = gl.arange(0, BT, layout=row)
+    gc = gl.load(gcum + (t0 + r) * s_gt + hv * s_gh, mask=t0 + r < eos, other=0.0)
+    last = gl.minimum(eos, t0 + BT) - 1
+    return gc, gl.load(gcum + last * s_gt + hv * s_gh, mask=t0 < eos, other=0.0)
+
+
+@gluon.jit
+def _pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K: gl.constexpr, BV: gl.constexpr,
+               layout: gl.constexpr):
+    """Pointers of the pool slot's [K, BV] block (KV order; the strides give the layout)."""
+    rk = gl.arange(0, K, layout=gl.SliceLayout(1, layout))
+    cv = v0 + gl.arange(0, BV, layout=gl.SliceLayout(0, layout))
+    return state + slot * s_ps + hv * s_ph + rk[:, None] * s_pk + cv[None, :] * s_pv
+
+
+@gluon.jit
+def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices, cu, has_init, v_new,
+                     HV, G, NV, s_gt, s_gh, s_ps, s_ph, s_pk, s_pv, s_nt, s_nh,
+                     V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """One CTA (one warpgroup) per (sequence, v-head, BV state columns), V blocks of a head adjacent (they
+    read the same w and k tiles: L2 hits). The fp32 state S [K, BV] stays in registers in the wgmma
+    accumulator layout for the whole sequence; per chunk:
+        h_s  <- S as 16-bit (B of w h; TMA-stored as h[s])
+        vn    = u - w h                          (wgmma, w from shared memory)
+        vs_s <- vn * rk * exp(g_last - g_cum)    (rows past the sequence end: 0)
+        S     = exp(g_last) S + k^T vs           (wgmma, A = the k tile through a transposed view)
+    The w, k, u tiles of the next STAGES-1 chunks are in flight by TMA meanwhile (one mbarrier per stage),
+    and the next chunk's decays come in by plain loads one chunk ahead: the state's dependency chain
+    waits on nothing but its own two MMAs.
+
+    Tiles are described on the host over the whole [T, heads * dim] matrices, so a tail chunk's tiles hold
+    the next sequence's rows or, past cu_seqlens[-1], whatever the buffer holds (TMA zero-fills only past
+    T). Their v_new rows are not stored and their vs rows are selected to zero; the k rows are zeroed in
+    shared memory (0 * NaN in the MMA would be NaN).
+
+    Every operand of an async wgmma is a dep of the wait that retires it (see chunk_output_sm90)."""
+    BT: gl.constexpr = w_desc.block_type.shape[0]
+    K: gl.constexpr = w_desc.block_type.shape[1]
+    BV: gl.constexpr = u_desc.block_type.shape[1]
+    DT: gl.constexpr = w_desc.dtype
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BV, 16])
+    row: gl.constexpr = gl.SliceLayout(1, mma)
+    col: gl.constexpr = gl.SliceLayout(0, mma)
+    blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    vs_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
+
+    pid = gl.program_id(0)
+    iv = pid % NV
+    hv = (pid // NV) % HV
+    n = pid // (NV * HV)
+    hk = hv // G
+    v0 = iv * BV
+    bos = gl.load(cu + n)                       # int32: TMA coordinates are 32-bit
+    eos = gl.load(cu + n + 1)
+    NC = (eos - bos + BT - 1) // BT
+    s0 = bos // BT + n                          # the sequence's first chunk slot
+    slot = gl.load(state_indices + n).to(gl.int64)
+
+    r = gl.arange(0, BT, layout=row)
+    cv = v0 + gl.arange(0, BV, layout=col)
+    n_off = r[:, None] * s_nt + hv * s_nh + cv[None, :]
+    h_s = gl.allocate_shared_memory(DT, [K, BV], h_desc.layout)
+
+    if slot < 0:
+        # padding sequence: pool untouched; its v_new rows and h slots are zero
+        h_s.store(gl.zeros([K, BV], DT, blk))
+        fence_async_shared()
+        gl.thread_barrier()
+        for c in range(0, NC):
+            t0 = bos + c * BT
+            tma.async_copy_shared_to_global(h_desc, [((s0 + c) * HV + hv) * K, v0], h_s)
+            gl.store(v_new + t0.to(gl.int64) * s_nt + n_off, gl.zeros([BT, BV], v_new.dtype.element_ty, mma),
+                     mask=(t0 + r < eos)[:, None])
+        tma.store_wait(0)
+    else:
+        w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
+        k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
+        u_s = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BT, BV], u_desc.layout)
+        vs_s = gl.allocate_shared_memory(DT, [BT, BV], vs_layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(bars.index(i), count=1)
+        for i in gl.static_range(STAGES):
+            _load_chunk(w_desc, k_desc, u_desc, bars.index(i), w_s.index(i), k_s.index(i), u_s.index(i),
+                        bos + i * BT, hv, hk, v0, i < NC, K, V)
+
+        # initial state [K, BV] (KV form) from the pool slot in either layout, while the tiles land
+        S = gl.zeros([K, BV], gl.float32, mma)
+        start = True
+        if has_init is not None:
+            start = gl.load(has_init + n) != 0
+        if start:
+            S = gl.load(_pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)).to(gl.float32)
+        gc_n, gl_n = _decays(gcum, bos.to(gl.int64), eos, hv, s_gt, s_gh, BT, row)
+
+        for c in range(0, NC):
+            b = c % STAGES
+            t0 = bos + c * BT
+            t0l = t0.to(gl.int64)
+            gc = gc_n
+            g_last = gl_n
+            gc_n, gl_n = _decays(gcum, t0l + BT, eos, hv, s_gt, s_gh, BT, row)
+
+            # state entering the chunk -> h_s, once the previous chunk's TMA store of it has read it
+            tma.store_wait(0)
+            h_s.store(S.to(DT))
+            S = S * gl.exp(g_last)
+            fence_async_shared()
+            gl.thread_barrier()
+            mbarrier.wait(bars.index(b), (c // STAGES) & 1)
+            w_b = w_s.index(b)
+            k_b = k_s.index(b)
+            acc = warpgroup_mma(w_b, h_s, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
+
+            # Off the state's chain while w h runs. Every reader of the previous chunk's stage (MMAs and
+            # register loads of all warps) is past the barrier above: refill it with the chunk STAGES-1
+            # ahead. (The compiler puts barriers between the TMA issues; here they overlap the MMA.)
+            cp = c - 1 + STAGES
+            bp = cp % STAGES
+            _load_chunk(w_desc, k_desc, u_desc, bars.index(bp), w_s.index(bp), k_s.index(bp), u_s.index(bp),
+                        bos + cp * BT, hv, hk, v0, (c > 0) & (cp < NC), K, V)
+            tma.async_copy_shared_to_global(h_desc, [((s0 + c) * HV + hv) * K, v0], h_s)
+            # tail rows of k, the key norms, u, the row factors
+            valid = t0 + r < eos
+            if t0 + BT > eos:
+                zero_rows_past(k_b, t0, eos, blk)
+            rk = inv_norm(k_b, L2NORM, mma)
+            uu = u_s.index(b).load(mma).to(gl.float32)
+            fac = gl.where(valid, rk * gl.exp(g_last - gc), 0.0)
+            acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, h_s))
+
+            vn = uu - acc
+            vs = gl.where(valid[:, None], vn * fac[:, None], 0.0)
+            vs_s.store(vs.to(DT))
+            fence_async_shared()
+            gl.thread_barrier()
+            kt = k_b.permute((1, 0))
+            S = warpgroup_mma(kt, vs_s, S, is_async=True)
+            gl.store(v_new + t0l * s_nt + n_off, vn.to(v_new.dtype.element_ty), mask=valid[:, None])
+            S, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(S, kt, vs_s))
+
+        tma.store_wait(0)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(bars.index(i))
+        # The slot is loaded again: the same pointer tensor as the initial load would be merged with it
+        # (CSE) and held in registers through the loop (2 x K x BV / 128 of them per thread, spilled).
+        slot = gl.load(state_indices + n).to(gl.int64)
+        gl.store(_pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma), S.to(state.dtype.element_ty))

@@ -1,0 +1,149 @@
+"""Host side shared by the Gluon kernels: requirements, TMA descriptors, launch (or record), AOT compile.
+
+Nothing here imports Gluon at module import, so the op modules register their Impl records on any machine
+(`gdn info` then says what is missing); kernel modules are imported on the first launch or compile.
+
+TMA descriptors are built on the host (`triton.experimental.gluon.nvidia.hopper.TensorDescriptor`) and
+passed by value as kernel parameters: no device-side descriptor workspace, CUDA-graph capturable. A tensor
+`[rows, heads, dim]` with packed heads (stride(1) == dim) is described as the 2-D matrix
+`[rows, heads * dim]`; a tile is then one head's `[block rows, dim]` slice at column `head * dim`.
+
+AOT (the CPU compile matrix): `aot_compile(op, fn, arch)` runs the launcher on the op's `meta` example inputs
+with launches recorded instead of run, and compiles each with `triton.compile(GluonASTSource(...),
+target=GPUTarget(...))`, exactly as the launcher would launch it on that arch.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+
+import torch
+
+from gdn.common import aot, examples
+from gdn.common import launch as L
+
+REQUIRES = ("triton>=3.6",)
+HOPPER = ("sm_90",)
+BT = 64                                  # chunk size of the prefill pipeline (gdn/common/triton/prefill)
+DTYPES = (torch.bfloat16, torch.float16)
+HEAD_DIMS = frozenset({64, 128, 256})    # TMA box and wgmma N limits (<= 256), 16-byte rows
+
+_GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+def gl_dtype(dt: torch.dtype):
+    from triton.experimental.gluon import language as gl
+    return getattr(gl, _GL_DTYPES[dt])
+
+
+@dataclass
+class Desc:
+    """A 2-D TMA view of `base`: `shape`, row stride `stride` (elements; unit column stride) and the
+    `block` tile, in the default NVMMA shared layout for that tile (the layout wgmma reads)."""
+    base: torch.Tensor
+    shape: tuple
+    stride: int
+    block: tuple
+
+    def layout(self):
+        from triton.experimental.gluon import language as gl
+        return gl.NVMMASharedLayout.get_default_for(list(self.block), gl_dtype(self.base.dtype))
+
+    def signature(self) -> str:
+        return f"tensordesc<{L._TL_DTYPES[self.base.dtype]}[{', '.join(map(str, self.block))}],{self.layout()!r}>"
+
+    def build(self):
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+        return TensorDescriptor(self.base, list(self.shape), [self.stride, 1], list(self.block), self.layout())
+
+
+def head_matrix(t: torch.Tensor, block_rows: int, block_cols: int | None = None) -> Desc:
+    """[rows, heads, dim] with packed heads -> Desc of the [rows, heads * dim] matrix, tile
+    [block_rows, block_cols or dim] (block_cols divides dim, so a tile never spans two heads)."""
+    rows, heads, dim = t.shape
+    return Desc(t, (rows, heads * dim), t.stride(0), (block_rows, block_cols or dim))
+
+
+def tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """`t` [rows, heads, dim] as TMA reads it through `head_matrix`: unit dim stride, packed heads
+    (stride(1) == dim), 16-byte aligned base and row stride (any row stride otherwise, e.g. a view into a
+    packed projection); else a contiguous copy."""
+    ok = (t.stride(2) == 1 and (t.stride(1) == t.shape[2] or t.shape[1] == 1)
+          and t.stride(0) * t.element_size() % 16 == 0 and t.shape[2] * t.element_size() % 16 == 0
+          and (t.device.type == "meta" or t.data_ptr() % 16 == 0))
+    return t if ok else t.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------
+# launch or record
+
+_RECORD: contextvars.ContextVar[list | None] = contextvars.ContextVar("gdn_gluon_record", default=None)
+
+
+@contextlib.contextmanager
+def recording():
+    launches: list[L.Launch] = []
+    token = _RECORD.set(launches)
+    try:
+        yield launches
+    finally:
+        _RECORD.reset(token)
+
+
+def launch(kernel, grid, *args, num_warps: int = 4, **constexprs) -> None:
+    """kernel[grid](*args) with `Desc` arguments turned into TMA descriptors; under `recording()` the
+    launch is recorded (signature and constexprs) instead."""
+    rec = _RECORD.get()
+    if rec is None:
+        kernel[grid](*(a.build() if isinstance(a, Desc) else a for a in args), num_warps=num_warps, **constexprs)
+        return
+    sig, cexp = {}, {}
+    for name, v in zip(kernel.arg_names, args):
+        sig[name] = v.signature() if isinstance(v, Desc) else L._arg_type(v)
+        if v is None:
+            cexp[name] = None
+    if "num_warps" in kernel.arg_names:     # a kernel parameter as well as a compile option
+        constexprs = {**constexprs, "num_warps": num_warps}
+    for name, v in constexprs.items():
+        sig[name], cexp[name] = "constexpr", v
+    rec.append(L.Launch(kernel, sig, cexp, {"num_warps": num_warps}))
+
+
+def compile_launch(l: L.Launch, arch: str):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    src = GluonASTSource(l.kernel, l.signature, l.constexprs)
+    return triton.compile(src, target=GPUTarget(*aot.TARGETS[arch]), options=l.options)
+
+
+def aot_compile(op: str, fn, arch: str, dtypes=DTYPES) -> list:
+    """Compile every kernel `fn` launches on `arch` for the op's registered kernel-level examples (variants
+    in dtypes this backend declines are skipped). Returns [(name, CompiledKernel)]."""
+    ex, variants = examples.KERNEL_EXAMPLES[op]
+    out = []
+    for opts in variants:
+        if opts.get("dtype", torch.bfloat16) not in dtypes:
+            continue
+        args, kwargs = ex("meta", **opts)
+        with L.recording(arch), recording() as launches:
+            fn(*args, **kwargs)
+        if not launches:
+            raise RuntimeError(f"{op}/gluon: launcher recorded no launch for {opts}")
+        for l in launches:
+            tag = ",".join(f"{k}={v}" for k, v in opts.items()).replace("torch.", "")
+            name = f"{l.kernel.fn.__name__}[{tag}]"
+            out.append((name, compile_launch(l, arch)))
+    return out
+
+
+def check_inputs(op: str, **tensors) -> None:
+    """Clear errors for inputs the Gluon kernels decline (they dispatch elsewhere via the Impl's reasons)."""
+    for name, t in tensors.items():
+        if t.dtype not in DTYPES:
+            raise TypeError(f"gdn.{op} (gluon): argument '{name}' must be bfloat16 or float16 (wgmma/tcgen05 "
+                            f"operands), got {t.dtype}; use the triton backend for fp32")
+        if t.shape[-1] not in HEAD_DIMS:
+            raise ValueError(f"gdn.{op} (gluon): argument '{name}' head dim {t.shape[-1]} not supported "
+                             f"({sorted(HEAD_DIMS)})")

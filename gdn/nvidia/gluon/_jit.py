@@ -1,0 +1,60 @@
+"""Gluon device helpers shared by the prefill kernels (imported only when a kernel is launched or compiled)."""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared
+
+
+@gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def row_sum(x, axis: gl.constexpr):
+    """gl.sum with a Gluon combine function: gl.sum's own is a @triton.jit function, which TRITON_INTERPRET=1
+    (set by the CPU test session) replaces, and an in-process CPU compile of these kernels then fails."""
+    return gl.reduce(x, axis, _add)
+
+
+@gluon.jit
+def seq_of_slot(cu, N, s, CHUNK: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
+    """Chunk slot s -> (n, t0, eos): sequence n, first token t0 of the chunk, end of the sequence (int64).
+    The slot holds a chunk iff t0 < eos. Same rule as gdn/common/triton/prefill/_common.py: sequence n's
+    first slot is cu[n] // CHUNK + n, so n is the number of sequences whose first slot is <= s, minus one."""
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+    cnt = gl.to_tensor(0)
+    for i in range(0, N, BLOCK_N):
+        o = i + gl.arange(0, BLOCK_N, layout=lay)
+        m = o < N
+        first = gl.load(cu + o, mask=m, other=0).to(gl.int64) // CHUNK + o
+        cnt += row_sum((m & (first <= s)).to(gl.int32), 0)
+    n = cnt - 1
+    bos = gl.load(cu + n).to(gl.int64)
+    eos = gl.load(cu + n + 1).to(gl.int64)
+    t0 = bos + (s - (bos // CHUNK + n)).to(gl.int64) * CHUNK
+    return n, t0, eos
+
+
+@gluon.jit
+def inv_norm(x_smem, USE: gl.constexpr, layout: gl.constexpr):
+    """rsqrt(sum(x^2) + 1e-6) per row of the 16-bit tile in x_smem, fp32 in SliceLayout(1, layout) (ones when
+    not USE). The kernels keep q and k raw in shared memory (the MMA operands stay the exact inputs) and apply
+    the l2 normalisation as row/column factors of the products."""
+    if USE:
+        x = x_smem.load(layout).to(gl.float32)
+        r = gl.rsqrt(row_sum(x * x, 1) + 1e-6)
+    else:
+        r = gl.full([x_smem.shape[0]], 1.0, gl.float32, layout=gl.SliceLayout(1, layout))
+    return r
+
+
+@gluon.jit
+def zero_rows_past(x_smem, t0, eos, layout: gl.constexpr):
+    """Zero the rows of a [64, D] TMA tile at or past token eos (tile row 0 is token t0), then make the stores
+    visible to the async proxy (wgmma) of every warp. A tail chunk's tile holds the next sequence's rows or,
+    past cu_seqlens[-1], whatever the buffer holds: their MMA weights are zero, but 0 * NaN is NaN."""
+    x = x_smem.load(layout)
+    rows = t0 + gl.arange(0, x_smem.shape[0], layout=gl.SliceLayout(1, layout))
+    x_smem.store(gl.where((rows < eos)[:, None], x, gl.zeros_like(x)))
+    fence_async_shared()
+    gl.thread_barrier()

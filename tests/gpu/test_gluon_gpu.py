@@ -1,0 +1,228 @@
+"""Gluon prefill sub-ops on a Hopper GPU: numerics against the fp32 chunk references
+(gdn/common/reference_chunk.py) and against the Triton kernels, on varlen batches with tail chunks,
+zero-length sequences, padding slots (-1), GVA (HV = 2H) and plain heads, tokens past cu_seqlens[-1]
+holding NaN garbage, and q/k read in place from strided views."""
+import pytest
+import torch
+
+from gdn.common import reference as R
+from gdn.common import reference_chunk as RC
+from gdn.common import registry
+from gdn.common.triton.prefill import _common as PC
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                                 reason="needs a Hopper (sm_90) GPU")]
+
+NAN = float("nan")
+CASES = [
+    # lengths, H, HV, K, V, state_indices (None: distinct live slots)
+    pytest.param((70, 5, 0, 67), 16, 32, 128, 128, (2, 0, -1, 1), id="tails-zero-len-pad-gva"),
+    pytest.param((64, 128, 1), 16, 32, 128, 128, None, id="exact-chunks-and-1"),
+    pytest.param((4096, 1000, 33, 63), 16, 32, 128, 128, (3, -1, 0, 1), id="long-gva-pad"),
+    pytest.param((8192,), 16, 32, 128, 128, None, id="one-long"),
+    pytest.param((100, 31, 200), 4, 4, 64, 64, (0, 1, -1), id="no-gva-k64"),
+    pytest.param((130, 70), 2, 4, 128, 256, None, id="v256"),
+]
+
+
+def relerr(x, ref):
+    x, ref = x.double(), ref.double()
+    assert torch.isfinite(x).all(), "non-finite values"
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def gluon(op):
+    return registry.get(op, "gluon").fn
+
+
+def triton(op):
+    return registry.get(op, "triton").fn
+
+
+def _cu(lengths, dev):
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=dev)
+
+
+def _output_inputs(lengths, H, HV, K, V, slots, dtype, pad_tokens=0):
+    """chunk_output's inputs; `pad_tokens` rows past cu_seqlens[-1] (a fixed token budget) hold NaN."""
+    dev = "cuda"
+    N = len(lengths)
+    T = sum(lengths) + pad_tokens
+    cu = _cu(lengths, dev)
+    # q and k as views into one packed row (as the conv output delivers them): row stride 2*H*K + 8
+    qk = torch.randn(T, 2 * H * K + 8, device=dev).to(dtype)
+    q = qk[:, :H * K].view(T, H, K)
+    k = qk[:, H * K:2 * H * K].view(T, H, K)
+    g, _ = R.gates(torch.randn(T, HV, device=dev), torch.randn(T, HV, device=dev),
+                   torch.empty(HV, device=dev).uniform_(-4, -1), torch.zeros(HV, device=dev))
+    g_cum = torch.zeros(T, HV, device=dev)
+    R.chunk_cumsum(g, cu, g_cum, chunk_size=64)
+    v_new = torch.randn(T, HV, V, device=dev).to(dtype)
+    h = (torch.randn(PC.num_slots(T, N), HV, K, V, device=dev) * 0.3).to(dtype)
+    if pad_tokens:
+        v_new[sum(lengths):] = NAN
+        qk[sum(lengths):] = NAN
+    idx = torch.tensor(slots if slots is not None else range(N), dtype=torch.int32, device=dev)
+    return q, k, v_new, h, g_cum, idx, cu
+
+
+@pytest.mark.parametrize("lengths,H,HV,K,V,slots", CASES)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_chunk_output(lengths, H, HV, K, V, slots, out_dtype):
+    q, k, vn, h, g_cum, idx, cu = _output_inputs(lengths, H, HV, K, V, slots, torch.bfloat16, pad_tokens=37)
+    T, end = q.shape[0], int(cu[-1])
+    ref = torch.full((T, HV, V), NAN, device="cuda")
+    got = torch.full((T, HV, V), NAN, device="cuda", dtype=out_dtype)
+    tri = torch.full((T, HV, V), NAN, device="cuda", dtype=out_dtype)
+    RC.chunk_output(q, k, vn, h, g_cum, idx, cu, ref, scale=K ** -0.5, use_qk_l2norm=True)
+    gluon("chunk_output")(q, k, vn, h, g_cum, idx, cu, got, scale=K ** -0.5, use_qk_l2norm=True)
+    triton("chunk_output")(q, k, vn, h, g_cum, idx, cu, tri, scale=K ** -0.5, use_qk_l2norm=True)
+    tol = 1e-3 if out_dtype == torch.float32 else 5e-3
+    assert relerr(got[:end], ref[:end]) < tol
+    assert relerr(got[:end], tri[:end]) < tol
+    assert torch.isnan(got[end:]).all(), "rows past cu_seqlens[-1] must stay untouched"
+    for n, s in enumerate(idx.tolist()):
+        if s < 0:
+            assert (got[cu[n]:cu[n + 1]] == 0).all(), "a padding sequence's rows must be zero"
+
+
+@pytest.mark.parametrize("l2", [True, False])
+def test_chunk_output_options(l2):
+    """use_qk_l2norm off, fp16 inputs, an arbitrary scale."""
+    q, k, vn, h, g_cum, idx, cu = _output_inputs((300, 64, 7), 8, 16, 128, 128, None, torch.float16)
+    if not l2:
+        q, k = q * 0.1, k * 0.1
+    ref = torch.empty(q.shape[0], 16, 128, device="cuda")
+    got = torch.empty_like(ref)
+    RC.chunk_output(q, k, vn, h, g_cum, idx, cu, ref, scale=0.3, use_qk_l2norm=l2)
+    gluon("chunk_output")(q, k, vn, h, g_cum, idx, cu, got, scale=0.3, use_qk_l2norm=l2)
+    assert relerr(got, ref) < 1e-3
+
+
+def test_chunk_output_cuda_graph():
+    """No host sync or allocation in the launch: capturable, replays with new data."""
+    q, k, vn, h, g_cum, idx, cu = _output_inputs((200, 90), 16, 32, 128, 128, None, torch.bfloat16)
+    out = torch.empty(q.shape[0], 32, 128, device="cuda", dtype=torch.bfloat16)
+    fn = gluon("chunk_output")
+    fn(q, k, vn, h, g_cum, idx, cu, out, scale=128 ** -0.5, use_qk_l2norm=True)   # compile outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn(q, k, vn, h, g_cum, idx, cu, out, scale=128 ** -0.5, use_qk_l2norm=True)
+    vn.copy_(torch.randn_like(vn))
+    graph.replay()
+    ref = torch.empty(out.shape, device="cuda")
+    RC.chunk_output(q, k, vn, h, g_cum, idx, cu, ref, scale=128 ** -0.5, use_qk_l2norm=True)
+    assert relerr(out, ref) < 5e-3
+
+
+def _nonfinite_where(x, cu):
+    """Where x [T, heads, dim] is not finite: count, tokens as token(sequence:offset), rows within the chunk
+    (offset % 64), heads, columns; '' when all finite."""
+    bad = ~torch.isfinite(x)
+    if not bad.any():
+        return ""
+    t, h, d = bad.nonzero(as_tuple=True)
+    toks = t.unique()
+    seq = torch.searchsorted(cu.to(toks.dtype), toks, right=True) - 1      # last sequence starting <= token
+    off = toks - cu.to(toks.dtype)[seq]
+    at = [f"{a}({n}:{o})" for a, n, o in zip(toks[:24].tolist(), seq[:24].tolist(), off[:24].tolist())]
+    return (f"{int(bad.sum())} of {x.numel()} non-finite; {len(toks)} tokens {at}{'...' * (len(toks) > 24)}; "
+            f"chunk rows {(off % 64).unique().tolist()}; heads {h.unique().tolist()}; "
+            f"columns {d.unique().tolist()}")
+
+
+@pytest.mark.parametrize("lengths,H,HV,K,V,slots", CASES)
+def test_chunk_wy(lengths, H, HV, K, V, slots):
+    """A from the reference solve (fp32), k/v bf16 with NaN rows past cu_seqlens[-1]; w, u bf16 as prefill
+    keeps them, and fp32 for a tight comparison."""
+    q, k, _, _, g_cum, _, cu = _output_inputs(lengths, H, HV, K, V, slots, torch.bfloat16, pad_tokens=37)
+    T, end = k.shape[0], int(cu[-1])
+    v = torch.randn(T, HV, V, device="cuda").bfloat16()
+    v[end:] = NAN
+    beta = torch.rand(T, HV, device="cuda")
+    A = torch.zeros(T, HV, 64, device="cuda")
+    RC.chunk_kkt_solve(k, g_cum, beta, cu, A, use_qk_l2norm=True)
+    w0, u0 = torch.zeros(T, HV, K, device="cuda"), torch.zeros(T, HV, V, device="cuda")
+    RC.chunk_wy(k, v, g_cum, beta, A, cu, w0, u0, use_qk_l2norm=True)
+    for dt, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-3)):
+        w1 = torch.full((T, HV, K), NAN, device="cuda", dtype=dt)
+        u1 = torch.full((T, HV, V), NAN, device="cuda", dtype=dt)
+        w2, u2 = torch.empty_like(w1), torch.empty_like(u1)
+        gluon("chunk_wy")(k, v, g_cum, beta, A, cu, w1, u1, use_qk_l2norm=True)
+        triton("chunk_wy")(k, v, g_cum, beta, A, cu, w2, u2, use_qk_l2norm=True)
+        for name, got, ref, tri in (("w", w1, w0, w2), ("u", u1, u0, u2)):
+            where = _nonfinite_where(got[:end], cu)
+            assert not where, f"{name} ({dt}): {where}"
+            assert relerr(got[:end], ref[:end]) < tol, f"{name} ({dt}) vs reference"
+            assert relerr(got[:end], tri[:end]) < tol, f"{name} ({dt}) vs triton"
+        assert torch.isnan(w1[end:]).all() and torch.isnan(u1[end:]).all()
+
+
+def _state_pool(S, HV, K, V, layout, dtype):
+    """A pool with a padded slot stride (any slot stride is allowed): [S, HV, V, K] or [S, HV, K, V]."""
+    M = HV * K * V
+    base = (torch.randn(S, M + 64, device="cuda") * 0.1).to(dtype)
+    return base[:, :M].view(S, HV, *((V, K) if layout == "vk" else (K, V)))
+
+
+STATE_VARIANTS = [
+    # layout, pool dtype, has_initial_state pattern (None: all True), config (None: the launcher's table)
+    pytest.param("vk", torch.float32, (True, False), None, id="vk-fp32-mixinit"),
+    pytest.param("kv", torch.bfloat16, None, None, id="kv-bf16"),
+    pytest.param("vk", torch.bfloat16, (False, True), dict(BV=16, STAGES=2), id="vk-bf16-mixinit-bv16"),
+    pytest.param("kv", torch.float32, None, dict(BV=64, STAGES=3), id="kv-fp32-bv64-3stages"),
+]
+
+
+@pytest.mark.parametrize("lengths,H,HV,K,V,slots", CASES)
+@pytest.mark.parametrize("layout,pool_dtype,init,cfg", STATE_VARIANTS)
+def test_chunk_state(lengths, H, HV, K, V, slots, layout, pool_dtype, init, cfg):
+    """w, u from the reference WY solve (bf16, as prefill keeps them), NaN rows past cu_seqlens[-1] in k, w, u;
+    a pool with two slots no sequence uses (must stay bit-identical); h and v_new pre-filled with NaN (h
+    slots holding no chunk and v_new rows past the end must stay NaN). Against the fp32 reference and the
+    Triton kernel (both round the state and v_new's factor to bf16 for the products as this kernel does)."""
+    from gdn.nvidia.gluon import chunk_state as GS
+    _, k, _, _, g_cum, idx, cu = _output_inputs(lengths, H, HV, K, V, slots, torch.bfloat16, pad_tokens=37)
+    T, N, end = k.shape[0], len(lengths), int(cu[-1])
+    v = torch.randn(T, HV, V, device="cuda").bfloat16()
+    beta = torch.rand(T, HV, device="cuda")
+    A = torch.zeros(T, HV, 64, device="cuda")
+    RC.chunk_kkt_solve(k, g_cum, beta, cu, A, use_qk_l2norm=True)
+    w0, u0 = torch.zeros(T, HV, K, device="cuda"), torch.zeros(T, HV, V, device="cuda")
+    RC.chunk_wy(k, v, g_cum, beta, A, cu, w0, u0, use_qk_l2norm=True)
+    w, u = w0.bfloat16(), u0.bfloat16()
+    w[end:], u[end:] = NAN, NAN
+    has_init = None if init is None else torch.tensor([init[n % 2] for n in range(N)], device="cuda")
+    pool = _state_pool(N + 2, HV, K, V, layout, pool_dtype)
+    used = torch.zeros(N + 2, dtype=torch.bool, device="cuda")
+    used[[s for s in idx.tolist() if s >= 0]] = True
+    NS = PC.num_slots(T, N)
+    res = {}
+    if cfg is None:
+        gl_fn = gluon("chunk_state")
+    else:
+        def gl_fn(*a, use_qk_l2norm, state_layout):
+            GS.launch_state(*a, use_qk_l2norm, state_layout, cfg)
+    for name, fn in (("ref", RC.chunk_state), ("triton", triton("chunk_state")), ("gluon", gl_fn)):
+        p = pool.clone()
+        h = torch.full((NS, HV, K, V), NAN, device="cuda", dtype=torch.bfloat16)
+        vn = torch.full((T, HV, V), NAN, device="cuda", dtype=torch.bfloat16)
+        fn(k, w, u, g_cum, p, idx, cu, has_init, h, vn, use_qk_l2norm=True, state_layout=layout)
+        res[name] = p, h, vn
+    p, h, vn = res["gluon"]
+    assert torch.equal(p[~used].view(torch.int16), pool[~used].view(torch.int16)), "unused pool slots changed"
+    assert torch.equal(h.isnan(), res["ref"][1].isnan()), "h slots holding no chunk must stay untouched"
+    assert not _nonfinite_where(vn[:end], cu), _nonfinite_where(vn[:end], cu)
+    assert torch.isnan(vn[end:]).all(), "v_new rows past cu_seqlens[-1] must stay untouched"
+    for n, s in enumerate(idx.tolist()):
+        if s < 0:
+            assert (vn[cu[n]:cu[n + 1]] == 0).all(), "a padding sequence's v_new rows must be zero"
+            s0, nc = int(cu[n]) // 64 + n, (int(cu[n + 1] - cu[n]) + 63) // 64
+            assert (h[s0:s0 + nc] == 0).all(), "a padding sequence's h slots must be zero"
+    tol_p = 5e-3 if pool_dtype == torch.float32 else 1e-2
+    for other in ("ref", "triton"):
+        p1, h1, vn1 = res[other]
+        assert relerr(p[used], p1[used]) < tol_p, f"pool vs {other}"
+        assert relerr(h.nan_to_num(), h1.nan_to_num()) < 5e-3, f"h vs {other}"
+        assert relerr(vn[:end], vn1[:end]) < 5e-3, f"v_new vs {other}"
