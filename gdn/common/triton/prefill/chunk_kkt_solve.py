@@ -52,11 +52,11 @@ def solve_unit_lower(Nm, PREC: tl.constexpr):
 
 
 @triton.jit
-def kkt_solve_tile(kd, rk, beta, gc, valid, PREC: tl.constexpr):
-    """kd [64, BK] raw keys of one chunk in the dot dtype; rk (their inverse norms), beta, gc [64] fp32;
-    valid [64] rows of the chunk. Returns (I + strict_lower(beta_i rk_i rk_j k_i.k_j exp(gc_i - gc_j)))^-1,
-    fp32 [64, 64] (identity on rows/columns outside the chunk)."""
-    kk = tl.dot(kd, tl.trans(kd), input_precision=PREC)
+def kkt_solve_tile(kk, rk, beta, gc, valid, PREC: tl.constexpr):
+    """kk [64, 64] fp32 Gram matrix k_i.k_j of the raw keys of one chunk; rk (their inverse norms), beta,
+    gc [64] fp32; valid [64] rows of the chunk. Returns
+    (I + strict_lower(beta_i rk_i rk_j k_i.k_j exp(gc_i - gc_j)))^-1, fp32 [64, 64] (identity on
+    rows/columns outside the chunk)."""
     r = tl.arange(0, 64)
     low = (r[:, None] > r[None, :]) & valid[:, None] & valid[None, :]
     decay = tl.exp(tl.where(low, gc[:, None] - gc[None, :], 0.0))
@@ -82,7 +82,7 @@ def _chunk_kkt_solve_kernel(k, gcum, beta, cu, A, N, HV, G,
         rk = C.inv_norm(kt.to(tl.float32), L2NORM)
         bb = tl.load(beta + rows * s_bt + hv * s_bh, mask=valid, other=0).to(tl.float32)
         gc = tl.load(gcum + rows * s_gt + hv * s_gh, mask=valid, other=0).to(tl.float32)
-        Ai = kkt_solve_tile(kt, rk, bb, gc, valid, PREC)
+        Ai = kkt_solve_tile(tl.dot(kt, tl.trans(kt), input_precision=PREC), rk, bb, gc, valid, PREC)
         Ai = tl.where(valid[None, :], Ai, 0.0)
         tl.store(A + rows[:, None] * s_at + hv * s_ah + o_t[None, :], Ai, mask=valid[:, None])
 

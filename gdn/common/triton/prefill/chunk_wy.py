@@ -8,7 +8,7 @@ Kernel-level signature (reference: gdn/common/reference_chunk.py):
     use_qk_l2norm; v-head hv reads k head hv // (HV // H)).
 
 With h the state entering the chunk, v_new = u - w h is the chunk's delta-rule residual (chunk_state).
-`wy_tile` is shared with prefill's fused first kernel.
+`w_tile` and `u_tile` are shared with prefill's fused first kernel.
 """
 from __future__ import annotations
 
@@ -23,13 +23,18 @@ from gdn.common.triton.prefill import _common as C
 
 
 @triton.jit
-def wy_tile(Ai, kd, vd, rk, beta, gc, PREC: tl.constexpr):
-    """Ai [64, 64] fp32; kd [64, BK], vd [64, BV] raw keys / values in the dot dtype; rk (inverse key
-    norms), beta, gc [64] fp32 -> (w, u) fp32. The per-token factors fold into A's columns, so the
-    16-bit inputs enter the products exactly and A is split into hi + lo parts (C.dot_split)."""
-    w = C.dot_split(Ai * (beta * tl.exp(gc) * rk)[None, :], kd, PREC)
-    u = C.dot_split(Ai * beta[None, :], vd, PREC)
-    return w, u
+def w_tile(Ai, kd, rk, beta, gc, PREC: tl.constexpr):
+    """Ai [64, 64] fp32; kd [64, BK] raw keys in the dot dtype; rk (their inverse norms), beta, gc [64]
+    fp32 -> w fp32 [64, BK]. The per-token factors fold into A's columns, so the 16-bit inputs enter the
+    products exactly and A is split into hi + lo parts (C.dot_split)."""
+    return C.dot_split(Ai * (beta * tl.exp(gc) * rk)[None, :], kd, PREC)
+
+
+@triton.jit
+def u_tile(Ai, vd, beta, PREC: tl.constexpr):
+    """Ai [64, 64] fp32; vd [64, BV] raw values in the dot dtype; beta [64] fp32 -> u fp32 [64, BV]
+    (as w_tile). Separate from w_tile so that a caller can store w before u's accumulator goes live."""
+    return C.dot_split(Ai * beta[None, :], vd, PREC)
 
 
 @triton.jit
@@ -56,8 +61,9 @@ def _chunk_wy_kernel(k, v, gcum, beta, A, w, u, cu, N, HV, G,
         gc = tl.load(gcum + rows * s_gt + hv * s_gh, mask=valid, other=0).to(tl.float32)
         Ai = tl.load(A + rows[:, None] * s_at + hv * s_ah + o_t[None, :],
                      mask=valid[:, None] & valid[None, :], other=0).to(tl.float32)
-        wt, ut = wy_tile(Ai, kt, vt.to(kt.dtype), rk, bb, gc, PREC)
+        wt = w_tile(Ai, kt, rk, bb, gc, PREC)
         tl.store(w + rows[:, None] * s_wt + hv * s_wh + o_k[None, :], wt.to(w.dtype.element_ty), mask=mk)
+        ut = u_tile(Ai, vt.to(kt.dtype), bb, PREC)
         tl.store(u + rows[:, None] * s_ut + hv * s_uh + o_v[None, :], ut.to(u.dtype.element_ty), mask=mv)
 
 

@@ -8,10 +8,12 @@ Kernel-level signature: gdn/common/reference.py `prefill` (the token-by-token or
        the output rows past cu_seqlens[-1] (the unused tail of a fixed token budget).
     2. chunk_state's kernel, one program per (sequence, v-head, BV columns of the state): the sequential
        pass over the chunks, reading the pool slot and writing the final state back in place.
-       When N*HV (sequence, head) pairs fill the GPU ("wide") it also computes the output (chunk_output's
-       formula) in the same loop; h and v_new never reach memory.
-    3. ("narrow" only: long sequences, few pairs) chunk_output's kernel over all chunks in parallel, from
-       the per-chunk states h and v_new that step 2 stored.
+       When N*HV (sequence, head) pairs fill the GPU ("wide") and only Triton sub-op kernels are at hand,
+       it also computes the output (chunk_output's formula) in the same loop; h and v_new never reach memory.
+    3. (otherwise) chunk_output's kernel over all chunks in parallel, from the per-chunk states h and v_new
+       that step 2 stored.
+    Steps 2 and 3 use the chunk_state / chunk_output implementations the registry picks (`sub_op_impl`):
+    on sm_90 the Gluon ones (TMA + wgmma, gdn/nvidia/gluon/), else the Triton kernels of this package.
 
 q and k are l2-normalised where they are loaded (no separate pass). Nothing is read back to the host:
 the grid of steps 1 and 3 is the static bound T // 64 + N chunk slots (see _common), so prefill can be
@@ -25,12 +27,13 @@ import triton
 import triton.language as tl
 
 from gdn.common import launch as L
+from gdn.common import registry
 from gdn.common.registry import Impl, dtypes, register
 from gdn.common.triton.prefill import _common as C
 from gdn.common.triton.prefill import chunk_output, chunk_state
 from gdn.common.triton.prefill.chunk_cumsum import raw_gate_g, sigmoid
 from gdn.common.triton.prefill.chunk_kkt_solve import kkt_solve_tile
-from gdn.common.triton.prefill.chunk_wy import wy_tile
+from gdn.common.triton.prefill.chunk_wy import u_tile, w_tile
 
 
 @triton.jit
@@ -70,6 +73,9 @@ def _prep_kernel(q, k, v, g, beta, a, b, A_log, dt_bias, cu, gcum, w, u, o, rq_b
 
         mk = valid[:, None] & (o_k < K)[None, :]
         kt = tl.load(k + rows[:, None] * s_kt + hk * s_kh + o_k[None, :], mask=mk, other=0)
+        # v now, so that its load overlaps the solve
+        mv = valid[:, None] & (o_v < V)[None, :]
+        vt = tl.load(v + rows[:, None] * s_vt + hv * s_vh + o_v[None, :], mask=mv, other=0)
         rk = C.inv_norm(kt.to(tl.float32), L2NORM)
         if L2NORM:
             if hv % G == 0:
@@ -78,11 +84,10 @@ def _prep_kernel(q, k, v, g, beta, a, b, A_log, dt_bias, cu, gcum, w, u, o, rq_b
                 qt = tl.load(q + rows[:, None] * s_qt + hk * s_qh + o_k[None, :], mask=mk, other=0).to(tl.float32)
                 tl.store(rq_buf + rows * H + hk, C.inv_norm(qt, True) * scale, mask=valid)
         kd = kt.to(w.dtype.element_ty)
-        Ai = kkt_solve_tile(kd, rk, bb, gc, valid, PREC)
-        mv = valid[:, None] & (o_v < V)[None, :]
-        vt = tl.load(v + rows[:, None] * s_vt + hv * s_vh + o_v[None, :], mask=mv, other=0)
-        wt, ut = wy_tile(Ai, kd, vt.to(w.dtype.element_ty), rk, bb, gc, PREC)
+        Ai = kkt_solve_tile(tl.dot(kd, tl.trans(kd), input_precision=PREC), rk, bb, gc, valid, PREC)
+        wt = w_tile(Ai, kd, rk, bb, gc, PREC)
         tl.store(w + rows[:, None] * s_wt + hv * s_wh + o_k[None, :], wt.to(w.dtype.element_ty), mask=mk)
+        ut = u_tile(Ai, vt.to(w.dtype.element_ty), bb, PREC)
         tl.store(u + rows[:, None] * s_ut + hv * s_uh + o_v[None, :], ut.to(u.dtype.element_ty), mask=mv)
 
 
@@ -132,19 +137,46 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
              g_cum.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
              H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V), BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw,
              PREC=C.f32_precision(arch, q.dtype), **p["prep"])
-    if p["fuse"]:
+    out_impl = sub_op_impl("chunk_output", q, v)
+    state_impl = sub_op_impl("chunk_state", q, v, state, state_layout)
+    # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
+    # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
+    if p["fuse"] and out_impl.backend == "triton" and state_impl.backend == "triton":
         chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, None, None,
                                  q, out, scale, l2, state_layout, p["state"], arch, rq, rk)
         return
     h = torch.empty((C.num_slots(T, N), HV, K, V), dtype=wdt, device=dev)
     v_new = torch.empty((T, HV, V), dtype=wdt, device=dev)
-    chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new,
-                             None, None, 1.0, l2, state_layout, p["state"], arch, None, rk)
-    chunk_output.launch_output(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale, l2, p["output"], arch,
-                               rq, rk)
+    if state_impl.backend == "triton":
+        chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new,
+                                 None, None, 1.0, l2, state_layout, p["state"], arch, None, rk)
+    else:
+        state_impl.fn(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new,
+                      use_qk_l2norm=l2, state_layout=state_layout)
+    if out_impl.backend == "triton":
+        chunk_output.launch_output(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale, l2, p["output"],
+                                   arch, rq, rk)
+    else:
+        out_impl.fn(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale=scale, use_qk_l2norm=l2)
+
+
+def sub_op_impl(op, q, v, state=None, state_layout=None):
+    """The implementation of sub-op `op` (chunk_state, chunk_output) the registry picks for these operands:
+    on sm_90 the Gluon kernels (TMA + wgmma) where their dtypes and head dims fit, else Triton's.
+    GDN_DISABLE / GDN_BACKEND_<OP> steer them like any op; recording on meta tensors (AOT) keeps Triton, and
+    so does a choice of the reference (the CPU default), which is the oracle, not a kernel of this pipeline."""
+    if L.is_recording():
+        return registry.get(op, "triton")
+    props = dict(device=q.device, dtype=q.dtype, H=q.shape[1], HV=v.shape[1], K=q.shape[2], V=v.shape[2])
+    if state is not None:
+        props.update(state_dtype=state.dtype, layout=state_layout)
+    impl = registry.select(op, props)
+    return impl if impl.backend != "reference" else registry.get(op, "triton")
+
 
 register(Impl(op="prefill", backend="triton", fn=prefill, archs=C.ARCHS, priority=10, requires=C.REQUIRES,
               dtypes=dtypes("bfloat16", "float16", "float32"), state_dtypes=dtypes("float32", "bfloat16"),
               layouts=("vk", "kv"), check=C.head_dim_reasons, interpretable=True, validated_on=("sm_90",),
               notes="chunked (64): fused gates+cumsum+kkt+solve+wy, state pass split over V (output fused "
-                    "when wide), no host sync"))
+                    "when wide), no host sync; state pass and output through the registry's chunk_state / "
+                    "chunk_output choice (sm_90: Gluon)"))
