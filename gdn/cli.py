@@ -39,7 +39,7 @@ def support_matrix_md() -> str:
 
 def selfcheck_summary(info) -> str:
     """Which public-op implementations serving this arch never ran on it, and what their first call does.
-    (Prefill sub-ops are not dispatched on their own: the prefill self-check covers them.)"""
+    (The prefill sub-op kernels that prefill picks through the registry are self-checked the same way.)"""
     from gdn import ops
     from gdn.common import registry, selfcheck
     if info.arch == "cpu":
