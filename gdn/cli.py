@@ -7,7 +7,8 @@ check  the numerics half of the correctness matrix for what this machine can exe
        kernels run under the interpreter), as a table; exit 1 on any failure.
 demo   a Qwen3-Next-shaped decode and prefill step on the best backend here, checked against the
        reference, with timing.
-bench  the benchmark runner: `gdn bench decode|prefill|edge_ops|layer [args]` runs bench/bench_<name>.py.
+bench  the benchmark runner: `gdn bench <name> [args]` runs bench/bench_<name>.py (decode, prefill, edge_ops, layer,
+       gluon_prefill, cutedsl_decode).
 """
 from __future__ import annotations
 
