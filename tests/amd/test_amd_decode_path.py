@@ -23,28 +23,13 @@ from gdn.common import reference as R
 from gdn.common import registry
 from gdn.common.launch import recording
 from gdn.common.registry import get
+from _helpers import rel, bits_equal, unused_rows
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs TRITON_INTERPRET=1 before triton kernels are imported")
 
 NAN = float("nan")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
-
-
-def rel(x, ref):
-    x, ref = x.double(), ref.double()
-    assert torch.isfinite(x).all(), "non-finite values"
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def bits_equal(x, y):
-    return torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8))
-
-
-def unused_rows(t, used):
-    m = torch.ones(t.shape[0], dtype=torch.bool)
-    m[used] = False
-    return t[m]
 
 
 def gen(seed):
@@ -378,7 +363,7 @@ def test_aot_compile_gfx942_gfx950():
     env.pop("GDN_ARCH", None)
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(os.path.dirname(here))
-    env["PYTHONPATH"] = root + os.pathsep + here + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "tests"), here, env.get("PYTHONPATH", "")])
     code = (
         "import torch, test_amd_decode_path as t\n"
         "from gdn.common.aot import _compile\n"

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from _helpers import rel, bits_equal
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,16 +35,6 @@ def _setup():
 def fns(op):
     from gdn.common.registry import get
     return get(op, "triton").fn, get(op, "reference").fn
-
-
-def rel(x, ref):
-    x, ref = x.double(), ref.double()
-    assert torch.isfinite(x).all(), "non-finite values"
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def bits_equal(x, y):
-    return torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8))
 
 
 def pshape(layout):

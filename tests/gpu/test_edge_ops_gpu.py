@@ -12,6 +12,7 @@ import gdn.amd.triton  # noqa: F401  (registers amd-triton)
 import gdn.common.triton  # noqa: F401  (registers triton)
 from gdn.common import reference as R
 from gdn.common.registry import get
+from _helpers import rel, bits_equal, unused_rows
 
 pytestmark = pytest.mark.gpu
 
@@ -24,22 +25,6 @@ DEV = "cuda"
 NAN = float("nan")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 2e-3}
 EDGE = ("triton",)
-
-
-def rel(x, ref):
-    x, ref = x.double(), ref.double()
-    assert torch.isfinite(x).all(), "non-finite values"
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def bits_equal(x, y):
-    return torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8))
-
-
-def unused_rows(t, used):
-    m = torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
-    m[used] = False
-    return t[m]
 
 
 def gen(seed):

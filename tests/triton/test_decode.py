@@ -11,6 +11,7 @@ from gdn.common import reference as R
 from gdn.common.launch import recording
 from gdn.common.probe import interpreter_on
 from gdn.common.registry import get
+from _helpers import rel, bits_equal
 
 # On a GPU host these run compiled on the GPU; on a CPU machine under the interpreter (tests/conftest.py
 # switches it on before any kernel module is imported).
@@ -33,16 +34,6 @@ TOL = {(torch.float32, torch.float32): 1e-5, (torch.bfloat16, torch.float32): 5e
 
 def tol(in_dtype, state_dtype):
     return 1e-2 if state_dtype == torch.bfloat16 else TOL[(in_dtype, torch.float32)]
-
-
-def rel(x, ref):
-    x, ref = x.double(), ref.double()
-    assert torch.isfinite(x).all(), "non-finite values"
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def bits_equal(x, y):
-    return torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8))
 
 
 def pool_shape(layout, HV, K, V):

@@ -12,6 +12,7 @@ import gdn.common.triton  # noqa: F401  (registers the triton backends)
 from gdn.common import reference as R
 from gdn.common.probe import interpreter_on
 from gdn.common.registry import get
+from _helpers import rel, bits_equal
 
 # On a GPU host these run compiled on the GPU; on a CPU machine under the interpreter (tests/conftest.py
 # switches it on before any kernel module is imported).
@@ -28,16 +29,6 @@ def _default_device():
     torch.set_default_device(prev)
 
 NAN = float("nan")
-
-
-def rel(x, ref):
-    x, ref = x.double(), ref.double()
-    assert torch.isfinite(x).all(), "non-finite values"
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def bits_equal(x, y):
-    return torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8))
 
 
 def pshape(layout, HV, K, V):

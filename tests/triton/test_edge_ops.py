@@ -26,22 +26,13 @@ from gdn.common.registry import get
 from gdn.common.triton import _fp8 as FP8
 from gdn.common.triton import causal_conv1d_update as CU
 from gdn.common.triton._fp8 import e4m3_bits
+from _helpers import rel, bits_equal, unused_rows
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs TRITON_INTERPRET=1 before triton kernels are imported")
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 5e-3, torch.float16: 1e-3}
 NAN = float("nan")
-
-
-def rel(x, ref):
-    x, ref = x.double(), ref.double()
-    assert torch.isfinite(x).all(), "non-finite values"
-    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-
-
-def bits_equal(x, y):
-    return torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8))
 
 
 def gen(seed):
@@ -68,12 +59,6 @@ def conv_pool(S, D, W, dtype, g, used, slot_pad=0):
     pool = buf[:, :n].view(S, D, W - 1)
     pool[used] = randn(len(used), D, W - 1, g=g, dtype=dtype)
     return pool, buf
-
-
-def unused_rows(t, used):
-    m = torch.ones(t.shape[0], dtype=torch.bool)
-    m[used] = False
-    return t[m]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -473,7 +458,6 @@ def test_causal_conv1d_configs(cfg, W):
     assert bits_equal(unused_rows(buf, used), unused_rows(buf0, used))
 
 
-
 def test_causal_conv1d_no_tokens():
     """T = 0: every sequence is empty; slots without an initial state are zeroed, the others kept."""
     W, D, N = 4, 6, 3
@@ -734,8 +718,8 @@ def test_aot_compile_qwen_widths():
     interpreter replaces @triton.jit at import, so this needs a fresh process without it)."""
     env = dict(os.environ, TRITON_INTERPRET="0")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + os.path.dirname(os.path.abspath(__file__)) + os.pathsep + \
-        env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([root, os.path.join(root, "tests"), os.path.dirname(os.path.abspath(__file__)),
+                                         env.get("PYTHONPATH", "")])
     code = (
         "import sys, test_edge_ops as t\n"
         "from gdn.common.aot import _compile\n"

@@ -1,0 +1,21 @@
+"""Comparison helpers shared by the kernel tests (tests/ is on sys.path through tests/conftest.py)."""
+import torch
+
+
+def rel(x, ref):
+    """Relative L2 error of x against ref (float64); fails on any non-finite value in x."""
+    x, ref = x.double(), ref.double()
+    assert torch.isfinite(x).all(), "non-finite values"
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def bits_equal(x, y):
+    """Bit-identical (NaN payloads included): for pool slots a kernel must not touch."""
+    return torch.equal(x.contiguous().reshape(-1).view(torch.uint8), y.contiguous().reshape(-1).view(torch.uint8))
+
+
+def unused_rows(t, used):
+    """The rows of t (dim 0) not listed in `used`."""
+    m = torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
+    m[used] = False
+    return t[m]
