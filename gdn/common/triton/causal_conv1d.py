@@ -207,10 +207,11 @@ def _causal_conv1d_kernel(x_ptr, w_ptr, bias_ptr, cu_ptr, state_ptr, idx_ptr, in
 # program, walked CHUNK rows at a time (BLOCK_T == CHUNK: no loop); BLOCK_D / (lanes * num_warps) channels
 # per thread (8 = one 16-byte vector of bf16).
 _CONFIGS = {
-    # H100 sweep of the one-launch kernel, 2026-11-22 (bench/bench_edge_ops.py --sweep --sweep-ops
-    # causal_conv1d; T = 8192, D = 8192, 8 sequences): 113.9 us, 79.5% of copy (two-launch kernel: 78.4%)
-    ("sm_90", None): dict(BLOCK_T=64, CHUNK=4, BLOCK_D=256, num_warps=1),
-    ("nvidia", None): dict(BLOCK_T=64, CHUNK=4, BLOCK_D=256, num_warps=1),
+    # H100 sweep of the one-launch kernel, 2026-11-22 08:12 UTC (bench/bench_edge_ops.py --sweep --sweep-ops
+    # causal_conv1d; T = 8192, D = 8192, 8 sequences): 110.8 us, 82.5% of copy. 256-token blocks re-read
+    # 3 halo rows per 256 (BLOCK_T = 64: 115.1 us, 79.4%)
+    ("sm_90", None): dict(BLOCK_T=256, CHUNK=8, BLOCK_D=256, num_warps=1),
+    ("nvidia", None): dict(BLOCK_T=256, CHUNK=8, BLOCK_D=256, num_warps=1),
     ("amd", None): dict(BLOCK_T=64, CHUNK=4, BLOCK_D=512, num_warps=1),
 }
 _DEFAULT = dict(BLOCK_T=32, CHUNK=4, BLOCK_D=128, num_warps=1)
