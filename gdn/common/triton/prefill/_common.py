@@ -50,6 +50,13 @@ def f32_precision(arch: str, dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def f32_exact_precision(arch: str) -> str:
+    """tl.dot input_precision for fp32 products that must keep fp32 accuracy (the solve's small
+    diagonal-block products): 3xTF32 on NVIDIA tensor cores, true fp32 ("ieee") elsewhere (AMD has
+    fp32 MFMA; the interpreter computes in fp32)."""
+    return "tf32x3" if arch.startswith("sm_") else "ieee"
+
+
 def head_dim_reasons(props) -> list[str]:
     out = []
     for key in ("K", "V"):

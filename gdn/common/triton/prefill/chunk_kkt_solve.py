@@ -8,12 +8,16 @@ Kernel-level signature (reference: gdn/common/reference_chunk.py):
     hv // (HV // H)):  A[t0+i, hv, j] = ((I + strict_lower(diag(beta) K K^T * Gamma))^-1)[i, j] for j < L,
     zero for j >= L, with Gamma[i, j] = exp(g_cum[t0+i] - g_cum[t0+j]).
 
-Solve: the four diagonal 16x16 blocks by forward substitution (all four at once, in registers); then
-(I + N)^-1 = (I - M)(I + M^2) Dinv with M = Dinv E (E the off-diagonal blocks, M^4 = 0): four 64x64
-tl.dot products, i.e. blocked forward substitution written as matmuls. Exact for fp32 inputs ("ieee");
-tf32 for those fp32 products when the inputs are 16-bit (measured: no visible effect next to the 16-bit
-intermediates). K K^T is taken on the raw keys (exact products of the 16-bit inputs) and the l2norm
-applied as row and column scales. `kkt_solve_tile` is shared with prefill's fused first kernel.
+Solve: the four diagonal 16x16 blocks D at once as a batch [4, 16, 16]: D^16 = 0, so
+(I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), six batched 16x16x16 products in fp32-exact precision
+(3xTF32 on NVIDIA, "ieee" elsewhere). Then (I + N)^-1 = (I - M)(I + M^2) Dinv with M = Dinv E (E the
+off-diagonal blocks, M^4 = 0): four 64x64 tl.dot products, i.e. blocked forward substitution written as
+matmuls; tf32 for those when the inputs are 16-bit ("ieee" for fp32 inputs). The doubling replaced a
+15-step row substitution whose cross-lane reductions dominated the prep kernel (H100, 8x4096: prep
+1.29 -> 0.94 ms; w and u within 1e-5 of the substitution's). Doubling stays inside 16x16 blocks: over
+the whole 64x64 tile the powers of N grow large for correlated keys and tf32 loses the result.
+K K^T is taken on the raw keys (exact products of the 16-bit inputs) and the l2norm applied as row and
+column scales. `kkt_solve_tile` is shared with prefill's fused first kernel.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from gdn.common.triton.prefill import _common as C
 
 
 @triton.jit
-def solve_unit_lower(Nm, PREC: tl.constexpr):
+def solve_unit_lower(Nm, PREC: tl.constexpr, PREC_EXACT: tl.constexpr):
     """(I + Nm)^-1 for a strictly lower-triangular fp32 [64, 64] tile."""
     r = tl.arange(0, 64)
     same = (r[:, None] // 16) == (r[None, :] // 16)
@@ -38,12 +42,12 @@ def solve_unit_lower(Nm, PREC: tl.constexpr):
     sel = b4[:, None, None, None] == b4[None, None, :, None]
     D = tl.sum(tl.where(sel, tl.reshape(Nm, (4, 16, 4, 16)), 0.0), axis=2)
     i16 = tl.arange(0, 16)
-    X = tl.zeros((4, 16, 16), tl.float32) + (i16[:, None] == i16[None, :]).to(tl.float32)[None, :, :]
-    for i in range(1, 16):
-        # row i of each block inverse: X[b, i, :] = e_i - D[b, i, :] @ X[b]   (rows < i already final)
-        row = tl.sum(tl.where(i16[None, :, None] == i, D, 0.0), axis=1)
-        xi = tl.sum(row[:, :, None] * X, axis=1)
-        X = tl.where(i16[None, :, None] == i, X - xi[:, None, :], X)
+    eye3 = tl.zeros((4, 16, 16), tl.float32) + (i16[:, None] == i16[None, :]).to(tl.float32)[None, :, :]
+    X = eye3 - D
+    Dp = D
+    for _ in tl.static_range(3):          # X = (I - D)(I + D^2)(I + D^4)(I + D^8)
+        Dp = tl.dot(Dp, Dp, input_precision=PREC_EXACT)
+        X = tl.dot(X, eye3 + Dp, input_precision=PREC_EXACT)
     Dinv = tl.reshape(tl.where(sel, tl.expand_dims(X, 2), 0.0), (64, 64))
     M = tl.dot(Dinv, tl.where(same, 0.0, Nm), input_precision=PREC)
     M2 = tl.dot(M, M, input_precision=PREC)
@@ -52,7 +56,7 @@ def solve_unit_lower(Nm, PREC: tl.constexpr):
 
 
 @triton.jit
-def kkt_solve_tile(kk, rk, beta, gc, valid, PREC: tl.constexpr):
+def kkt_solve_tile(kk, rk, beta, gc, valid, PREC: tl.constexpr, PREC_EXACT: tl.constexpr):
     """kk [64, 64] fp32 Gram matrix k_i.k_j of the raw keys of one chunk; rk (their inverse norms), beta,
     gc [64] fp32; valid [64] rows of the chunk. Returns
     (I + strict_lower(beta_i rk_i rk_j k_i.k_j exp(gc_i - gc_j)))^-1, fp32 [64, 64] (identity on
@@ -60,14 +64,14 @@ def kkt_solve_tile(kk, rk, beta, gc, valid, PREC: tl.constexpr):
     r = tl.arange(0, 64)
     low = (r[:, None] > r[None, :]) & valid[:, None] & valid[None, :]
     decay = tl.exp(tl.where(low, gc[:, None] - gc[None, :], 0.0))
-    return solve_unit_lower(tl.where(low, kk * (beta * rk)[:, None] * rk[None, :] * decay, 0.0), PREC)
+    return solve_unit_lower(tl.where(low, kk * (beta * rk)[:, None] * rk[None, :] * decay, 0.0), PREC, PREC_EXACT)
 
 
 @triton.jit
 def _chunk_kkt_solve_kernel(k, gcum, beta, cu, A, N, HV, G,
                             s_kt, s_kh, s_gt, s_gh, s_bt, s_bh, s_at, s_ah,
                             K: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr,
-                            L2NORM: tl.constexpr, PREC: tl.constexpr):
+                            L2NORM: tl.constexpr, PREC: tl.constexpr, PREC_EXACT: tl.constexpr):
     s = tl.program_id(0)
     hv = tl.program_id(1)
     hk = hv // G
@@ -82,7 +86,7 @@ def _chunk_kkt_solve_kernel(k, gcum, beta, cu, A, N, HV, G,
         rk = C.inv_norm(kt.to(tl.float32), L2NORM)
         bb = tl.load(beta + rows * s_bt + hv * s_bh, mask=valid, other=0).to(tl.float32)
         gc = tl.load(gcum + rows * s_gt + hv * s_gh, mask=valid, other=0).to(tl.float32)
-        Ai = kkt_solve_tile(tl.dot(kt, tl.trans(kt), input_precision=PREC), rk, bb, gc, valid, PREC)
+        Ai = kkt_solve_tile(tl.dot(kt, tl.trans(kt), input_precision=PREC), rk, bb, gc, valid, PREC, PREC_EXACT)
         Ai = tl.where(valid[None, :], Ai, 0.0)
         tl.store(A + rows[:, None] * s_at + hv * s_ah + o_t[None, :], Ai, mask=valid[:, None])
 
@@ -107,7 +111,7 @@ def chunk_kkt_solve(k, g_cum, beta, cu_seqlens, A, *, use_qk_l2norm):
     L.launch(_chunk_kkt_solve_kernel, (C.num_slots(T, N), HV), k, g_cum, beta, cu_seqlens, A, N, HV, HV // H,
              k.stride(0), k.stride(1), g_cum.stride(0), g_cum.stride(1), beta.stride(0), beta.stride(1),
              A.stride(0), A.stride(1), K=K, BK=BK, BLOCK_N=C.block_n(N), L2NORM=bool(use_qk_l2norm),
-             PREC=C.f32_precision(arch, k.dtype), **cfg)
+             PREC=C.f32_precision(arch, k.dtype), PREC_EXACT=C.f32_exact_precision(arch), **cfg)
 
 
 def _example(device, dtype=torch.bfloat16, lengths=(70, 5, 0, 67), H=16, HV=32, K=128):

@@ -40,7 +40,8 @@ from gdn.common.triton.prefill.chunk_wy import u_tile, w_tile
 def _prep_kernel(q, k, v, g, beta, a, b, A_log, dt_bias, cu, gcum, w, u, o, rq_buf, rk_buf, N, T, HV, G, scale,
                  s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                 BLOCK_N: tl.constexpr, L2NORM: tl.constexpr, RAW: tl.constexpr, PREC: tl.constexpr):
+                 BLOCK_N: tl.constexpr, L2NORM: tl.constexpr, RAW: tl.constexpr, PREC: tl.constexpr,
+                 PREC_EXACT: tl.constexpr):
     s = tl.program_id(0)
     hv = tl.program_id(1)
     hk = hv // G
@@ -84,7 +85,7 @@ def _prep_kernel(q, k, v, g, beta, a, b, A_log, dt_bias, cu, gcum, w, u, o, rq_b
                 qt = tl.load(q + rows[:, None] * s_qt + hk * s_qh + o_k[None, :], mask=mk, other=0).to(tl.float32)
                 tl.store(rq_buf + rows * H + hk, C.inv_norm(qt, True) * scale, mask=valid)
         kd = kt.to(w.dtype.element_ty)
-        Ai = kkt_solve_tile(tl.dot(kd, tl.trans(kd), input_precision=PREC), rk, bb, gc, valid, PREC)
+        Ai = kkt_solve_tile(tl.dot(kd, tl.trans(kd), input_precision=PREC), rk, bb, gc, valid, PREC, PREC_EXACT)
         wt = w_tile(Ai, kd, rk, bb, gc, PREC)
         tl.store(w + rows[:, None] * s_wt + hv * s_wh + o_k[None, :], wt.to(w.dtype.element_ty), mask=mk)
         ut = u_tile(Ai, vt.to(w.dtype.element_ty), bb, PREC)
@@ -136,7 +137,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
              v.stride(0), v.stride(1), gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0),
              g_cum.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
              H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V), BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw,
-             PREC=C.f32_precision(arch, q.dtype), **p["prep"])
+             PREC=C.f32_precision(arch, q.dtype), PREC_EXACT=C.f32_exact_precision(arch), **p["prep"])
     out_impl = sub_op_impl("chunk_output", q, v)
     state_impl = sub_op_impl("chunk_state", q, v, state, state_layout)
     # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
