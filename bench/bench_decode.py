@@ -8,12 +8,15 @@ per call. The floor is the state traffic at the measured copy bandwidth (large D
 bytes): decode reads and writes every active state; MTP verify reads it once and writes T intermediate
 states (fp32). Peers (FLA 0.6 fused_recurrent_gated_delta_rule, FlashInfer 0.7.2 gdn_decode) join when
 importable; every implementation's output is checked against gdn's fp32 reference before its time is
-printed. `--sweep` times the Triton kernel over a grid of (BV, num_warps, num_stages) per batch and
-prints the best configs as entries for gdn/common/triton/decode.py's CONFIGS table.
+printed. Where gdn launches with PDL (sm_90+, gdn/common/launch.py `pdl_ok`) the main table also has
+gdn-triton-nopdl: the same kernels and configs launched without it (GDN_PDL=0). `--sweep` times the
+Triton kernel over a grid of (BV, num_warps, num_stages) per batch and prints the best configs as
+entries for gdn/common/triton/decode.py's CONFIGS table.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import math
@@ -122,6 +125,24 @@ def gdn_impl(p: Decode, cfg=None, backend="triton"):
 
 def gdn_triton(p: Decode, cfg=None):
     return gdn_impl(p, cfg)
+
+
+@contextlib.contextmanager
+def pdl_off():
+    """gdn's launchers without PDL inside (GDN_PDL=0; pdl_ok caches its reading, so the cache is cleared).
+    Launches are decided when a call runs: warm-up and CUDA-graph capture must both happen inside."""
+    from gdn.common import launch as L
+    saved = os.environ.get("GDN_PDL")
+    os.environ["GDN_PDL"] = "0"
+    L.pdl_ok.cache_clear()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["GDN_PDL"]
+        else:
+            os.environ["GDN_PDL"] = saved
+        L.pdl_ok.cache_clear()
 
 
 def other_backends(p: Decode) -> dict:
@@ -268,7 +289,7 @@ def main():
     args = ap.parse_args()
     assert torch.cuda.is_available(), "needs a GPU"
     from gdn import ops
-    from gdn.common import probe
+    from gdn.common import launch as L, probe
     import gdn.common.triton.decode as D
     ops.load_backends()                       # registers every backend (triton, cutedsl, ...)
 
@@ -292,7 +313,9 @@ def main():
           f"(read+write), torch {torch.__version__}, triton {probe.package_version('triton')}, "
           f"fla-core {probe.package_version('fla-core')}, flashinfer {probe.package_version('flashinfer-python')}, "
           f"{datetime.date.today()}")
-    print(f"# H={H} HV={HV} K=V={K}, bf16 inputs, CUDA-graph replay over rotated pools, median of {replays}\n")
+    print(f"# H={H} HV={HV} K=V={K}, bf16 inputs, CUDA-graph replay over rotated pools, median of {replays}; "
+          f"PDL {'on' if L.pdl_ok(info.arch) else 'off'}\n")
+    triton_rows = [("gdn-triton", gdn_triton)] + ([("gdn-triton-nopdl", gdn_triton)] if L.pdl_ok(info.arch) else [])
     rows = []
     t_start = time.time()
 
@@ -307,13 +330,14 @@ def main():
     def bench_problem(kind, p):
         out = []
         others = {} if args.no_peers else other_backends(p)
-        for name, make in [("gdn-triton", gdn_triton)] + list(others.items()) + list(peers.items()):
-            calls, err = checked(name, p, make)
-            if err == "n/a":
-                continue
-            us = graph_time_us(calls, replays) if calls else None
+        for name, make in triton_rows + list(others.items()) + list(peers.items()):
+            with pdl_off() if name == "gdn-triton-nopdl" else contextlib.nullcontext():
+                calls, err = checked(name, p, make)
+                if err == "n/a":
+                    continue
+                us = graph_time_us(calls, replays) if calls else None
             cfg = ""
-            if name == "gdn-triton":
+            if name.startswith("gdn-triton"):
                 cfg = str(D.config(info.arch, p.layout, p.sd, p.B * HV, K, V, p.T or 1))
             out.append(emit(kind, name, p, us, err, cfg))
         return out

@@ -15,7 +15,7 @@ not one per state column. Two ways to move the state, by config (FLAT):
         W = 3 the run reshapes to [BLOCK_D, 2], with W = 2 it is the column itself;
   per-column (any strides): one strided load / store per state column.
 The helpers `_win_load` (all loads of a channel segment) / `_win_finish` (math and stores) are shared with
-conv1d_update_split.
+conv1d_update_split. Launched with PDL on sm_90+ (gdn/common/triton/_pdl.py), as every decode-step op.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import triton.language as tl
 
 from gdn.common import launch as L
 from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton._pdl import pdl_prologue
 
 PORTABLE_ARCHS = ("sm_80", "sm_90", "sm_100", "gfx942", "gfx950")
 
@@ -216,7 +217,8 @@ def _win_finish(s0, s1, s2, x, wt, b, out_rows, st_rows, live, rm, oc0, ch0, D, 
 def _conv1d_update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, idx_ptr, out_ptr, B, D,
                           s_x, s_out, s_st0, s_st1, s_st2, s_w0, s_w1,
                           W: tl.constexpr, SILU: tl.constexpr, ROWS: tl.constexpr,
-                          BLOCK_D: tl.constexpr, FLAT: tl.constexpr, W_CONTIG: tl.constexpr):
+                          BLOCK_D: tl.constexpr, FLAT: tl.constexpr, W_CONTIG: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     ch0 = tl.program_id(1) * BLOCK_D
     rm = r < B
@@ -280,13 +282,15 @@ def causal_conv1d_update(x, conv_state, weight, bias, state_indices, out, *, act
     block_d = min(cfg["BLOCK_D"], L.next_pow2(D))
     rows = min(cfg["ROWS"], L.next_pow2(B))
     flat = bool(cfg["FLAT"]) and flat_ok(conv_state, W) and (W < 4 or block_d >= 8)
-    L.launch(_conv1d_update_kernel, (L.cdiv(B, rows), L.cdiv(D, block_d)),
+    grid = (L.cdiv(B, rows), L.cdiv(D, block_d))
+    pdl = L.use_pdl(arch, grid)
+    L.launch(_conv1d_update_kernel, grid,
              x, conv_state, weight, bias, state_indices, out, B, D,
              x.stride(0), out.stride(0), conv_state.stride(0), conv_state.stride(1), conv_state.stride(2),
              weight.stride(0), weight.stride(1),
-             num_warps=fit_warps(cfg["num_warps"], rows, block_d, flat and W == 4, arch), num_stages=1, W=W,
-             SILU=activation == "silu", ROWS=rows, BLOCK_D=block_d, FLAT=flat,
-             W_CONTIG=weight.stride(1) == 1 and weight.stride(0) == W)
+             num_warps=fit_warps(cfg["num_warps"], rows, block_d, flat and W == 4, arch), num_stages=1, pdl=pdl,
+             W=W, SILU=activation == "silu", ROWS=rows, BLOCK_D=block_d, FLAT=flat,
+             W_CONTIG=weight.stride(1) == 1 and weight.stride(0) == W, PDL=pdl)
 
 
 def _reasons(props) -> list[str]:

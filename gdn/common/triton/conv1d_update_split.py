@@ -7,7 +7,7 @@ outputs mixed_qkv (after the conv) [B, D], z [B, HV, V], b, a [B, HV]. Negative 
 mixed_qkv is 0 and its slot untouched (z, b, a are still split). Grid (row blocks, H): the program of
 (rows, h) convolves q_h, k_h and v-heads hG..hG+G-1 and copies z/b/a of that head group, issuing every
 load before the first store; the conv itself is causal_conv1d_update's (`_win_load` / `_win_finish`,
-flat 16-byte state I/O where the slot rows are contiguous).
+flat 16-byte state I/O where the slot rows are contiguous). Launched with PDL on sm_90+ (_pdl.py).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import triton.language as tl
 
 from gdn.common import launch as L
 from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton._pdl import pdl_prologue
 from gdn.common.triton._split_layout import check_split_args, qkv_cols, src_cols
 from gdn.common.triton.causal_conv1d_update import _win_finish, _win_load, fit_warps, flat_ok
 
@@ -29,7 +30,8 @@ def _conv1d_update_split_kernel(qkvz_ptr, ba_ptr, state_ptr, w_ptr, bias_ptr, id
                                 H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                                 INTERLEAVED: tl.constexpr, W: tl.constexpr, SILU: tl.constexpr,
                                 ROWS: tl.constexpr, BK: tl.constexpr, BGV: tl.constexpr, BG: tl.constexpr,
-                                FLAT: tl.constexpr, W_CONTIG: tl.constexpr):
+                                FLAT: tl.constexpr, W_CONTIG: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     h = tl.program_id(1)
     GV: tl.constexpr = G * V
@@ -93,13 +95,16 @@ def conv1d_update_split(mixed_qkvz, mixed_ba, conv_state, weight, bias, state_in
     BK, BGV, BG = L.next_pow2(K), L.next_pow2(G * V), L.next_pow2(G)
     rows = min(cfg["ROWS"], L.next_pow2(B))
     flat = bool(cfg["FLAT"]) and flat_ok(conv_state, W) and (W < 4 or min(BK, BGV) >= 8)
-    L.launch(_conv1d_update_split_kernel, (L.cdiv(B, rows), H),
+    grid = (L.cdiv(B, rows), H)
+    pdl = L.use_pdl(arch, grid)
+    L.launch(_conv1d_update_split_kernel, grid,
              mixed_qkvz, mixed_ba, conv_state, weight, bias, state_indices, mixed_qkv, z, b, a, B,
              mixed_qkvz.stride(0), mixed_ba.stride(0), mixed_qkv.stride(0), z.stride(0), b.stride(0), a.stride(0),
              conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), weight.stride(0), weight.stride(1),
              num_warps=fit_warps(cfg["num_warps"], rows, min(BK, BGV), flat and W == 4, arch), num_stages=1,
-             H=H, G=G, K=K, V=V, INTERLEAVED=layout == "interleaved", W=W, SILU=activation == "silu",
-             ROWS=rows, BK=BK, BGV=BGV, BG=BG, FLAT=flat, W_CONTIG=weight.stride(1) == 1 and weight.stride(0) == W)
+             pdl=pdl, H=H, G=G, K=K, V=V, INTERLEAVED=layout == "interleaved", W=W, SILU=activation == "silu",
+             ROWS=rows, BK=BK, BGV=BGV, BG=BG, FLAT=flat, W_CONTIG=weight.stride(1) == 1 and weight.stride(0) == W,
+             PDL=pdl)
 
 
 def _reasons(props) -> list[str]:

@@ -10,7 +10,8 @@ Per step, all in fp32:  h *= exp(g);  kv = h k;  hq = h q;  u = beta (v - kv);  
 o = hq + u (k . q)  (= h_new q, with both reductions over the decayed tile issued together).
 
 Memory bound: every active state is read once and written once per call. Slot offsets are int64.
-A negative slot index is padding: no state traffic, zero output.
+A negative slot index is padding: no state traffic, zero output. On sm_90+ the kernel is launched with
+PDL (gdn/common/triton/_pdl.py), so at small batch (launch-bound) its launch overlaps the previous kernel.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import triton.language as tl
 
 from gdn.common import launch as L
 from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton._pdl import pdl_prologue
 
 MAX_HEAD_DIM = 256     # the whole K row sits in registers
 
@@ -107,8 +109,9 @@ def gdn_decode_kernel(
     BK: tl.constexpr, BV: tl.constexpr,
     VK: tl.constexpr, L2NORM: tl.constexpr, PACKED: tl.constexpr,
     HAS_INTER: tl.constexpr, HAS_INTER_IDX: tl.constexpr, HAS_PARENT: tl.constexpr,
-    UPDATE_STATE: tl.constexpr,
+    UPDATE_STATE: tl.constexpr, PDL: tl.constexpr,
 ):
+    pdl_prologue(PDL)                       # before any global access, state_indices included
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
     i_v = pid % NV
@@ -323,15 +326,18 @@ def launch_decode_kernel(q, k, v, a, b, A_log, dt_bias, state, state_indices, o,
     else:
         S_i = (0, 0, 0, 0)
     S_p = parent.stride() if parent is not None else (0, 0)
-    BV, nw, ns = cfg or config(arch_of(state.device), state_layout, state.dtype, B * HV, K, V, T)
-    L.launch(gdn_decode_kernel, (B * HV * ((V + BV - 1) // BV),),
+    arch = arch_of(state.device)
+    BV, nw, ns = cfg or config(arch, state_layout, state.dtype, B * HV, K, V, T)
+    grid = (B * HV * ((V + BV - 1) // BV),)
+    pdl = L.use_pdl(arch, grid)
+    L.launch(gdn_decode_kernel, grid,
              q, k, v, a, b, A_log, dt_bias, state, state_indices, o, inter, inter_indices, parent,
              float(scale), *strides, S_s[0], S_s[1], S_s[2], *S_i, *S_p,
-             num_warps=nw, num_stages=ns,
+             num_warps=nw, num_stages=ns, pdl=pdl,
              T=T, H=H, HV=HV, K=K, V=V, BK=L.next_pow2(K), BV=BV,
              VK=state_layout == "vk", L2NORM=bool(use_qk_l2norm), PACKED=packed,
              HAS_INTER=inter is not None, HAS_INTER_IDX=inter_indices is not None,
-             HAS_PARENT=parent is not None, UPDATE_STATE=bool(update_state))
+             HAS_PARENT=parent is not None, UPDATE_STATE=bool(update_state), PDL=pdl)
 
 
 def decode(q, k, v, a, b, A_log, dt_bias, state, state_indices, out, *, scale, use_qk_l2norm, state_layout,

@@ -1,7 +1,7 @@
 """rms_norm_gated (portable Triton): y = x * rsqrt(mean(x^2) + eps) * weight * silu(z) over rows of [M, V].
 
 x, z [..., V] (rows contiguous), weight [V]; out [..., V] in its own dtype; fp32 math. One program
-normalises ROWS rows held whole in registers (V up to a few thousand).
+normalises ROWS rows held whole in registers (V up to a few thousand). Launched with PDL on sm_90+ (_pdl.py).
 """
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import triton.language as tl
 
 from gdn.common import launch as L
 from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton._pdl import pdl_prologue
 
 PORTABLE_ARCHS = ("sm_80", "sm_90", "sm_100", "gfx942", "gfx950")
 
 
 @triton.jit
 def _rms_norm_gated_kernel(x_ptr, z_ptr, w_ptr, y_ptr, M, s_x, s_z, s_y, eps,
-                           V: tl.constexpr, BV: tl.constexpr, ROWS: tl.constexpr):
+                           V: tl.constexpr, BV: tl.constexpr, ROWS: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     c = tl.arange(0, BV)
     m = (r < M)[:, None] & (c < V)[None, :]
@@ -48,9 +50,12 @@ def rms_norm_gated(x, z, weight, out, *, eps):
     BV = L.next_pow2(V)
     rows = min(max(1, cfg["elems"] // BV), L.next_pow2(M))
     rows = 1 << (rows.bit_length() - 1)
-    L.launch(_rms_norm_gated_kernel, (L.cdiv(M, rows),), x2, z2, weight, y2, M,
+    grid = (L.cdiv(M, rows),)
+    pdl = L.use_pdl(arch, grid)
+    L.launch(_rms_norm_gated_kernel, grid, x2, z2, weight, y2, M,
              x2.stride(0), z2.stride(0), y2.stride(0), float(eps),
-             num_warps=cfg["num_warps"] if BV * rows >= 1024 else 2, num_stages=1, V=V, BV=BV, ROWS=rows)
+             num_warps=cfg["num_warps"] if BV * rows >= 1024 else 2, num_stages=1, pdl=pdl, V=V, BV=BV, ROWS=rows,
+             PDL=pdl)
 
 
 register(Impl(op="rms_norm_gated", backend="triton", fn=rms_norm_gated, archs=PORTABLE_ARCHS, priority=10,

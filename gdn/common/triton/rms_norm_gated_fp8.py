@@ -8,7 +8,7 @@ the group count's power of two), the groups taken by reshaping it to [ROWS, grou
 other group_size dividing V as a [ROWS, groups, group_size] tile, both padded to powers of two. The fp8
 store (gdn/common/triton/_fp8.py `fp8_mode`): the hardware cvt where the arch has the format; e4m3fnuz
 where only e4m3fn is in hardware (sm_89+) through the e4m3fn cvt of 2v (same bits for |v| <= 224);
-elsewhere bit-exact software rounding.
+elsewhere bit-exact software rounding. Launched with PDL on sm_90+ (gdn/common/triton/_pdl.py).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import triton.language as tl
 
 from gdn.common import launch as L
 from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton._pdl import pdl_prologue
 from gdn.common.triton._fp8 import fp8_mode, fp8_store_value
 
 PORTABLE_ARCHS = ("sm_80", "sm_90", "sm_100", "gfx942", "gfx950")
@@ -26,7 +27,9 @@ PORTABLE_ARCHS = ("sm_80", "sm_90", "sm_100", "gfx942", "gfx950")
 def _rms_norm_gated_fp8_kernel(x_ptr, z_ptr, w_ptr, y_ptr, s_ptr, M, s_x, s_z, s_y, s_s, eps,
                                V: tl.constexpr, GS: tl.constexpr, NG: tl.constexpr, BGS: tl.constexpr,
                                BNG: tl.constexpr, ROWS: tl.constexpr, FP8_MAX: tl.constexpr,
-                               MODE: tl.constexpr, EXP_BIAS: tl.constexpr, GROUPED: tl.constexpr):
+                               MODE: tl.constexpr, EXP_BIAS: tl.constexpr, GROUPED: tl.constexpr,
+                               PDL: tl.constexpr):
+    pdl_prologue(PDL)
     r = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     rm = r < M
     if GROUPED:
@@ -98,11 +101,13 @@ def rms_norm_gated_fp8(x, z, weight, y, scales, *, eps, group_size, fp8_max, con
     BGS, BNG = L.next_pow2(group_size), L.next_pow2(NG)
     rows = min(max(1, cfg["elems"] // (BGS * BNG)), L.next_pow2(M))
     rows = 1 << (rows.bit_length() - 1)
-    L.launch(_rms_norm_gated_fp8_kernel, (L.cdiv(M, rows),), x, z, weight, yk, scales, M,
+    grid = (L.cdiv(M, rows),)
+    pdl = L.use_pdl(arch, grid)
+    L.launch(_rms_norm_gated_fp8_kernel, grid, x, z, weight, yk, scales, M,
              x.stride(0), z.stride(0), yk.stride(0), scales.stride(0), float(eps),
-             num_warps=cfg["num_warps"] if BGS * BNG * rows >= 1024 else 2, num_stages=1,
+             num_warps=cfg["num_warps"] if BGS * BNG * rows >= 1024 else 2, num_stages=1, pdl=pdl,
              V=V, GS=group_size, NG=NG, BGS=BGS, BNG=BNG, ROWS=rows, FP8_MAX=float(fp8_max), MODE=mode,
-             EXP_BIAS=bias, GROUPED=grouped)
+             EXP_BIAS=bias, GROUPED=grouped, PDL=pdl)
 
 
 def _reasons(props) -> list[str]:

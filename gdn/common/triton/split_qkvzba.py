@@ -3,7 +3,8 @@
 mixed_qkvz [T, 2HK + 2HV*V], mixed_ba [T, 2HV] -> mixed_qkv [T, 2HK + HV*V] = [q_all | k_all | v_all],
 z [T, HV, V], b, a [T, HV]; layouts "interleaved" / "contiguous" (gdn/common/triton/_split_layout.py).
 Either way head h owns q_h, k_h, v-heads hG..hG+G-1 of v and z, and their b/a; only the source offsets
-differ. One program copies those six pieces for BLOCK_T rows; the grid is (row blocks, H).
+differ. One program copies those six pieces for BLOCK_T rows; the grid is (row blocks, H). Launched with PDL
+on sm_90+ (gdn/common/triton/_pdl.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import triton.language as tl
 
 from gdn.common import launch as L
 from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton._pdl import pdl_prologue
 from gdn.common.triton._split_layout import check_split_args, qkv_cols, src_cols
 
 PORTABLE_ARCHS = ("sm_80", "sm_90", "sm_100", "gfx942", "gfx950")
@@ -31,7 +33,8 @@ def _split_qkvzba_kernel(qkvz_ptr, ba_ptr, qkv_ptr, z_ptr, b_ptr, a_ptr, T,
                          s_qkvz, s_ba, s_qkv, s_z, s_b, s_a,
                          H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                          INTERLEAVED: tl.constexpr, BLOCK_T: tl.constexpr, BK: tl.constexpr,
-                         BGV: tl.constexpr, BG: tl.constexpr):
+                         BGV: tl.constexpr, BG: tl.constexpr, PDL: tl.constexpr):
+    pdl_prologue(PDL)
     h = tl.program_id(1)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     rmask = rows < T
@@ -69,11 +72,13 @@ def split_qkvzba(mixed_qkvz, mixed_ba, mixed_qkv, z, b, a, *, num_k_heads, num_v
     BK, BGV, BG = L.next_pow2(K), L.next_pow2(G * V), L.next_pow2(G)
     rows = max(1, cfg["elems"] // (2 * BK + 2 * BGV + 2 * BG))
     block_t = min(1 << (rows.bit_length() - 1), 64, L.next_pow2(T))      # a power of two
-    L.launch(_split_qkvzba_kernel, (L.cdiv(T, block_t), H),
+    grid = (L.cdiv(T, block_t), H)
+    pdl = L.use_pdl(arch, grid)
+    L.launch(_split_qkvzba_kernel, grid,
              mixed_qkvz, mixed_ba, mixed_qkv, z, b, a, T,
              mixed_qkvz.stride(0), mixed_ba.stride(0), mixed_qkv.stride(0), z.stride(0), b.stride(0), a.stride(0),
-             num_warps=cfg["num_warps"], num_stages=1,
-             H=H, G=G, K=K, V=V, INTERLEAVED=layout == "interleaved", BLOCK_T=block_t, BK=BK, BGV=BGV, BG=BG)
+             num_warps=cfg["num_warps"], num_stages=1, pdl=pdl,
+             H=H, G=G, K=K, V=V, INTERLEAVED=layout == "interleaved", BLOCK_T=block_t, BK=BK, BGV=BGV, BG=BG, PDL=pdl)
 
 
 def _reasons(props) -> list[str]:
