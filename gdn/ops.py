@@ -91,10 +91,11 @@ def explain(op: str, *args, **kwargs) -> list[dict]:
 
 def capture(op: str, *args, **kwargs):
     """(props, args, kwargs) that `gdn.ops.<op>(*args, **kwargs)` would pass to a launcher; runs nothing."""
-    return _intercept(lambda op_, props, backend, a, kw: (props, a, kw), op, args, kwargs)
+    return _intercept(lambda op_, props, backend, a, kw: (dict(props), a, kw), op, args, kwargs)
 
 
 def _contig(*ts):
+    """.contiguous() of each tensor (None stays); skipped where the validation cache knows all are."""
     return [t.contiguous() if isinstance(t, torch.Tensor) else t for t in ts]
 
 
@@ -106,8 +107,9 @@ def decode(q, k, v, a, b, A_log, dt_bias, state, state_indices, *, scale=None, u
     """One token per sequence. q,k [B,H,K]; v [B,HV,V]; a,b [B,HV]; A_log, dt_bias [HV];
     state [S,HV,V,K] ("vk") or [S,HV,K,V] ("kv"), fp32/bf16, updated in place; state_indices [B].
     Returns o [B,HV,V] in v's dtype."""
-    props = checks.decode(q, k, v, a, b, A_log, dt_bias, state, state_indices, state_layout, out)
-    q, k, v, a, b, A_log, dt_bias = _contig(q, k, v, a, b, A_log, dt_bias)
+    props, contiguous = checks.decode(q, k, v, a, b, A_log, dt_bias, state, state_indices, state_layout, out)
+    if not contiguous:
+        q, k, v, a, b, A_log, dt_bias = _contig(q, k, v, a, b, A_log, dt_bias)
     out = torch.empty_like(v) if out is None else out
     _run("decode", props, backend, q, k, v, a, b, A_log, dt_bias, state, state_indices, out,
          scale=checks.scale(scale, q.shape[-1]), use_qk_l2norm=bool(use_qk_l2norm), state_layout=state_layout)
@@ -121,9 +123,11 @@ def decode_mtp(q, k, v, a, b, A_log, dt_bias, state, state_indices, *, intermedi
     intermediate_states [slots,T,HV,...] (pool layout) receives the state after each step (row
     intermediate_indices[i], default i; negative skips); parent_indices [B,T] for tree verify (-1 = pool).
     disable_state_update=False writes the state after the last step to the pool. Returns o [B,T,HV,V]."""
-    props = checks.decode_mtp(q, k, v, a, b, A_log, dt_bias, state, state_indices, intermediate_states,
-                              intermediate_indices, parent_indices, disable_state_update, state_layout, out)
-    q, k, v, a, b, A_log, dt_bias = _contig(q, k, v, a, b, A_log, dt_bias)
+    props, contiguous = checks.decode_mtp(q, k, v, a, b, A_log, dt_bias, state, state_indices, intermediate_states,
+                                          intermediate_indices, parent_indices, disable_state_update, state_layout,
+                                          out)
+    if not contiguous:
+        q, k, v, a, b, A_log, dt_bias = _contig(q, k, v, a, b, A_log, dt_bias)
     out = torch.empty_like(v) if out is None else out
     _run("decode_mtp", props, backend, q, k, v, a, b, A_log, dt_bias, state, state_indices, out,
          intermediate_states, intermediate_indices, parent_indices,
@@ -136,8 +140,8 @@ def commit_accepted(state, state_indices, intermediate_states, intermediate_indi
                     state_layout="vk", backend=None) -> None:
     """pool[state_indices[i]] = intermediate_states[intermediate_indices[i], num_accepted[i] - 1];
     num_accepted[i] == 0 or a negative index leaves the slot unchanged."""
-    props = checks.commit_accepted(state, state_indices, intermediate_states, intermediate_indices, num_accepted,
-                                   state_layout)
+    props, _ = checks.commit_accepted(state, state_indices, intermediate_states, intermediate_indices, num_accepted,
+                                      state_layout)
     _run("commit_accepted", props, backend, state, state_indices, intermediate_states, intermediate_indices,
          num_accepted, state_layout=state_layout)
 
@@ -146,9 +150,10 @@ def decode_packed(mixed_qkv, a, b, A_log, dt_bias, state, state_indices, *, num_
                   scale=None, use_qk_l2norm=True, state_layout="vk", out=None, backend=None):
     """Decode straight from the conv output row mixed_qkv [B, 2*H*K + HV*V] = [q_all | k_all | v_all].
     Returns o [B,HV,V] in mixed_qkv's dtype."""
-    props = checks.decode_packed(mixed_qkv, a, b, A_log, dt_bias, state, state_indices, num_k_heads, head_k_dim,
-                                 head_v_dim, state_layout, out)
-    mixed_qkv, a, b, A_log, dt_bias = _contig(mixed_qkv, a, b, A_log, dt_bias)
+    props, contiguous = checks.decode_packed(mixed_qkv, a, b, A_log, dt_bias, state, state_indices, num_k_heads,
+                                             head_k_dim, head_v_dim, state_layout, out)
+    if not contiguous:
+        mixed_qkv, a, b, A_log, dt_bias = _contig(mixed_qkv, a, b, A_log, dt_bias)
     if out is None:
         out = mixed_qkv.new_empty(mixed_qkv.shape[0], props["HV"], props["V"])
     _run("decode_packed", props, backend, mixed_qkv, a, b, A_log, dt_bias, state, state_indices, out,
@@ -167,8 +172,8 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, *, g=None, beta=None, a=N
     beta post-sigmoid, [T,HV]) or raw (a, b [T,HV], A_log, dt_bias [HV]); cu_seqlens [N+1];
     state_indices [N]; has_initial_state [N] bool (None = all True). Final states are written into the
     slots. Returns o [T,HV,V]."""
-    props = checks.prefill(q, k, v, state, state_indices, cu_seqlens, g, beta, a, b, A_log, dt_bias,
-                           has_initial_state, state_layout, out)
+    props, _ = checks.prefill(q, k, v, state, state_indices, cu_seqlens, g, beta, a, b, A_log, dt_bias,
+                              has_initial_state, state_layout, out)
     q, k, v, g, beta, a, b, A_log, dt_bias = _contig(q, k, v, g, beta, a, b, A_log, dt_bias)
     out = torch.empty_like(v) if out is None else out
     _run("prefill", props, backend, q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log,
@@ -179,7 +184,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, *, g=None, beta=None, a=N
 
 def chunk_cumsum(g, cu_seqlens, *, chunk_size=64, backend=None):
     """Chunk-local prefix sum of g [T,HV] within each sequence's chunk_size-token chunks -> fp32 [T,HV]."""
-    props = checks.chunk_cumsum(g, cu_seqlens, chunk_size, None)
+    props, _ = checks.chunk_cumsum(g, cu_seqlens, chunk_size, None)
     g = g.contiguous()
     out = torch.empty(g.shape, dtype=torch.float32, device=g.device)
     _run("chunk_cumsum", props, backend, g, cu_seqlens, out, chunk_size=int(chunk_size))
@@ -193,8 +198,9 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, *, state_indices, act
                          backend=None):
     """One token per sequence: x [B,D]; conv_state [S,D,W-1] (oldest column first, updated in place);
     weight [D,W]; bias [D]. Returns act(sum(window * weight) + bias) [B,D] in x's dtype."""
-    props = checks.causal_conv1d_update(x, conv_state, weight, bias, state_indices, activation, out)
-    x, weight, bias = _contig(x, weight, bias)
+    props, contiguous = checks.causal_conv1d_update(x, conv_state, weight, bias, state_indices, activation, out)
+    if not contiguous:
+        x, weight, bias = _contig(x, weight, bias)
     out = torch.empty_like(x) if out is None else out
     _run("causal_conv1d_update", props, backend, x, conv_state, weight, bias, state_indices, out,
          activation=activation)
@@ -205,8 +211,8 @@ def causal_conv1d(x, weight, bias=None, *, cu_seqlens, conv_state, state_indices
                   activation="silu", out=None, backend=None):
     """Prefill conv over packed varlen x [T,D]; initial windows from the pool (zeros where
     has_initial_state is False); each sequence's last W-1 inputs are written back. Returns [T,D]."""
-    props = checks.causal_conv1d(x, weight, bias, cu_seqlens, conv_state, state_indices, has_initial_state,
-                                 activation, out)
+    props, _ = checks.causal_conv1d(x, weight, bias, cu_seqlens, conv_state, state_indices, has_initial_state,
+                                    activation, out)
     x, weight, bias = _contig(x, weight, bias)
     out = torch.empty_like(x) if out is None else out
     _run("causal_conv1d", props, backend, x, weight, bias, cu_seqlens, conv_state, state_indices,
@@ -224,8 +230,10 @@ def split_qkvzba(mixed_qkvz, mixed_ba, *, num_k_heads, num_v_heads, head_k_dim, 
                  backend=None):
     """mixed_qkvz [T, 2HK + 2HV*V], mixed_ba [T, 2HV] -> (mixed_qkv [T, 2HK + HV*V], z [T,HV,V], b [T,HV],
     a [T,HV]). layout "interleaved" (Qwen3-Next, per k-head groups) or "contiguous" (Qwen3.5)."""
-    props = checks.split_qkvzba(mixed_qkvz, mixed_ba, num_k_heads, num_v_heads, head_k_dim, head_v_dim, layout)
-    mixed_qkvz, mixed_ba = _contig(mixed_qkvz, mixed_ba)
+    props, contiguous = checks.split_qkvzba(mixed_qkvz, mixed_ba, num_k_heads, num_v_heads, head_k_dim, head_v_dim,
+                                            layout)
+    if not contiguous:
+        mixed_qkvz, mixed_ba = _contig(mixed_qkvz, mixed_ba)
     outs = _split_outputs(mixed_qkvz, props)
     _run("split_qkvzba", props, backend, mixed_qkvz, mixed_ba, *outs, num_k_heads=props["H"],
          num_v_heads=props["HV"], head_k_dim=props["K"], head_v_dim=props["V"], layout=layout)
@@ -236,9 +244,11 @@ def conv1d_update_split(mixed_qkvz, mixed_ba, conv_state, weight, bias=None, *, 
                         num_v_heads, head_k_dim, head_v_dim, layout="interleaved", activation="silu", backend=None):
     """Decode front end in one launch: split_qkvzba + causal_conv1d_update on the qkv part.
     Returns (mixed_qkv after the conv [B, 2HK + HV*V], z, b, a)."""
-    props = checks.conv1d_update_split(mixed_qkvz, mixed_ba, conv_state, weight, bias, state_indices, num_k_heads,
-                                       num_v_heads, head_k_dim, head_v_dim, layout, activation)
-    mixed_qkvz, mixed_ba, weight, bias = _contig(mixed_qkvz, mixed_ba, weight, bias)
+    props, contiguous = checks.conv1d_update_split(mixed_qkvz, mixed_ba, conv_state, weight, bias, state_indices,
+                                                   num_k_heads, num_v_heads, head_k_dim, head_v_dim, layout,
+                                                   activation)
+    if not contiguous:
+        mixed_qkvz, mixed_ba, weight, bias = _contig(mixed_qkvz, mixed_ba, weight, bias)
     outs = _split_outputs(mixed_qkvz, props)
     _run("conv1d_update_split", props, backend, mixed_qkvz, mixed_ba, conv_state, weight, bias, state_indices,
          *outs, num_k_heads=props["H"], num_v_heads=props["HV"], head_k_dim=props["K"], head_v_dim=props["V"],
@@ -249,8 +259,9 @@ def conv1d_update_split(mixed_qkvz, mixed_ba, conv_state, weight, bias=None, *, 
 def rms_norm_gated(x, z, weight, *, eps=1e-6, out_dtype=None, out=None, backend=None):
     """y = x * rsqrt(mean(x^2) + eps) * weight * silu(z) over the last dim of x [..., V]; fp32 math;
     output in x's dtype (or out_dtype)."""
-    props = checks.rms_norm_gated(x, z, weight, eps, out)
-    x, z, weight = _contig(x, z, weight)
+    props, contiguous = checks.rms_norm_gated(x, z, weight, eps, out)
+    if not contiguous:
+        x, z, weight = _contig(x, z, weight)
     out = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device) if out is None else out
     _run("rms_norm_gated", props, backend, x, z, weight, out, eps=float(eps))
     return out
@@ -266,8 +277,9 @@ def rms_norm_gated_fp8(x, z, weight, *, eps=1e-6, group_size=128, fp8_dtype=None
     """rms_norm_gated then FP8 group quantisation along each row: returns (y [M,V] fp8, scales
     [M, V // group_size] fp32) with M = x.numel() // V and y * scale ~ the fp32 result."""
     fp8_dtype = fp8_dtype or default_fp8_dtype(x.device if isinstance(x, torch.Tensor) else None)
-    props = checks.rms_norm_gated_fp8(x, z, weight, eps, int(group_size), fp8_dtype)
-    x, z, weight = _contig(x, z, weight)
+    props, contiguous = checks.rms_norm_gated_fp8(x, z, weight, eps, int(group_size), fp8_dtype)
+    if not contiguous:
+        x, z, weight = _contig(x, z, weight)
     V = props["V"]
     M = x.numel() // V if V else 0
     y = torch.empty(M, V, dtype=fp8_dtype, device=x.device)

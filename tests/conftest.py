@@ -11,6 +11,7 @@ if not HAS_GPU:
 import pytest  # noqa: E402
 
 from gdn import ops  # noqa: E402
+from gdn.common import probe  # noqa: E402
 
 ops.load_backends()
 
@@ -30,6 +31,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_env():
+    """gdn reads its environment variables once (probe.env); tests change them with monkeypatch, so each
+    test starts and ends with a re-read (a test that changes one mid-way calls probe.reload_env())."""
+    probe.reload_env()
+    yield
+    probe.reload_env()
 
 
 @pytest.fixture

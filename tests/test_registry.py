@@ -32,6 +32,7 @@ def props(**kw):
 
 def test_select_prefers_priority_and_explains(fake_op, monkeypatch):
     monkeypatch.setenv("GDN_ARCH", "sm_90")
+    probe.reload_env()
     probe._device_info.cache_clear()
     rows = registry.explain("toy", props())
     # on CPU tensors the reference is chosen; GPU-only fakes say why
@@ -50,17 +51,21 @@ def test_reasons_on_gpu_arch(fake_op, monkeypatch):
     with pytest.raises(NoBackendError, match="not registered"):
         registry.select("toy", props(), backend="nope")
     monkeypatch.setenv("GDN_BACKEND_TOY", "fast")
+    probe.reload_env()
     assert registry.select("toy", props()).backend == "fast"
     with pytest.raises(NoBackendError, match="dtype"):
         registry.select("toy", props(dtype=torch.float32))
     monkeypatch.delenv("GDN_BACKEND_TOY")
     monkeypatch.setenv("GDN_DISABLE", "faster,fast")
+    probe.reload_env()
     assert registry.select("toy", props()).backend == "reference"
     monkeypatch.delenv("GDN_DISABLE")
     # GDN_BACKEND applies to ops that backend implements, and is strict there
     monkeypatch.setenv("GDN_BACKEND", "fast")
+    probe.reload_env()
     assert registry.select("toy", props()).backend == "fast"
     monkeypatch.setenv("GDN_BACKEND", "cutedsl-not-for-toy")
+    probe.reload_env()
     assert registry.select("toy", props()).backend == "faster"
 
 
@@ -68,6 +73,7 @@ def test_dispatch_log_once(fake_op, monkeypatch, caplog):
     info = probe.DeviceInfo("cuda", "nvidia", "sm_90", "fake", 132, 0)
     monkeypatch.setattr(probe, "device_info", lambda d=None: info)
     monkeypatch.setenv("GDN_LOG_DISPATCH", "1")
+    probe.reload_env()
     with caplog.at_level(logging.WARNING, logger="gdn.dispatch"):
         for _ in range(3):
             registry.select("toy", props(K=64))

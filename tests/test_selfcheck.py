@@ -115,16 +115,19 @@ def test_forced_backend_raises_instead_of_falling_back(fake, monkeypatch):
                                              r"out rel err.*GDN_SELFCHECK=0"):
         ops.decode(*args, **kwargs, backend="bad")
     monkeypatch.setenv("GDN_BACKEND_DECODE", "bad")
+    probe.reload_env()
     with pytest.raises(NoBackendError, match="failed its first-use self-check"):
         ops.decode(*args, **kwargs)
     assert fake == ["bad"]                         # the verdict is cached: checked once
     monkeypatch.setenv("GDN_BACKEND_DECODE", "good")
+    probe.reload_env()
     ops.decode(*args, **kwargs)
     assert fake == ["bad", "good", "good"]
 
 
 def test_selfcheck_off(fake, monkeypatch):
     monkeypatch.setenv("GDN_SELFCHECK", "0")
+    probe.reload_env()
     args, kwargs = _decode_args()
     ops.decode(*args, **kwargs)
     assert fake == ["bad"] and _row("decode", "bad", args, kwargs)["selfcheck"] == ""
@@ -188,6 +191,7 @@ def test_internal_sub_op_uses_its_kernel_example(monkeypatch, caplog):
 
     registry.register(Impl(op="chunk_output", backend="bad", fn=bad, archs=("sm_100",), priority=100))
     monkeypatch.setenv("GDN_DISABLE", "triton,gluon")           # keep the interpreter out of this test
+    probe.reload_env()
     props = {"device": torch.device("cpu"), "dtype": torch.float32, "H": 2, "HV": 4, "K": 16, "V": 32}
     with caplog.at_level(logging.WARNING, logger="gdn.selfcheck"):
         chosen = registry.select("chunk_output", props).backend

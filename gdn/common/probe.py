@@ -5,6 +5,9 @@
 packages gdn can use. Nothing runs at import time; results are cached per device. `GDN_ARCH` overrides
 the detected arch (the vendor follows the arch), which is how compile-only archs are inspected on a
 machine that lacks them.
+
+`env(name)` reads gdn's environment variables once per process (the dispatch hot path reads several per
+call, at ~1-2 us each through os.environ); `reload_env()` makes a changed environment count.
 """
 from __future__ import annotations
 
@@ -43,8 +46,31 @@ class DeviceInfo:
         return interpreter_on()
 
 
+_ENV: dict[str, str | None] = {}
+
+
+def env(name: str) -> str | None:
+    """os.environ.get(name), read on first use and then cached until `reload_env()`."""
+    try:
+        return _ENV[name]
+    except KeyError:
+        value = _ENV[name] = os.environ.get(name)
+        return value
+
+
+_ON_RELOAD: list = []       # caches derived from env() (e.g. launch.pdl_ok), cleared with it
+
+
+def reload_env() -> None:
+    """Forget the cached reads of `env()` and what was derived from them: call after changing GDN_* /
+    TRITON_INTERPRET in this process (registry.clear_cache() calls it)."""
+    _ENV.clear()
+    for clear in _ON_RELOAD:
+        clear()
+
+
 def interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return env("TRITON_INTERPRET") not in (None, "", "0")
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,4 +136,4 @@ def device_info(device: torch.device | str | None = None) -> DeviceInfo:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
-    return _device_info(device.type, device.index, os.environ.get("GDN_ARCH") or None)
+    return _device_info(device.type, device.index, env("GDN_ARCH") or None)

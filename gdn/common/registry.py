@@ -10,7 +10,7 @@ signature, so the eager hot path is one dict lookup.
 {"device": torch.device, "dtype": torch.bfloat16, "state_dtype": torch.float32, "layout": "vk",
  "K": 128, "V": 128, ...}. Only hashable values.
 
-Environment:
+Environment (read once per process through probe.env; `clear_cache()` re-reads it):
   GDN_BACKEND=<name>        force a backend for every op it implements (others dispatch as usual)
   GDN_BACKEND_<OP>=<name>   force a backend for one op (strict: raises if it cannot run)
   GDN_DISABLE=<a,b>         exclude backends from automatic choice
@@ -27,7 +27,6 @@ skipped (logged), the choice is not cached, and the next eager call checks.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -164,10 +163,10 @@ def get(op: str, backend: str) -> Impl:
 
 def _env_choice(op: str) -> tuple[str | None, bool]:
     """(forced backend, strict). GDN_BACKEND_<OP> is strict; GDN_BACKEND applies where registered."""
-    per_op = os.environ.get(f"GDN_BACKEND_{op.upper()}")
+    per_op = probe.env("GDN_BACKEND_" + op.upper())
     if per_op:
         return per_op, True
-    glob = os.environ.get("GDN_BACKEND")
+    glob = probe.env("GDN_BACKEND")
     if glob and any(i.backend == glob for i in _REGISTRY.get(op, ())):
         return glob, True
     return None, False
@@ -191,7 +190,7 @@ def explain(op: str, props: Props, backend: str | None = None) -> list[dict]:
     unavailable, with that reason) or is still to be checked."""
     info = probe.device_info(props.get("device"))
     forced, _ = (backend, True) if backend else _env_choice(op)
-    disabled = {d.strip() for d in os.environ.get("GDN_DISABLE", "").split(",") if d.strip()}
+    disabled = {d.strip() for d in (probe.env("GDN_DISABLE") or "").split(",") if d.strip()}
     rows, chosen = [], None
     for impl in _ordered(op, info):
         reasons = impl.not_supported_reasons(props, info)
@@ -213,8 +212,8 @@ def explain(op: str, props: Props, backend: str | None = None) -> list[dict]:
 
 def select(op: str, props: Props, backend: str | None = None) -> Impl:
     forced, _ = (backend, True) if backend else _env_choice(op)
-    key = (op, forced, os.environ.get("GDN_DISABLE"), os.environ.get("GDN_ARCH"), probe.interpreter_on(),
-           os.environ.get("GDN_SELFCHECK"), tuple(props.items()))
+    key = (op, forced, probe.env("GDN_DISABLE"), probe.env("GDN_ARCH"), probe.interpreter_on(),
+           probe.env("GDN_SELFCHECK"), tuple(props.items()))
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
@@ -240,7 +239,7 @@ def select(op: str, props: Props, backend: str | None = None) -> Impl:
             break
         if selfcheck.run(impl, props, info).ok is not False:
             break
-    if os.environ.get("GDN_LOG_DISPATCH", "0") not in ("", "0") and key not in _LOGGED:
+    if probe.env("GDN_LOG_DISPATCH") not in (None, "", "0") and key not in _LOGGED:
         _LOGGED.add(key)
         skipped = [f"{r['backend']} ({'; '.join(r['reasons'])})" for r in rows
                    if r["status"] == "unavailable" and r["priority"] > impl.priority]
@@ -271,7 +270,9 @@ def _raise_no_backend(op: str, props: Props, info: probe.DeviceInfo, forced: str
 
 
 def clear_cache() -> None:
-    """Forget cached choices, log-once marks and self-check verdicts."""
+    """Forget cached choices, log-once marks and self-check verdicts, and re-read the environment (GDN_*
+    variables are read once; call this after changing them in a running process)."""
+    probe.reload_env()
     _CACHE.clear()
     _LOGGED.clear()
     selfcheck.clear()

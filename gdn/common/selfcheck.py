@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +54,7 @@ _VERDICTS: dict[tuple, Verdict] = {}
 
 
 def enabled() -> bool:
-    return os.environ.get("GDN_SELFCHECK", "1").strip().lower() not in ("0", "false", "off")
+    return (probe.env("GDN_SELFCHECK") or "1").strip().lower() not in ("0", "false", "off")
 
 
 def needed(impl, info: probe.DeviceInfo) -> bool:

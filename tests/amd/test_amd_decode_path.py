@@ -20,7 +20,7 @@ import gdn.amd.triton  # noqa: F401  (registers the amd-triton backends)
 import gdn.amd.triton.decode_packed as DP
 import gdn.common.triton  # noqa: F401
 from gdn.common import reference as R
-from gdn.common import registry
+from gdn.common import probe, registry
 from gdn.common.launch import recording
 from gdn.common.registry import get
 from _helpers import rel, bits_equal, unused_rows
@@ -41,6 +41,7 @@ def arch(request, monkeypatch):
     """Pretend the device is request.param (the launchers read it for their config tables)."""
     if request.param != "cpu":
         monkeypatch.setenv("GDN_ARCH", request.param)
+        probe.reload_env()
     return request.param
 
 

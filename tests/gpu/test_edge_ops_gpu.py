@@ -10,7 +10,7 @@ import torch
 
 import gdn.amd.triton  # noqa: F401  (registers amd-triton)
 import gdn.common.triton  # noqa: F401  (registers triton)
-from gdn.common import reference as R
+from gdn.common import probe, reference as R
 from gdn.common.registry import get
 from _helpers import rel, bits_equal, unused_rows
 
@@ -60,6 +60,7 @@ def amd_arch(request, monkeypatch):
     (its wave64 configs then run on this GPU)."""
     if request.param != "native":
         monkeypatch.setenv("GDN_ARCH", request.param)
+        probe.reload_env()
     return request.param
 
 

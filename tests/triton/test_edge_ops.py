@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 import gdn.common.triton  # noqa: F401  (registers the triton backends)
-from gdn.common import reference as R
+from gdn.common import probe, reference as R
 from gdn.common.launch import pick, recording
 from gdn.common.registry import get
 from gdn.common.triton import _fp8 as FP8
@@ -601,6 +601,7 @@ def test_table_configs_numerics(arch, monkeypatch):
     """Each portable launcher with the configs its table picks for a real arch (GDN_ARCH pretends the
     arch; fp8 formats chosen so the store stays on the software path the interpreter can run)."""
     monkeypatch.setenv("GDN_ARCH", arch)
+    probe.reload_env()
     g = gen(42)
     H, HV, K, V, W, B, S = 2, 4, 16, 40, 4, 40, 48
     D = 2 * H * K + HV * V                           # 224: partial 256-wide blocks
