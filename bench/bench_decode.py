@@ -134,7 +134,7 @@ def pdl_off():
     from gdn.common import launch as L
     saved = os.environ.get("GDN_PDL")
     os.environ["GDN_PDL"] = "0"
-    L.pdl_ok.cache_clear()
+    L.probe.reload_env()
     try:
         yield
     finally:
@@ -142,7 +142,7 @@ def pdl_off():
             del os.environ["GDN_PDL"]
         else:
             os.environ["GDN_PDL"] = saved
-        L.pdl_ok.cache_clear()
+        L.probe.reload_env()
 
 
 def other_backends(p: Decode) -> dict:

@@ -97,10 +97,10 @@ def compiled_mode(monkeypatch):
     """pdl_ok as in a process without TRITON_INTERPRET (its cache cleared before and after)."""
     monkeypatch.setattr(probe, "interpreter_on", lambda: False)
     monkeypatch.delenv("GDN_PDL", raising=False)
-    L.pdl_ok.cache_clear()
+    L.probe.reload_env()
     yield monkeypatch
     monkeypatch.undo()
-    L.pdl_ok.cache_clear()
+    L.probe.reload_env()
 
 
 def test_pdl_ok_by_arch(compiled_mode):
@@ -112,21 +112,21 @@ def test_pdl_env_off_read_once(compiled_mode):
     assert L.pdl_ok("sm_90")
     compiled_mode.setenv("GDN_PDL", "0")
     assert L.pdl_ok("sm_90"), "the environment is read once per arch (decode's hot path)"
-    L.pdl_ok.cache_clear()
+    L.probe.reload_env()
     assert not L.pdl_ok("sm_90")
     assert not record("sm_90")["decode"].constexprs["PDL"]
     compiled_mode.setenv("GDN_PDL", "1")
-    L.pdl_ok.cache_clear()
+    L.probe.reload_env()
     assert L.pdl_ok("sm_90")
 
 
 @pytest.mark.skipif(not probe.interpreter_on(), reason="the CPU run (TRITON_INTERPRET=1)")
 def test_pdl_off_under_interpreter():
-    L.pdl_ok.cache_clear()
+    L.probe.reload_env()
     try:
         assert not L.pdl_ok("sm_90")     # gdc_wait is inline PTX: the interpreter must never trace it
     finally:
-        L.pdl_ok.cache_clear()
+        L.probe.reload_env()
 
 
 @pytest.mark.parametrize("arch,on", [("sm_90", True), ("sm_100", True), ("sm_80", False), ("gfx942", False),
@@ -155,7 +155,7 @@ def test_ptx_waits_before_the_first_load():
     rep = _child("import json, os, test_pdl as t\n"
                  "rep = t.compile_report()\n"
                  "os.environ['GDN_PDL'] = '0'\n"
-                 "t.L.pdl_ok.cache_clear()\n"
+                 "t.L.probe.reload_env()\n"
                  "rep['sm_90, GDN_PDL=0'] = t.compile_report({'sm_90': ('decode',)})['sm_90']\n"
                  "print(json.dumps(rep))")
     assert sorted(rep["sm_90"]) == sorted(DECODE_STEP_OPS)

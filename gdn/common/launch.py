@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
@@ -84,10 +83,14 @@ def _arg_type(v) -> str:
 def pdl_ok(arch: str) -> bool:
     """Whether launchers use PDL on `arch`: NVIDIA sm_90 and newer, compiled kernels (not the interpreter:
     gdc_wait is inline PTX), unless GDN_PDL=0. The environment is read once per arch and process (decode's
-    hot path); `pdl_ok.cache_clear()` makes a changed GDN_PDL / TRITON_INTERPRET count."""
-    if os.environ.get("GDN_PDL") == "0" or probe.interpreter_on() or not arch.startswith("sm_"):
+    hot path); `probe.reload_env()` (or `pdl_ok.cache_clear()` after probe.reload_env) makes a changed GDN_PDL /
+    TRITON_INTERPRET count."""
+    if probe.env("GDN_PDL") == "0" or probe.interpreter_on() or not arch.startswith("sm_"):
         return False
     return arch[3:].isdigit() and int(arch[3:]) >= 90
+
+
+probe._ON_RELOAD.append(pdl_ok.cache_clear)
 
 
 # PDL pays where a launch is latency bound (small grids). Past this many programs it does not, and with very

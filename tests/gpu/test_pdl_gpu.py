@@ -37,7 +37,7 @@ NAN = float("nan")
 def _needs_pdl():
     torch.backends.cuda.matmul.allow_tf32 = False
     from gdn.common import launch as L, probe
-    L.pdl_ok.cache_clear()
+    L.probe.reload_env()
     arch = probe.device_info().arch
     if not L.pdl_ok(arch):
         pytest.skip(f"PDL is off on {arch} (needs NVIDIA sm_90+ and GDN_PDL unset or not 0)")
@@ -50,7 +50,7 @@ def pdl(on: bool):
     from gdn.common import launch as L
     saved = os.environ.get("GDN_PDL")
     os.environ["GDN_PDL"] = "1" if on else "0"
-    L.pdl_ok.cache_clear()
+    L.probe.reload_env()
     try:
         yield
     finally:
@@ -58,7 +58,7 @@ def pdl(on: bool):
             del os.environ["GDN_PDL"]
         else:
             os.environ["GDN_PDL"] = saved
-        L.pdl_ok.cache_clear()
+        L.probe.reload_env()
 
 
 def fn(op, backend="triton"):
