@@ -9,6 +9,11 @@ batch size, pool sizes, slot strides and the row strides of q/k/v/a/b are runtim
 compiles once and serves every B. Launches pass raw device pointers and go on torch's current stream:
 no host sync, no allocation, CUDA-graph capturable.
 
+Programmatic dependent launch (PDL, sm_90+): `Spec.pdl` variants start with griddepcontrol.wait and
+launch_dependents and are launched with CuTeDSL's `use_pdl`, so a launch may overlap the tail of the
+previous kernel on the stream. run() picks the PDL twin of a variant per call with `launch.use_pdl(arch,
+grid)`, the policy (small grids, GDN_PDL=0 turns it off) of the Triton kernels.
+
 Compiling without a GPU: `cute.compile(..., options="--gpu-arch sm_90a")` makes cubins for that target on
 a CPU-only host (CuTeDSL reads CUTE_DSL_ARCH once, when it is imported, and falls back to sm_100a when no
 GPU answers; the explicit option overrides both). `aot_arch()` also sets CUTE_DSL_ARCH for the duration.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import os
 import threading
@@ -63,6 +69,7 @@ class Spec:
     inter: str | None = None    # intermediate_states dtype (None: no buffer)
     inter_idx: str | None = None
     parent: str | None = None   # parent_indices dtype (None: chain)
+    pdl: bool = False           # griddepcontrol.wait before any global access; launched with use_pdl
     tile: tuple = (4, 4)        # vk: (rows per warp, warps[, opts]); kv: (columns per CTA, warps[, opts])
     state_align: int = 16       # bytes the pool pointer and slot stride are multiples of
     inter_align: int = 16       # the same for intermediate_states (pointer, row and step strides)
@@ -73,10 +80,16 @@ class Spec:
 
     def name(self) -> str:
         flags = "".join(c for c, on in (("n", self.l2norm), ("u", self.update_state), ("i", self.inter),
-                                         ("x", self.inter_idx), ("p", self.parent)) if on)
+                                         ("x", self.inter_idx), ("p", self.parent), ("d", self.pdl)) if on)
         return (f"gdn_decode_{self.layout}_{self.qkv}_s{self.state}_T{self.T}_H{self.H}x{self.HV}_"
                 f"K{self.K}V{self.V}_{flags}_t{tile_label(self.tile)}_v{self.vec_bytes}_"
                 f"a{self.state_align}.{self.inter_align}.{self.qkv_align}.{self.out_align}_{self.arch}")
+
+    def ctas(self) -> int:
+        """CTAs per sequence: HV states split into V / BV tiles each (a launch's grid is B * ctas(); the
+        kernel's grid_size says the same)."""
+        a, nw, _ = split_tile(self.tile)
+        return self.HV * (self.V // (a * nw if self.layout == "vk" else a))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,13 +418,14 @@ def run(*, q, k, v, q_addr, k_addr, v_addr, qkv_strides, a, b, ab_strides, A_log
            inter_indices.dtype if inter_indices is not None else None,
            parent.dtype if parent is not None else None,
            tuple(tile) if tile is not None else nh_bucket(B * HV), s_align, i_align, q_align, o_align, arch)
-    launch = _LAUNCHERS.get(key)
-    if launch is None:
-        launch = _LAUNCHERS[key] = _launcher(variant_spec(
+    var = _LAUNCHERS.get(key)
+    if var is None:
+        var = _LAUNCHERS[key] = _Variant(variant_spec(
             arch=arch, layout=state_layout, q=q, a=a, b=b, A_log=A_log, dt_bias=dt_bias, out=out, state=state,
             state_indices=state_indices, H=H, HV=HV, K=K, V=V, T=T, use_qk_l2norm=use_qk_l2norm,
             update_state=update_state, inter=inter, inter_indices=inter_indices, parent=parent, tile=tile,
             nh=B * HV, s_align=s_align, i_align=i_align, q_align=q_align, o_align=o_align))
+    launch = var.launcher(L.use_pdl(arch, (B * var.ctas,)))
     addrs = (q_addr, k_addr, v_addr, a.data_ptr(), b.data_ptr(), A_log.data_ptr(), dt_bias.data_ptr(),
              state.data_ptr(), state_indices.data_ptr(), out.data_ptr(),
              inter.data_ptr() if inter is not None else state.data_ptr(),
@@ -491,8 +505,24 @@ class Launcher:
         self.fn.run_compiled_program(exe)
 
 
-_LAUNCHERS: dict = {}         # run()'s variant key -> Launcher
-_BY_SPEC: dict = {}
+class _Variant:
+    """What run()'s variant key fixes: the Spec (pdl False), its CTAs per sequence, and the launchers of it
+    and of its PDL twin, each made on first use (whether a launch uses PDL depends on B, which the key
+    leaves out within a batch bucket)."""
+    __slots__ = ("spec", "ctas", "by_pdl")
+
+    def __init__(self, spec: Spec):
+        self.spec, self.ctas, self.by_pdl = spec, spec.ctas(), [None, None]
+
+    def launcher(self, pdl: bool):
+        hit = self.by_pdl[pdl]
+        if hit is None:
+            hit = self.by_pdl[pdl] = _launcher(dataclasses.replace(self.spec, pdl=pdl))
+        return hit
+
+
+_LAUNCHERS: dict = {}         # run()'s variant key -> _Variant
+_BY_SPEC: dict = {}           # Spec -> Launcher
 
 
 def _launcher(spec: Spec) -> Launcher:
@@ -546,28 +576,40 @@ def base_spec(arch: str = "sm_90", **kw) -> Spec:
     return Spec(**d)
 
 
-def ptxas_usage(spec: Spec, ptxas: str = "ptxas") -> dict | None:
-    """Registers and spill bytes of `spec`'s kernel as ptxas reports them (compiles the variant again with
-    --keep-ptx into a temporary folder; no GPU needed). None when ptxas is not on PATH."""
-    import glob
-    import re
-    import shutil
-    import subprocess
+def compile_text(spec: Spec) -> tuple:
+    """(kernel PTX, host module MLIR) of `spec`, compiled again with --keep-ptx into a temporary folder (no GPU
+    needed; the cached compile keeps no PTX). The host module is the launch code (cudaLaunchKernelEx and its
+    attributes) with the cubin embedded."""
     import tempfile
 
     import cutlass.cute as cute
 
     from gdn.nvidia.cutedsl import _kernel as Kn
-    if shutil.which(ptxas) is None:
-        return None
     with tempfile.TemporaryDirectory() as d:
         with aot_arch(spec.arch):
-            cute.compile(Kn.DecodeKernel(spec), *_placeholders(spec),
-                         options=f"--gpu-arch {spec.arch} --keep-ptx --dump-dir {d}")
-        ptx = glob.glob(os.path.join(d, "*.ptx"))
-        if not ptx:
-            return None
-        r = subprocess.run([ptxas, "-v", "--gpu-name", spec.arch, ptx[0], "-o", os.devnull], capture_output=True,
+            fn = cute.compile(Kn.DecodeKernel(spec), *_placeholders(spec),
+                              options=f"--gpu-arch {spec.arch} --keep-ptx --dump-dir {d}")
+        return fn.__ptx__, str(fn.ir_module)
+
+
+def ptxas_usage(spec: Spec, ptxas: str = "ptxas") -> dict | None:
+    """Registers and spill bytes of `spec`'s kernel as ptxas reports them (compile_text's PTX; no GPU
+    needed). None when ptxas is not on PATH."""
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which(ptxas) is None:
+        return None
+    ptx, _ = compile_text(spec)
+    if not ptx:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        r = subprocess.run([ptxas, "-v", "--gpu-name", spec.arch, path, "-o", os.devnull], capture_output=True,
                            text=True)
     regs = re.findall(r"Used (\d+) registers", r.stderr)
     spill = re.findall(r"(\d+) bytes spill stores", r.stderr)
@@ -578,11 +620,27 @@ def tile_for(arch: str, layout: str, state: str, nh: int, T: int = 1, K: int = 1
     return pick_tile(arch, layout, state, K, V, nh, T, vec_bytes_for(arch))
 
 
+TABLE_BATCHES = (1, 2, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
 def table_tiles(arch: str, layout: str, state: str, K: int = 128, V: int = 128, T: int = 1, HV: int = 32) -> list:
     """The distinct tiles the table picks for B in 1..1024 on `arch` (what the AOT matrix must cover)."""
     out = []
-    for B in (1, 2, 8, 16, 32, 64, 128, 256, 512, 1024):
+    for B in TABLE_BATCHES:
         t = tile_for(arch, layout, state, B * HV, T, K, V)
         if t not in out:
+            out.append(t)
+    return out
+
+
+def pdl_table_tiles(arch: str, layout: str, state: str, K: int = 128, V: int = 128, T: int = 1,
+                    HV: int = 32) -> list:
+    """The distinct tiles of table_tiles that run() launches with PDL at some of those batches (grid small
+    enough for launch.use_pdl; GDN_PDL and the interpreter not consulted: this is what a GPU host runs)."""
+    out = []
+    for B in TABLE_BATCHES:
+        t = tile_for(arch, layout, state, B * HV, T, K, V)
+        n = B * base_spec(arch, layout=layout, state=state, K=K, V=V, HV=HV, T=T, tile=t).ctas()
+        if n <= L.PDL_MAX_PROGRAMS and t not in out:
             out.append(t)
     return out

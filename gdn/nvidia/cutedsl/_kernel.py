@@ -31,6 +31,12 @@ the first GPU validation ran, PTX unchanged):
 
 The host function takes raw device pointers and scalars (no DLPack on the hot path): B, the pool sizes and
 the batch/step/slot strides are runtime values, so one compiled variant serves every batch size.
+
+PDL (`Spec.pdl`, sm_90+): the kernel is launched with `use_pdl` (programmatic stream serialization) and may
+start while the previous kernel on the stream still runs, so its first statement is griddepcontrol.wait
+(that kernel finished, its writes visible) before any global access, the slot index included: we cannot
+know what the previous kernel wrote nor whether it still reads the pool we write. launch_dependents then
+lets the next PDL kernel be scheduled once all our CTAs have started (it waits for us in its own prologue).
 """
 from __future__ import annotations
 
@@ -78,6 +84,7 @@ class DecodeKernel:
         self.has_inter = s.inter is not None
         self.has_inter_idx = s.inter_idx is not None
         self.tree = s.parent is not None
+        self.pdl = s.pdl
         # elements the host guarantees the pool strides / q,k,v row strides to be multiples of
         self.s_div = max(1, s.state_align // BYTES[s.state])
         self.i_div = max(1, s.inter_align // BYTES[s.inter or s.state])
@@ -151,7 +158,7 @@ class DecodeKernel:
         mII = cute.make_tensor(p_ii, cute.make_layout((B,)))
         mP = cute.make_tensor(p_par, cute.make_layout((B, T), stride=(s_pb, 1)))
         self.kernel(mQ, mK, mV, mA, mB, mAlog, mDtb, mS, mIdx, mO, mI, mII, mP, scale).launch(
-            grid=[self.grid_size(B), 1, 1], block=[self.threads, 1, 1], stream=stream)
+            grid=[self.grid_size(B), 1, 1], block=[self.threads, 1, 1], stream=stream, use_pdl=self.pdl)
 
     def grid_size(self, B):
         """CTAs of a launch for batch B (a DSL value on device, an int in the CPU bookkeeping tests)."""
@@ -348,6 +355,11 @@ class DecodeKernel:
                mAlog: cute.Tensor, mDtb: cute.Tensor, mS: cute.Tensor, mIdx: cute.Tensor, mO: cute.Tensor,
                mI: cute.Tensor, mII: cute.Tensor, mP: cute.Tensor, scale: Float32):
         T, NROW, NCOL = self.T, self.NROW, self.NCOL
+        if cutlass.const_expr(self.pdl):
+            # before any global access (module docstring): wait for the previous kernel, then let the next
+            # one be scheduled
+            cute.arch.griddepcontrol_wait()
+            cute.arch.griddepcontrol_launch_dependents()
         c = self._coords()
         b, hv = c["b"], c["hv"]
         sred = None

@@ -4,7 +4,8 @@ The kernel (`_kernel.DecodeKernel`, T = 1) splits each (sequence, v-head) state 
 split chosen by batch from the table in `_common.py` (many CTAs per state at small batch, larger tiles at
 large batch); 16-byte state vectors, warp-shuffle reductions over K (vk), raw gates, q/k l2norm and scale
 fused. Compiled once per (dtypes, layout, head dims, flags, tile, arch), symbolic batch; launched on torch's
-current stream with raw pointers (CUDA-graph capturable, no host sync, nothing allocated).
+current stream with raw pointers (CUDA-graph capturable, no host sync, nothing allocated), with programmatic
+dependent launch where `launch.use_pdl` says so (small grids; `_common.run`).
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def decode(q, k, v, a, b, A_log, dt_bias, state, state_indices, out, *, scale, u
 
 
 def aot_specs(arch: str) -> list:
-    """Every tile the table picks, both layouts, both pool dtypes; plus fp32 activations with int64 slots,
+    """Every tile the table picks, both layouts, both pool dtypes, and the PDL twin of each tile run() launches
+    with PDL at some batch; plus fp32 activations with int64 slots,
     no l2norm with a bf16 dt_bias, K=V=64 and K=V=256, a pool whose slot stride is only 4-byte aligned, and
     the tile options (early loads, streamed rows) the sweep may put in the table."""
     specs = []
@@ -40,6 +42,8 @@ def aot_specs(arch: str) -> list:
         for sd in ("fp32", "bf16"):
             for tile in C.table_tiles(arch, layout, sd):
                 specs.append(C.base_spec(arch, layout=layout, state=sd, tile=tile))
+            for tile in C.pdl_table_tiles(arch, layout, sd):
+                specs.append(C.base_spec(arch, layout=layout, state=sd, tile=tile, pdl=True))
     t = C.tile_for(arch, "vk", "fp32", 32 * 64)
     specs.append(C.base_spec(arch, qkv="fp32", a="fp32", b="fp32", out="fp32", idx="i64", tile=t))
     specs.append(C.base_spec(arch, l2norm=False, dtb="bf16", tile=t))

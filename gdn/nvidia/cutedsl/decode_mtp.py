@@ -53,7 +53,8 @@ def _check(props) -> list:
 def aot_specs(arch: str) -> list:
     """Chain verify (fp32 intermediates, pool untouched) for T in 2, 4, 8 in vk; tree verify with read-back
     (fp32 buffer, explicit rows) and with recompute (bf16 buffer); the state update path; kv at T=4; the
-    early-load option at T=4 and streamed rows at T=1."""
+    early-load option at T=4 and streamed rows at T=1; PDL twins of the T=4 chain (vk) and tree (kv) verify
+    at B=32 (run() launches grids that small with PDL)."""
     specs = []
     for T in (2, 4, 8):
         specs.append(C.base_spec(arch, T=T, inter="fp32", update_state=False,
@@ -71,6 +72,9 @@ def aot_specs(arch: str) -> list:
                              tile=C.with_opts(tile, "e")))
     specs.append(C.base_spec(arch, T=1, state="bf16", inter="bf16", inter_idx="i32",
                              tile=C.with_opts(C.tile_for(arch, "vk", "bf16", 32 * 512), "es")))
+    specs.append(C.base_spec(arch, T=4, inter="fp32", update_state=False, tile=tile, pdl=True))
+    specs.append(C.base_spec(arch, layout="kv", T=4, inter="fp32", parent="i32", update_state=False, pdl=True,
+                             tile=C.tile_for(arch, "kv", "fp32", 32 * 32, 4)))
     return specs
 
 

@@ -29,12 +29,13 @@ def decode_packed(mixed_qkv, a, b, A_log, dt_bias, state, state_indices, out, *,
 
 def aot_specs(arch: str) -> list:
     """Both layouts and pool dtypes at the table's large-batch tile; a mixed_qkv row that is only 4-byte
-    aligned exercises the narrow-vector q/k/v variant."""
+    aligned exercises the narrow-vector q/k/v variant; the PDL variant of B=1 (a layer's decode step)."""
     specs = []
     for layout in ("vk", "kv"):
         for sd in ("fp32", "bf16"):
             specs.append(C.base_spec(arch, layout=layout, state=sd, tile=C.tile_for(arch, layout, sd, 32 * 256)))
     specs.append(C.base_spec(arch, qkv_align=4, tile=C.tile_for(arch, "vk", "fp32", 32 * 8)))
+    specs.append(C.base_spec(arch, tile=C.tile_for(arch, "vk", "fp32", 32), pdl=True))
     return specs
 
 
