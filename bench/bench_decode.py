@@ -127,22 +127,10 @@ def gdn_triton(p: Decode, cfg=None):
     return gdn_impl(p, cfg)
 
 
-@contextlib.contextmanager
 def pdl_off():
-    """gdn's launchers without PDL inside (GDN_PDL=0; pdl_ok caches its reading, so the cache is cleared).
-    Launches are decided when a call runs: warm-up and CUDA-graph capture must both happen inside."""
+    """gdn's launchers without PDL inside (GDN_PDL=0): warm-up and CUDA-graph capture both happen inside."""
     from gdn.common import launch as L
-    saved = os.environ.get("GDN_PDL")
-    os.environ["GDN_PDL"] = "0"
-    L.probe.reload_env()
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["GDN_PDL"]
-        else:
-            os.environ["GDN_PDL"] = saved
-        L.probe.reload_env()
+    return L.pdl_switched(False)
 
 
 def other_backends(p: Decode) -> dict:

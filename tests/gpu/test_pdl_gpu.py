@@ -12,7 +12,6 @@ Each is also run with GDN_PDL=0: the results must be bit-identical (the kernels 
 
 Run without TRITON_INTERPRET:  pytest -q -m gpu tests/gpu/test_pdl_gpu.py
 """
-import contextlib
 import os
 
 import pytest
@@ -44,21 +43,10 @@ def _needs_pdl():
     yield
 
 
-@contextlib.contextmanager
 def pdl(on: bool):
-    """Launches inside use PDL or not (GDN_PDL; launch.pdl_ok caches its reading, so the cache is cleared)."""
+    """Launches inside use PDL or not (see launch.pdl_switched)."""
     from gdn.common import launch as L
-    saved = os.environ.get("GDN_PDL")
-    os.environ["GDN_PDL"] = "1" if on else "0"
-    L.probe.reload_env()
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["GDN_PDL"]
-        else:
-            os.environ["GDN_PDL"] = saved
-        L.probe.reload_env()
+    return L.pdl_switched(on)
 
 
 def fn(op, backend="triton"):
