@@ -17,7 +17,7 @@ import os
 import pytest
 import torch
 from _helpers import bits_equal, rel, unused_rows
-from test_pdl_gpu import H, HV, K, V, in_graph, pdl, randn, slots
+from test_pdl_gpu import H, HV, K, V, assert_steps_match, in_graph, pdl, randn, slots
 
 from gdn.common import probe
 
@@ -117,13 +117,7 @@ def test_decode_back_to_back(B, layout, state_dtype, graph):
 
     p_ref, o_ref = pool0.clone(), torch.empty_like(out)
     calls(p_ref, o_ref, f=fn("decode", "reference"))
-    live = idx >= 0
-    tol = 1e-2 if state_dtype == torch.bfloat16 else 5e-3
-    for t in range(N):
-        assert rel(out[t][live], o_ref[t][live]) < tol, f"step {t}"
-        assert (out[t][~live] == 0).all()
-    assert rel(pool[used], p_ref[used]) < tol
-    assert bits_equal(unused_rows(pool, used), unused_rows(pool0, used))
+    assert_steps_match(out, pool, o_ref, p_ref, idx, used, pool0, state_dtype)
 
 
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
