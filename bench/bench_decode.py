@@ -326,7 +326,7 @@ def main():
                 us = graph_time_us(calls, replays) if calls else None
             cfg = ""
             if name.startswith("gdn-triton"):
-                cfg = str(D.config(info.arch, p.layout, p.sd, p.B * HV, K, V, p.T or 1))
+                cfg = str(D.config(D.table_key_of(torch.device(DEV)), p.layout, p.sd, p.B * HV, K, V, p.T or 1))
             out.append(emit(kind, name, p, us, err, cfg))
         return out
 
@@ -422,7 +422,9 @@ def main():
             del p
             torch.cuda.empty_cache()
         rows += sweep_rows
-        print("\n# CONFIGS entries for gdn/common/triton/decode.py (arch %s):" % info.arch)
+        model = D.model_of(info.name)
+        tkey = f"{info.arch}:{model}" if model else info.arch     # rows for this GPU model (decode.table_key_of)
+        print("\n# CONFIGS entries for gdn/common/triton/decode.py (table key %s):" % tkey)
         print("CONFIGS.update({")
         for bucket, runs in best.items():
             # the config with the least summed slowdown over the runs in this bucket (T values for MTP)
@@ -430,7 +432,7 @@ def main():
             if not cands:
                 continue
             pick_cfg = min(cands, key=lambda c: sum(r[c] / r["_best"] for r in runs))
-            print(f"    ({info.arch!r}, {bucket!r}): {pick_cfg!r},")
+            print(f"    ({tkey!r}, {bucket!r}): {pick_cfg!r},")
         print("})")
         print(f"\n# total: {time.time() - t_start:.0f} s")
 

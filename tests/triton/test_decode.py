@@ -222,3 +222,26 @@ def test_launchers_record_on_meta(arch):
         get("commit_accepted", "triton").fn(state, idx, inter, idx, idx, state_layout="kv")
     assert [l.constexprs.get("PACKED") for l in launches] == [True, False, None]
     assert launches[1].constexprs["T"] == T and launches[1].constexprs["HAS_PARENT"]
+
+
+def test_config_table_key_by_gpu_model(monkeypatch):
+    """An H200 (sm_90) picks its own measured rows; an H100 and an unknown sm_90 model the arch's rows;
+    GDN_ARCH (arch_overridden) never picks model rows."""
+    from gdn.common import probe
+    from gdn.common.triton import decode as D
+    dev = torch.device("cuda", 7)                       # never touched: device_info is faked
+    for name, overridden, want in (("NVIDIA H200", False, "sm_90:h200"), ("NVIDIA H100 80GB HBM3", False, "sm_90"),
+                                   ("NVIDIA H20", False, "sm_90"), ("NVIDIA H200", True, "sm_90")):
+        info = probe.DeviceInfo("cuda", "nvidia", "sm_90", name, 132, 50 << 20, arch_overridden=overridden)
+        monkeypatch.setattr(probe, "device_info", lambda d=None, info=info: info)
+        monkeypatch.setattr(D, "_ARCH", {})
+        monkeypatch.setattr(D, "_TABLE_KEY", {})
+        assert D.table_key_of(dev) == want, name
+    big = (torch.float32, 512 * 32, 128, 128)
+    assert D.config("sm_90:h200", "vk", *big) == D.CONFIGS[("sm_90:h200", ("vk", "fp32", 16384))]
+    assert D.config("sm_90", "vk", *big) == D.CONFIGS[("sm_90", ("vk", "fp32", 16384))]
+    # a model key without a row for this bucket falls back to the arch's row
+    monkeypatch.delitem(D.CONFIGS, ("sm_90:h200", ("kv", "fp32", 16384)))
+    D.config.cache_clear()
+    assert D.config("sm_90:h200", "kv", *big) == D.CONFIGS[("sm_90", ("kv", "fp32", 16384))]
+    D.config.cache_clear()

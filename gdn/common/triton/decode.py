@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from gdn.common import launch as L
+from gdn.common import probe
 from gdn.common.registry import Impl, dtypes, register
 from gdn.common.triton._pdl import pdl_prologue
 
@@ -238,6 +239,33 @@ CONFIGS: dict = {
     ('sm_90', ('mtp', 'vk', 'fp32', 256)): (16, 2, 1),
     ('sm_90', ('mtp', 'vk', 'fp32', 1024)): (16, 1, 1),
     ('sm_90', ('mtp', 'vk', 'fp32', 4096)): (32, 2, 1),
+    # H200 (same sm_90, 4.19 TB/s copy): bench_decode.py --sweep-only on an NVIDIA H200, 2026-11-22
+    # (bench/results/decode_sweep_h200_2026-11-22.csv); the H100 rows above ran there at 80-89% (fp32) and
+    # 72-74% (bf16) of copy bandwidth for B >= 128, these at 86-90% and 80-84%.
+    ('sm_90:h200', ('vk', 'fp32', 32)): (4, 1, 1),
+    ('sm_90:h200', ('vk', 'fp32', 256)): (8, 2, 1),
+    ('sm_90:h200', ('vk', 'fp32', 1024)): (8, 1, 1),
+    ('sm_90:h200', ('vk', 'fp32', 2048)): (8, 1, 1),
+    ('sm_90:h200', ('vk', 'fp32', 4096)): (8, 1, 1),
+    ('sm_90:h200', ('vk', 'fp32', 8192)): (16, 1, 1),
+    ('sm_90:h200', ('vk', 'fp32', 16384)): (16, 1, 1),
+    ('sm_90:h200', ('vk', 'bf16', 32)): (4, 1, 1),
+    ('sm_90:h200', ('vk', 'bf16', 256)): (16, 1, 1),
+    ('sm_90:h200', ('vk', 'bf16', 1024)): (16, 1, 1),
+    ('sm_90:h200', ('vk', 'bf16', 2048)): (16, 1, 1),
+    ('sm_90:h200', ('vk', 'bf16', 4096)): (16, 1, 1),
+    ('sm_90:h200', ('vk', 'bf16', 8192)): (16, 1, 1),
+    ('sm_90:h200', ('vk', 'bf16', 16384)): (16, 1, 1),
+    ('sm_90:h200', ('kv', 'fp32', 32)): (16, 1, 1),
+    ('sm_90:h200', ('kv', 'fp32', 256)): (32, 1, 1),
+    ('sm_90:h200', ('kv', 'fp32', 1024)): (64, 4, 1),
+    ('sm_90:h200', ('kv', 'fp32', 2048)): (64, 4, 1),
+    ('sm_90:h200', ('kv', 'fp32', 4096)): (64, 4, 1),
+    ('sm_90:h200', ('kv', 'fp32', 8192)): (64, 4, 1),
+    ('sm_90:h200', ('kv', 'fp32', 16384)): (64, 4, 1),
+    ('sm_90:h200', ('mtp', 'vk', 'fp32', 256)): (4, 1, 1),
+    ('sm_90:h200', ('mtp', 'vk', 'fp32', 1024)): (8, 1, 1),
+    ('sm_90:h200', ('mtp', 'vk', 'fp32', 4096)): (16, 2, 1),
 }
 
 
@@ -254,12 +282,14 @@ def _dtype_name(dt: torch.dtype) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def config(arch: str, layout: str, state_dtype: torch.dtype, nh: int, K: int, V: int, T: int = 1):
-    """(BV, num_warps, num_stages) for B*HV = nh heads."""
+    """(BV, num_warps, num_stages) for B*HV = nh heads. `arch` is a table key (`table_key_of`): an arch,
+    or "<arch>:<model>" whose own entries come first, then the arch's."""
     bucket = (layout, _dtype_name(state_dtype), nh_bucket(nh))
-    if T > 1:
-        hit = L.pick(CONFIGS, arch, ("mtp",) + bucket, None)
-    else:
-        hit = L.pick(CONFIGS, arch, bucket, None)
+    key = ("mtp",) + bucket if T > 1 else bucket
+    hit = CONFIGS.get((arch, key))
+    arch = arch.split(":")[0]
+    if hit is None:
+        hit = L.pick(CONFIGS, arch, key, None)
     BK = L.next_pow2(K)
     BVmax = L.next_pow2(V)
     if hit is not None:
@@ -307,6 +337,31 @@ def arch_of(device) -> str:
     return arch
 
 
+_TABLE_KEY: dict = {}
+
+
+def model_of(name: str) -> str | None:
+    """GPU model token of a device name: "NVIDIA H200" -> "h200", "NVIDIA H100 80GB HBM3" -> "h100"."""
+    parts = name.split()
+    return parts[1].lower() if len(parts) > 1 and parts[0] in ("NVIDIA", "AMD") else None
+
+
+def table_key_of(device) -> str:
+    """The config-table key of `device`: "<arch>:<model>" (e.g. "sm_90:h200") where CONFIGS has entries
+    measured on that GPU model, else the arch. One arch spans memory systems that want different tiles
+    (an H200 moves 1.4x the bytes per second of an H100; its own sweep beats the H100 table by up to 12%)."""
+    if device.type == "meta":
+        return L.current_arch(device)
+    key = _TABLE_KEY.get(device)
+    if key is None:
+        arch = arch_of(device)
+        info = probe.device_info(device)
+        model = None if info.arch_overridden else model_of(info.name)
+        tagged = f"{arch}:{model}"
+        key = _TABLE_KEY[device] = tagged if model and any(k[0] == tagged for k in CONFIGS) else arch
+    return key
+
+
 def launch_decode_kernel(q, k, v, a, b, A_log, dt_bias, state, state_indices, o, *, scale, use_qk_l2norm,
                          state_layout, T, strides, H, K, V, packed=False, inter=None, inter_indices=None,
                          parent=None, update_state=True, cfg=None):
@@ -327,7 +382,7 @@ def launch_decode_kernel(q, k, v, a, b, A_log, dt_bias, state, state_indices, o,
         S_i = (0, 0, 0, 0)
     S_p = parent.stride() if parent is not None else (0, 0)
     arch = arch_of(state.device)
-    BV, nw, ns = cfg or config(arch, state_layout, state.dtype, B * HV, K, V, T)
+    BV, nw, ns = cfg or config(table_key_of(state.device), state_layout, state.dtype, B * HV, K, V, T)
     grid = (B * HV * ((V + BV - 1) // BV),)
     pdl = L.use_pdl(arch, grid)
     L.launch(gdn_decode_kernel, grid,
