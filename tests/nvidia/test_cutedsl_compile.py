@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from _cutedsl_fakes import FakeDecodeLaunches
 
 from gdn.common import probe, registry
 
@@ -281,51 +282,22 @@ def test_run_compiles_exactly_the_forced_tile(monkeypatch):
 
     from gdn.common import launch as L
     from gdn.nvidia.cutedsl import _common as C
-    from gdn.nvidia.cutedsl import decode as D
 
-    made, used = [], []
-
-    class Fake:
-        def __init__(self, spec):
-            self.spec, self.calls = spec, []
-            made.append(self)
-
-        def __call__(self, *args):
-            self.calls.append(args)
-            used.append(self)
-
-    class Stream:
-        cuda_stream = 0
-
-    monkeypatch.setattr(C, "_LAUNCHERS", {})
-    monkeypatch.setattr(C, "_BY_SPEC", {})
-    monkeypatch.setattr(C, "_launcher", lambda spec: C._BY_SPEC.get(spec) or C._BY_SPEC.setdefault(spec, Fake(spec)))
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: Stream())
-    H, HV, K, V, S = 16, 32, 128, 128, 8
-
-    def call(B, sd, tile=None):
-        q, k = torch.zeros(B, H, K, dtype=torch.bfloat16), torch.zeros(B, H, K, dtype=torch.bfloat16)
-        v, a, b = (torch.zeros(B, HV, V, dtype=torch.bfloat16), torch.zeros(B, HV, dtype=torch.bfloat16),
-                   torch.zeros(B, HV, dtype=torch.bfloat16))
-        pool = torch.zeros(S, HV, V, K, dtype=sd)
-        idx = torch.arange(B, dtype=torch.int32) % S
-        out = torch.zeros(B, HV, V, dtype=torch.bfloat16)
-        D.decode(q, k, v, a, b, torch.zeros(HV), torch.zeros(HV), pool, idx, out, scale=0.1, use_qk_l2norm=True,
-                 state_layout="vk", _tile=tile)
-        return used[-1]
+    fake = FakeDecodeLaunches(monkeypatch)
 
     with L.recording("sm_90"):
         for sd, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
             for B in (1, 128):
-                got = call(B, sd)
-                assert got.spec.tile == C.tile_for("sm_90", "vk", name, B * HV)
-                assert got.calls[-1][1][0] == B
+                spec, args = fake.call(B, sd)
+                assert spec.tile == C.tile_for("sm_90", "vk", name, B * fake.HV)
+                assert args[1][0] == B
                 for tile in C.sweep_tiles("sm_90", "vk", name):
-                    got = call(B, sd, tile)
-                    assert got.spec.tile == tile, (tile, got.spec.tile)
-                    assert got.calls[-1][1][0] == B
+                    spec, args = fake.call(B, sd, tile)
+                    assert spec.tile == tile, (tile, spec.tile)
+                    assert args[1][0] == B
             with pytest.raises(ValueError, match="does not fit"):
-                call(4, sd, (3, 4))
+                fake.call(4, sd, (3, 4))
+        made = fake.made
         specs = [m.spec for m in made]
         n_tiles = sum(len(C.sweep_tiles("sm_90", "vk", n)) for n in ("fp32", "bf16"))
         assert len(set(specs)) == len(made) <= n_tiles           # one launcher per distinct variant

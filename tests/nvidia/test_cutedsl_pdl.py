@@ -10,6 +10,7 @@ tests/gpu/test_cutedsl_pdl_gpu.py.
 import re
 
 import pytest
+from _cutedsl_fakes import FakeDecodeLaunches
 
 from gdn.common import probe
 
@@ -131,43 +132,13 @@ def test_run_launches_the_pdl_twin_by_grid(monkeypatch):
     plain variant by the flag only, and gets the same arguments."""
     import dataclasses
 
-    import torch
-
     from gdn.common import launch as L
     from gdn.nvidia.cutedsl import _common as C
-    from gdn.nvidia.cutedsl import decode as D
 
-    made, used = [], []
-
-    class Fake:
-        def __init__(self, spec):
-            self.spec = spec
-            made.append(self)
-
-        def __call__(self, *args):
-            used.append((self.spec, args))
-
-    class Stream:
-        cuda_stream = 0
-
-    monkeypatch.setattr(C, "_LAUNCHERS", {})
-    monkeypatch.setattr(C, "_BY_SPEC", {})
-    monkeypatch.setattr(C, "_launcher", lambda spec: C._BY_SPEC.get(spec) or C._BY_SPEC.setdefault(spec, Fake(spec)))
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: Stream())
+    fake = FakeDecodeLaunches(monkeypatch)
+    call = lambda B, tile=None: fake.call(B, tile=tile)  # noqa: E731
     pdl_on = {"sm_90": True}
     monkeypatch.setattr(L, "pdl_ok", lambda arch: pdl_on[arch])
-    H, HV, K, V, S = 16, 32, 128, 128, 8
-
-    def call(B, tile=None):
-        q, k = torch.zeros(B, H, K, dtype=torch.bfloat16), torch.zeros(B, H, K, dtype=torch.bfloat16)
-        v, a, b = (torch.zeros(B, HV, V, dtype=torch.bfloat16), torch.zeros(B, HV, dtype=torch.bfloat16),
-                   torch.zeros(B, HV, dtype=torch.bfloat16))
-        pool = torch.zeros(S, HV, V, K)
-        idx = torch.arange(B, dtype=torch.int32) % S
-        out = torch.zeros(B, HV, V, dtype=torch.bfloat16)
-        D.decode(q, k, v, a, b, torch.zeros(HV), torch.zeros(HV), pool, idx, out, scale=0.1, use_qk_l2norm=True,
-                 state_layout="vk", _tile=tile)
-        return used[-1]
 
     with L.recording("sm_90"):
         spec, args = call(1)
@@ -183,4 +154,4 @@ def test_run_launches_the_pdl_twin_by_grid(monkeypatch):
         pdl_on["sm_90"] = False
         off, args_off = call(1)
         assert not off.pdl and dataclasses.replace(spec, pdl=False) == off and args_off[1:] == args[1:]
-    assert len({m.spec for m in made}) == len(made)
+    assert len({m.spec for m in fake.made}) == len(fake.made)
