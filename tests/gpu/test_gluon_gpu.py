@@ -226,3 +226,63 @@ def test_chunk_state(lengths, H, HV, K, V, slots, layout, pool_dtype, init, cfg)
         assert relerr(p[used], p1[used]) < tol_p, f"pool vs {other}"
         assert relerr(h.nan_to_num(), h1.nan_to_num()) < 5e-3, f"h vs {other}"
         assert relerr(vn[:end], vn1[:end]) < 5e-3, f"v_new vs {other}"
+
+
+FUSED_VARIANTS = [
+    # layout, pool dtype, has_initial_state pattern, config (None: the prefill table's "wide" entry)
+    pytest.param("vk", torch.float32, (True, False), None, id="vk-fp32-mixinit-table"),
+    pytest.param("kv", torch.float32, None, None, id="kv-fp32-table"),
+    pytest.param("kv", torch.bfloat16, None, dict(BV=32, STAGES=2, num_warps=4), id="kv-bf16-1wg"),
+    pytest.param("vk", torch.bfloat16, (False, True), dict(BV=32, STAGES=3, num_warps=8), id="vk-bf16-2wg-bv32"),
+]
+
+
+@pytest.mark.parametrize("lengths,H,HV,K,V,slots", CASES)
+@pytest.mark.parametrize("layout,pool_dtype,init,cfg", FUSED_VARIANTS)
+def test_chunk_state_output_fused(lengths, H, HV, K, V, slots, layout, pool_dtype, init, cfg):
+    """The state pass with the output fused (prefill's sm_90 path for wide batches) against the reference
+    chunk_state followed by the reference chunk_output, and against the Gluon plain pass + Gluon chunk_output:
+    final states, outputs, unused pool slots bit-identical, output rows past cu_seqlens[-1] untouched (NaN),
+    a padding sequence's rows zero. q, k are strided views with NaN rows past the end, as are w and u."""
+    from gdn.nvidia.gluon import chunk_state as GS
+    q, k, _, _, g_cum, idx, cu = _output_inputs(lengths, H, HV, K, V, slots, torch.bfloat16, pad_tokens=37)
+    T, N, end = k.shape[0], len(lengths), int(cu[-1])
+    v = torch.randn(T, HV, V, device="cuda").bfloat16()
+    beta = torch.rand(T, HV, device="cuda")
+    A = torch.zeros(T, HV, 64, device="cuda")
+    RC.chunk_kkt_solve(k, g_cum, beta, cu, A, use_qk_l2norm=True)
+    w0, u0 = torch.zeros(T, HV, K, device="cuda"), torch.zeros(T, HV, V, device="cuda")
+    RC.chunk_wy(k, v, g_cum, beta, A, cu, w0, u0, use_qk_l2norm=True)
+    w, u = w0.bfloat16(), u0.bfloat16()
+    w[end:], u[end:] = NAN, NAN
+    has_init = None if init is None else torch.tensor([init[n % 2] for n in range(N)], device="cuda")
+    pool = _state_pool(N + 2, HV, K, V, layout, pool_dtype)
+    used = torch.zeros(N + 2, dtype=torch.bool, device="cuda")
+    used[[s for s in idx.tolist() if s >= 0]] = True
+    NS, scale = PC.num_slots(T, N), K ** -0.5
+    if cfg is None:
+        cfg = GS.fused_config("sm_90", 128, 1, K, V)
+    res = {}
+    for name, st, out_fn, dt in (("ref", RC.chunk_state, RC.chunk_output, torch.float32),
+                                 ("gluon", gluon("chunk_state"), gluon("chunk_output"), torch.bfloat16)):
+        p = pool.clone()
+        h = torch.zeros((NS, HV, K, V), device="cuda", dtype=dt)
+        vn = torch.zeros((T, HV, V), device="cuda", dtype=dt)
+        st(k, w, u, g_cum, p, idx, cu, has_init, h, vn, use_qk_l2norm=True, state_layout=layout)
+        o = torch.full((T, HV, V), NAN, device="cuda")
+        out_fn(q, k, vn, h, g_cum, idx, cu, o, scale=scale, use_qk_l2norm=True)
+        res[name] = p, o
+    p = pool.clone()
+    o = torch.full((T, HV, V), NAN, device="cuda", dtype=torch.bfloat16)
+    GS.launch_state_output(k, w, u, q, g_cum, p, idx, cu, has_init, o, scale, True, layout, cfg)
+    assert torch.equal(p[~used].view(torch.int16), pool[~used].view(torch.int16)), "unused pool slots changed"
+    assert not _nonfinite_where(o[:end], cu), _nonfinite_where(o[:end], cu)
+    assert torch.isnan(o[end:]).all(), "output rows past cu_seqlens[-1] must stay untouched"
+    for n, s in enumerate(idx.tolist()):
+        if s < 0:
+            assert (o[cu[n]:cu[n + 1]] == 0).all(), "a padding sequence's rows must be zero"
+    tol_p = 5e-3 if pool_dtype == torch.float32 else 1e-2
+    for other in ("ref", "gluon"):
+        p1, o1 = res[other]
+        assert relerr(p[used], p1[used]) < tol_p, f"pool vs {other}"
+        assert relerr(o[:end], o1[:end]) < 1e-2, f"output vs {other}"

@@ -111,3 +111,36 @@ def test_chunk_state_other_configs(cfg):
         out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o", os.devnull], capture_output=True,
                              text=True).stderr
     assert re.search(r"\b0 bytes spill stores", out), out
+
+
+@needs_gluon
+def test_chunk_state_output_fused_compiles():
+    """The state pass with the output fused (prefill's sm_90 path for wide batches): wgmma + TMA, every async
+    operand retired by a wait. The table's config (BV=128, two warpgroups) spills a little (ptxas, triton
+    3.6: 184 bytes) and was still measured the fastest (chunk_state.py `_FUSED`); the bound here catches a
+    change that makes the spill grow."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    from gdn.nvidia.gluon import _common as C
+    from gdn.nvidia.gluon import chunk_state as GS
+    launches = GS._fused_example_launches("sm_90")
+    assert launches
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    for name, launch in launches[:2]:
+        kernel = C.compile_launch(launch, "sm_90")
+        assert "wgmma.mma_async" in kernel.asm["ptx"] and "cp.async.bulk.tensor" in kernel.asm["ptx"], name
+        assert _unretired_operands(kernel.asm["ttgir"]) == [], name
+        if os.path.exists(ptxas):
+            with tempfile.TemporaryDirectory() as d:
+                src = os.path.join(d, "k.ptx")
+                with open(src, "w") as f:
+                    f.write(kernel.asm["ptx"])
+                out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o", os.devnull],
+                                     capture_output=True, text=True).stderr
+            spill = int(re.search(r"(\d+) bytes spill stores", out).group(1))
+            assert spill <= 256, (name, out)

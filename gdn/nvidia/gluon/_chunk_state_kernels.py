@@ -171,3 +171,170 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices,
         # (CSE) and held in registers through the loop (2 x K x BV / 128 of them per thread, spilled).
         slot = gl.load(state_indices + n).to(gl.int64)
         gl.store(_pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma), S.to(state.dtype.element_ty))
+
+
+@gluon.jit
+def _load_chunk_q(w_desc, k_desc, u_desc, q_desc, bar, w_buf, k_buf, u_buf, q_buf, t0, hv, hk, v0, pred,
+                  K: gl.constexpr, V: gl.constexpr):
+    """_load_chunk plus the chunk's q [64, K] tile, all on one mbarrier."""
+    nbytes: gl.constexpr = (w_desc.block_type.nbytes + k_desc.block_type.nbytes + u_desc.block_type.nbytes
+                            + q_desc.block_type.nbytes)
+    mbarrier.expect(bar, nbytes, pred=pred)
+    tma.async_copy_global_to_shared(w_desc, [t0, hv * K], bar, w_buf, pred=pred)
+    tma.async_copy_global_to_shared(k_desc, [t0, hk * K], bar, k_buf, pred=pred)
+    tma.async_copy_global_to_shared(u_desc, [t0, hv * V + v0], bar, u_buf, pred=pred)
+    tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_buf, pred=pred)
+
+
+@gluon.jit
+def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_indices, cu, has_init, o,
+                            HV, G, NV, scale, s_gt, s_gh, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
+                            V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr,
+                            num_warps: gl.constexpr):
+    """chunk_state_sm90 with chunk_output's formula evaluated in the same pass: per chunk the state entering
+    it is multiplied into q as well as w, so neither h nor v_new goes to memory (at 8x4096 tokens, bf16,
+    they are 0.8 GB written and read again). Per chunk, with h_s the state as 16-bit in shared memory:
+        vn    = u - w h                                   (wgmma, the state's chain)
+        S     = exp(g_last) S + k^T (vn * rk * exp(g_last - g_cum))            (wgmma, the state's chain)
+        o     = (q * rq * exp(g_cum)) h + causal(q k^T * rq rk exp(gc_i - gc_j)) vn    (off the chain)
+    q h and q k^T are issued next to w h and retire after the state's update is issued; the scores go in
+    as two 16-bit parts (as chunk_output_sm90).
+
+    num_warps = 4 (one warpgroup) or 8: two warpgroups split the BV state columns (and the score columns)
+    and share the w, k, q tiles, so 8 warps carry twice the columns on the same shared tiles. The scores'
+    register operand is converted to the full-row layout each warpgroup needs.
+
+    The norms of q and k are taken from the shared tiles each chunk: measured on an H100 (8x4096, BV=128,
+    8 warps) that beats loading prefill's [T, H] norm buffers a chunk ahead (0.633 vs 0.682 ms; the
+    prefetched rows cost registers and ptxas spills more).
+
+    Rows past the sequence end: k rows zeroed in shared memory (chunk_state_sm90), vn rows selected to 0
+    before they become an MMA operand (the tile may hold NaN garbage), o rows not stored."""
+    BT: gl.constexpr = w_desc.block_type.shape[0]
+    K: gl.constexpr = w_desc.block_type.shape[1]
+    BV: gl.constexpr = u_desc.block_type.shape[1]
+    DT: gl.constexpr = w_desc.dtype
+    WN: gl.constexpr = num_warps // 4
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WN],
+                                                  instr_shape=[16, BV // WN, 16])
+    mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, WN],
+                                                    instr_shape=[16, BT // WN, 16])
+    p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    row: gl.constexpr = gl.SliceLayout(1, mma)
+    col: gl.constexpr = gl.SliceLayout(0, mma)
+    row_s: gl.constexpr = gl.SliceLayout(1, mma_s)
+    col_s: gl.constexpr = gl.SliceLayout(0, mma_s)
+    blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    vs_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
+
+    pid = gl.program_id(0)
+    iv = pid % NV
+    hv = (pid // NV) % HV
+    n = pid // (NV * HV)
+    hk = hv // G
+    v0 = iv * BV
+    bos = gl.load(cu + n)                       # int32: TMA coordinates are 32-bit
+    eos = gl.load(cu + n + 1)
+    NC = (eos - bos + BT - 1) // BT
+    slot = gl.load(state_indices + n).to(gl.int64)
+
+    r = gl.arange(0, BT, layout=row)
+    cv = v0 + gl.arange(0, BV, layout=col)
+    o_off = r[:, None] * s_ot + hv * s_oh + cv[None, :]
+
+    if slot < 0:
+        # padding sequence: pool untouched, its output rows zero
+        for c in range(0, NC):
+            t0 = bos + c * BT
+            gl.store(o + t0.to(gl.int64) * s_ot + o_off, gl.zeros([BT, BV], o.dtype.element_ty, mma),
+                     mask=(t0 + r < eos)[:, None])
+    else:
+        w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
+        k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
+        q_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], q_desc.layout)
+        u_s = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BT, BV], u_desc.layout)
+        h_s = gl.allocate_shared_memory(DT, [K, BV], gl.NVMMASharedLayout.get_default_for([K, BV], DT))
+        vs_s = gl.allocate_shared_memory(DT, [BT, BV], vs_layout)
+        vn_s = gl.allocate_shared_memory(DT, [BT, BV], vs_layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(bars.index(i), count=1)
+        for i in gl.static_range(STAGES):
+            _load_chunk_q(w_desc, k_desc, u_desc, q_desc, bars.index(i), w_s.index(i), k_s.index(i),
+                          u_s.index(i), q_s.index(i), bos + i * BT, hv, hk, v0, i < NC, K, V)
+
+        S = gl.zeros([K, BV], gl.float32, mma)
+        start = True
+        if has_init is not None:
+            start = gl.load(has_init + n) != 0
+        if start:
+            S = gl.load(_pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)).to(gl.float32)
+        gc_n, gl_n = _decays(gcum, bos.to(gl.int64), eos, hv, s_gt, s_gh, BT, row)
+        r_s = gl.arange(0, BT, layout=row_s)
+        c_s = gl.arange(0, BT, layout=col_s)
+        tri = r_s[:, None] >= c_s[None, :]
+
+        for c in range(0, NC):
+            b = c % STAGES
+            t0 = bos + c * BT
+            t0l = t0.to(gl.int64)
+            gc = gc_n
+            g_last = gl_n
+            gc_n, gl_n = _decays(gcum, t0l + BT, eos, hv, s_gt, s_gh, BT, row)
+
+            h_s.store(S.to(DT))
+            S = S * gl.exp(g_last)
+            fence_async_shared()
+            gl.thread_barrier()
+            mbarrier.wait(bars.index(b), (c // STAGES) & 1)
+            w_b = w_s.index(b)
+            k_b = k_s.index(b)
+            q_b = q_s.index(b)
+            acc = warpgroup_mma(w_b, h_s, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
+            acc_o = warpgroup_mma(q_b, h_s, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
+
+            cp = c - 1 + STAGES
+            bp = cp % STAGES
+            _load_chunk_q(w_desc, k_desc, u_desc, q_desc, bars.index(bp), w_s.index(bp), k_s.index(bp),
+                          u_s.index(bp), q_s.index(bp), bos + cp * BT, hv, hk, v0, (c > 0) & (cp < NC), K, V)
+            valid = t0 + r < eos
+            if t0 + BT > eos:
+                zero_rows_past(k_b, t0, eos, blk)
+            kt = k_b.permute((1, 0))
+            s_acc = warpgroup_mma(q_b, kt, gl.zeros([BT, BT], gl.float32, mma_s), use_acc=False, is_async=True)
+            rk = inv_norm(k_b, L2NORM, mma)
+            rq = inv_norm(q_b, L2NORM, mma) * scale
+            uu = u_s.index(b).load(mma).to(gl.float32)
+            fac = gl.where(valid, rk * gl.exp(g_last - gc), 0.0)
+            acc, _, _ = warpgroup_mma_wait(num_outstanding=2, deps=(acc, w_b, h_s))
+
+            vn = gl.where(valid[:, None], uu - acc, 0.0)
+            vs_s.store((vn * fac[:, None]).to(DT))
+            vn_s.store(vn.to(DT))
+            fence_async_shared()
+            gl.thread_barrier()
+            S = warpgroup_mma(kt, vs_s, S, is_async=True)
+
+            # the output, while the state's update runs
+            acc_o, s_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=1, deps=(acc_o, s_acc, q_b, kt, h_s))
+            ok_s = (t0 + r_s) < eos
+            causal = tri & ok_s[:, None]
+            gc_r = gl.convert_layout(gc, row_s)
+            gc_c = gl.convert_layout(gc, col_s)
+            decay = gl.exp(gl.where(causal, gc_r[:, None] - gc_c[None, :], 0.0))
+            sc = gl.where(causal, s_acc * gl.convert_layout(rq, row_s)[:, None]
+                          * gl.convert_layout(rk, col_s)[None, :] * decay, 0.0)
+            p_hi = sc.to(DT)
+            pa_hi = gl.convert_layout(p_hi, p_op)
+            pa_lo = gl.convert_layout((sc - p_hi.to(gl.float32)).to(DT), p_op)
+            acc_o = acc_o * (rq * gl.exp(gc))[:, None]
+            acc_o = warpgroup_mma(pa_hi, vn_s, acc_o, is_async=True)
+            acc_o = warpgroup_mma(pa_lo, vn_s, acc_o, is_async=True)
+            S, _, _ = warpgroup_mma_wait(num_outstanding=2, deps=(S, kt, vs_s))
+            acc_o, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc_o, vn_s, pa_hi, pa_lo))
+            gl.store(o + t0l * s_ot + o_off, acc_o.to(o.dtype.element_ty), mask=valid[:, None])
+
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(bars.index(i))
+        slot = gl.load(state_indices + n).to(gl.int64)
+        gl.store(_pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma), S.to(state.dtype.element_ty))

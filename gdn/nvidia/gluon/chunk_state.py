@@ -13,6 +13,9 @@ bf16/fp16 k, w, u of one dtype (wgmma operands); fp32 is declined (the Triton ke
 {64, 128, 256}. The key norms rk are taken in the kernel from the k tile (no [T,H] buffer needed).
 k, w, u may have any 16-byte aligned row stride with packed heads; h is written as a dense
 [slots * HV * K, V] matrix by TMA (it must be contiguous).
+
+`launch_state_output` (prefill's path when the (sequence, head) pairs fill the GPU) runs the same pass with
+chunk_output's formula evaluated in it and writes o instead of h and v_new (chunk_state_output_sm90).
 """
 from __future__ import annotations
 
@@ -71,6 +74,53 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
              v_new.stride(1), V=V, L2NORM=bool(use_qk_l2norm), STAGES=stages, num_warps=NUM_WARPS)
 
 
+# The pass with the output fused (prefill's choice by bucket; `launch_state_output`): 8 warps = two
+# warpgroups splitting BV (see chunk_state_output_sm90). Smem at K=128, bf16: STAGES x (w, k, q [64, K],
+# u [64, BV]) + h [K, BV] + vs, vn [64, BV] (196 KB at BV=128, 2 stages).
+# Measured on an H100, 2026-11-22 (exp over prefill, GPU time of this kernel vs plain pass + chunk_output):
+#   8x4096 ("wide"): BV=128/8 warps 0.633 ms (ptxas spills 184 B) | BV=128/16 warps 0.98 | BV=64/8 0.91 |
+#                    BV=32/4 1.11 | plain 0.643 + 0.444 = 1.087
+#   64x512 ("wide"): BV=128/8 0.739 | BV=64/8 0.99 | plain 0.725 + 0.447 = 1.172
+#   1x4096, 1x32768 ("narrow", 32 pairs): the best fused (BV=16 or 32, 4 warps) 0.14-0.18 / 1.37-1.48 ms
+#                    against plain 0.157 / 1.174: too few CTAs to cover the longer per-chunk chain.
+_FUSED = {("sm_90", "wide"): dict(BV=128, STAGES=2, num_warps=8), ("sm_90", "narrow"): None}
+
+
+def fused_config(arch: str, N: int, HV: int, K: int, V: int) -> dict | None:
+    """Config of the fused pass for these sizes, or None where the plain pass + chunk_output is faster."""
+    cfg = L.pick(_FUSED, arch, TS.bucket(N, HV), None)
+    if cfg is None or K > 128:
+        return None
+    cfg = dict(cfg)
+    cfg["BV"] = min(cfg["BV"], V)
+    if cfg["BV"] // (cfg["num_warps"] // 4) < 16:
+        cfg["num_warps"] = 4
+    return cfg
+
+
+def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale,
+                        use_qk_l2norm, state_layout, cfg):
+    """The state pass with the output fused: as `launch_state`, but writes out [T,HV,V] (unit last stride)
+    instead of h and v_new. q [T,H,K] of k's dtype."""
+    from gdn.nvidia.gluon._chunk_state_kernels import chunk_state_output_sm90
+    T, H, K = k.shape
+    HV, V = u.shape[1], u.shape[2]
+    N = cu_seqlens.shape[0] - 1
+    BV, stages, warps = cfg["BV"], cfg["STAGES"], cfg["num_warps"]
+    if V % BV or BV // (warps // 4) < 16:
+        raise ValueError(f"gdn.chunk_state (gluon, fused output): BV={BV} must divide V={V} and give each of "
+                         f"{warps // 4} warpgroups >= 16 columns")
+    if T == 0:
+        k, w, u, q = k.new_zeros(1, H, K), w.new_zeros(1, HV, K), u.new_zeros(1, HV, V), q.new_zeros(1, H, K)
+    k, w, u, q = C.tma_ready(k), C.tma_ready(w), C.tma_ready(u), C.tma_ready(q)
+    NV = V // BV
+    C.launch(chunk_state_output_sm90, (N * HV * NV,),
+             C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), C.head_matrix(q, C.BT),
+             g_cum, state, state_indices, cu_seqlens, has_initial_state, out, HV, HV // H, NV, float(scale),
+             g_cum.stride(0), g_cum.stride(1), *TS.pool_strides(state, state_layout), out.stride(0), out.stride(1),
+             V=V, L2NORM=bool(use_qk_l2norm), STAGES=stages, num_warps=warps)
+
+
 def chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, *, use_qk_l2norm,
                 state_layout):
     N = cu_seqlens.shape[0] - 1
@@ -94,8 +144,32 @@ def chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_st
                  state_layout, cfg)
 
 
+def _fused_example_launches(arch: str) -> list:
+    """The fused pass's launches (recorded) for the chunk_state examples, with q and out beside them."""
+    import torch
+
+    from gdn.common import examples
+    ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
+    launches = []
+    for opts in variants:
+        if opts.get("dtype", torch.bfloat16) not in C.DTYPES:
+            continue
+        (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **opts)
+        q, out = torch.empty_like(k), torch.empty_like(u)
+        with L.recording(arch), C.recording() as rec:
+            launch_state_output(k, w, u, q, g_cum, pool, idx, cu, has_init, out, 0.1, kw["use_qk_l2norm"],
+                                kw["state_layout"], fused_config(arch, 128, 1, k.shape[2], u.shape[2]))
+        tag = ",".join(f"{a}={b}" for a, b in opts.items()).replace("torch.", "")
+        launches += [(f"{r.kernel.fn.__name__}[{tag}]", r) for r in rec]
+    return launches
+
+
 def _aot(arch: str) -> list[str]:
-    return [name for name, _ in C.aot_compile("chunk_state", chunk_state, arch)]
+    names = [name for name, _ in C.aot_compile("chunk_state", chunk_state, arch)]
+    for name, launch in _fused_example_launches(arch):
+        C.compile_launch(launch, arch)
+        names.append(name)
+    return names
 
 
 register(Impl(op="chunk_state", backend="gluon", fn=chunk_state, archs=C.HOPPER, priority=30, requires=C.REQUIRES,

@@ -14,6 +14,8 @@ Kernel-level signature: gdn/common/reference.py `prefill` (the token-by-token or
        that step 2 stored.
     Steps 2 and 3 use the chunk_state / chunk_output implementations the registry picks (`sub_op_impl`):
     on sm_90 the Gluon ones (TMA + wgmma, gdn/nvidia/gluon/), else the Triton kernels of this package.
+    With both on Gluon and a "wide" batch, step 2 is Gluon's pass with the output fused (one CTA of two
+    warpgroups per (sequence, v-head) at V=128; gdn/nvidia/gluon/chunk_state.py `_FUSED`) and step 3 goes.
 
 q and k are l2-normalised where they are loaded (no separate pass). Nothing is read back to the host:
 the grid of steps 1 and 3 is the static bound T // 64 + N chunk slots (see _common), so prefill can be
@@ -78,7 +80,7 @@ def _prep_kernel(q, k, v, g, beta, a, b, A_log, dt_bias, cu, gcum, w, u, o, rq_b
         mv = valid[:, None] & (o_v < V)[None, :]
         vt = tl.load(v + rows[:, None] * s_vt + hv * s_vh + o_v[None, :], mask=mv, other=0)
         rk = C.inv_norm(kt.to(tl.float32), L2NORM)
-        if L2NORM:
+        if rk_buf is not None:
             if hv % G == 0:
                 # the inverse norms of q (times scale) and k, once per q/k head, for the later kernels
                 tl.store(rk_buf + rows * H + hk, rk, mask=valid)
@@ -130,16 +132,28 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     raw = g is None
     gx, bx = (a, b) if raw else (g, beta)
     l2 = bool(use_qk_l2norm)
-    rq = torch.empty((T, H), dtype=torch.float32, device=dev) if l2 else None
-    rk = torch.empty((T, H), dtype=torch.float32, device=dev) if l2 else None
+    out_impl = sub_op_impl("chunk_output", q, v)
+    state_impl = sub_op_impl("chunk_state", q, v, state, state_layout)
+    fused_gluon = None
+    if state_impl.backend == "gluon" and out_impl.backend == "gluon" and out.stride(-1) == 1:
+        from gdn.nvidia.gluon import chunk_state as gluon_state
+        fused_gluon = gluon_state.fused_config(arch, N, HV, K, V)
+    # the inverse q/k norms as [T, H] buffers, for the Triton sub-op kernels (the Gluon ones take them from
+    # their shared tiles); the first kernel skips reading q without them
+    norms = l2 and (state_impl.backend == "triton" or (out_impl.backend == "triton" and fused_gluon is None))
+    rq = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
+    rk = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
     L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u,
              out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0), k.stride(1),
              v.stride(0), v.stride(1), gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0),
              g_cum.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
              H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V), BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw,
              PREC=C.f32_precision(arch, q.dtype), PREC_EXACT=C.f32_exact_precision(arch), **p["prep"])
-    out_impl = sub_op_impl("chunk_output", q, v)
-    state_impl = sub_op_impl("chunk_state", q, v, state, state_layout)
+    if fused_gluon is not None:
+        # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip)
+        gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out,
+                                        scale, l2, state_layout, fused_gluon)
+        return
     # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
     # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
     if p["fuse"] and out_impl.backend == "triton" and state_impl.backend == "triton":
