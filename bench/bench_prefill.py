@@ -24,7 +24,8 @@ within a case. --in-process runs everything in this process instead.
 
 --sweep times gdn's launch plans (output fused into the state pass or not, state-pass V split, warps,
 stages; output-kernel V split) per case, for choosing the config tables in
-gdn/common/triton/prefill/{prefill,chunk_state,chunk_output}.py.
+gdn/common/triton/prefill/{prefill,chunk_state,chunk_output}.py; on sm_90 also the Gluon fused pass's
+configs (gdn/nvidia/gluon/chunk_state.py `_FUSED`) against the plain Gluon pass + chunk_output.
 Without a GPU (--small, TRITON_INTERPRET=1 set by the script) tiny shapes run under the interpreter:
 a smoke test of the script, not a measurement.
 """
@@ -301,6 +302,41 @@ SWEEP_OUT = [dict(BV=64, num_warps=4, num_stages=2), dict(BV=128, num_warps=8, n
              dict(BV=32, num_warps=4, num_stages=2)]
 
 
+# Gluon's fused state + output pass (sm_90; gdn/nvidia/gluon/chunk_state.py `_FUSED`): None = the plain Gluon
+# pass + Gluon chunk_output
+SWEEP_GLUON_FUSED = [None, dict(BV=128, STAGES=2, num_warps=8), dict(BV=64, STAGES=2, num_warps=8),
+                     dict(BV=32, STAGES=2, num_warps=4), dict(BV=16, STAGES=2, num_warps=4)]
+
+
+def sweep_gluon_fused(name, T, call, reset, result, base, args, rows, emit):
+    """GPU time of prefill with each Gluon fused-pass config forced for every bucket (sm_90 only)."""
+    from gdn.nvidia.gluon import chunk_state as GS
+    saved = dict(GS._FUSED)
+    arch = probe.device_info(DEV).arch
+    try:
+        for cfg in SWEEP_GLUON_FUSED:
+            for bucket in ("narrow", "wide"):
+                GS._FUSED[(arch, bucket)] = cfg
+            label = "gluon plain + chunk_output" if cfg is None else f"gluon fused {cfg}"
+            try:
+                reset()
+                call()
+                err = rel(result()[0], base)
+                g_ms, per = gpu_time(call, args.iters)
+            except Exception as e:
+                print(f"  sweep {name} {label}: {type(e).__name__}: {str(e)[:200]}")
+                rows.append(dict(case=name, fuse=label, gpu_ms=f"FAILED: {type(e).__name__}"))
+                emit()
+                if _cuda_broken(e):
+                    break
+                continue
+            rows.append(dict(case=name, fuse=label, state=" ".join(f"{k}={v:.3f}" for k, v in per.items()),
+                             output="-", gpu_ms=g_ms, mtok_s=T / g_ms / 1e3 if g_ms else 0, rel_vs_default=err))
+            emit()
+    finally:
+        GS._FUSED.clear(), GS._FUSED.update(saved)
+
+
 def sweep_case(name, lengths, dims, args, rows, emit=lambda: None):
     """GPU time of gdn's launch plans for one case (tables patched in place, restored after)."""
     H, HV, K, V = dims
@@ -345,6 +381,8 @@ def sweep_case(name, lengths, dims, args, rows, emit=lambda: None):
         P._FUSE.clear(), P._FUSE.update(saved[0])
         CS._CONFIGS.clear(), CS._CONFIGS.update(saved[1])
         CO._CONFIGS.clear(), CO._CONFIGS.update(saved[2])
+    if GPU and P.sub_op_impl("chunk_state", x["q"], x["v"], x["pool"], "vk").backend == "gluon":
+        sweep_gluon_fused(name, T, call, reset, result, base, args, rows, emit)
 
 
 def fmt(v, nd=3):
