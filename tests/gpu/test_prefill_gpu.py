@@ -287,3 +287,44 @@ def test_sub_ops_against_references():
     RC.chunk_output(q, k, vb, hb, g_cum, idx, cu, o0, scale=K ** -0.5, use_qk_l2norm=True)
     registry.get("chunk_output", "triton").fn(q, k, vb, hb, g_cum, idx, cu, o1, scale=K ** -0.5, use_qk_l2norm=True)
     assert relerr(o1, o0) < 1e-3
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw-gates", "g-beta"])
+@pytest.mark.parametrize("lengths,pad,budget", [
+    pytest.param([300, 64, 0, 129], 1, 40, id="4seq-pad1-zero1-budget"),
+    pytest.param([512] * 8, None, 0, id="8x512"),
+    pytest.param([1000, 0, 65, 1, 512, 129, 0, 2000], 3, 7, id="8seq-pad3-zero2-budget"),
+])
+def test_gluon_first_kernel_matches_triton(monkeypatch, raw, lengths, pad, budget):
+    """sm_90: prefill's first kernel in Gluon (gdn/nvidia/gluon/chunk_prep.py) against the Triton one, the rest
+    of the pipeline the same: outputs (rows past cu_seqlens[-1] of a token budget zero) and final states agree
+    to the rounding of w and u, and the Gluon one matches the float64 recurrence."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon first kernel is sm_90")
+    torch.manual_seed(6)
+    dev = torch.device("cuda")
+    c = make_case(lengths, torch.bfloat16, "vk", torch.float32, dev, pad_seq=pad)
+    if budget:      # a fixed token budget: rows past the last sequence hold NaN in q, k, v
+        for key in ("q", "k", "v", "a", "b"):
+            c[key] = torch.cat([c[key], torch.full((budget, *c[key].shape[1:]), NAN, device=dev,
+                                                   dtype=c[key].dtype)])
+    g = beta = None
+    if not raw:
+        g, beta = R.gates(c["a"], c["b"], c["A_log"], c["dt_bias"])
+    res = {}
+    for gluon_prep in (False, True):
+        monkeypatch.setitem(P._GLUON_PREP, ("sm_90", "any"), gluon_prep)
+        res[gluon_prep] = run_triton(c, "vk", g, beta)
+    (o0, p0), (o1, p1) = res[False], res[True]
+    end = int(c["cu"][-1])
+    assert (o1[end:] == 0).all(), "rows past cu_seqlens[-1] must be zero"
+    # both are ~3e-3 from float64 (bf16 w, u); they differ by the solve's precision (tf32 vs 16-bit x3)
+    assert relerr(o1[:end], o0[:end]) < 4e-3
+    u = c["used"]
+    assert relerr(p1[u], p0[u]) < 4e-3
+    assert torch.equal(p1[~u].view(torch.uint8), c["pool"][~u].view(torch.uint8))
+    if budget:
+        for key in ("q", "k", "v", "a", "b"):
+            c[key] = c[key][:end]
+        o1 = o1[:end]
+    check_against_recurrence(c, o1, p1, "vk", torch.bfloat16, torch.float32)

@@ -144,3 +144,33 @@ def test_chunk_state_output_fused_compiles():
                                      capture_output=True, text=True).stderr
             spill = int(re.search(r"(\d+) bytes spill stores", out).group(1))
             assert spill <= 256, (name, out)
+
+
+@needs_gluon
+def test_chunk_prep_compiles():
+    """Prefill's first kernel in Gluon (sm_90, raw and precomputed gates): wgmma and TMA in the PTX, every async
+    operand retired by a wait, no register spills."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    from gdn.nvidia.gluon import _common as C
+    from gdn.nvidia.gluon import chunk_prep as CP
+    launches = CP.example_launches("sm_90")
+    assert len(launches) == 2
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    for name, launch in launches:
+        kernel = C.compile_launch(launch, "sm_90")
+        assert "wgmma.mma_async" in kernel.asm["ptx"] and "cp.async.bulk.tensor" in kernel.asm["ptx"], name
+        assert _unretired_operands(kernel.asm["ttgir"]) == [], name
+        if os.path.exists(ptxas):
+            with tempfile.TemporaryDirectory() as d:
+                src = os.path.join(d, "k.ptx")
+                with open(src, "w") as f:
+                    f.write(kernel.asm["ptx"])
+                out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o", os.devnull],
+                                     capture_output=True, text=True).stderr
+            assert re.search(r"\b0 bytes spill stores", out), (name, out)

@@ -1,0 +1,61 @@
+"""Gluon version of prefill's first kernel for Hopper (sm_90a): gates + cumsum, K K^T, the triangular solve and
+w, u in one CTA per (chunk slot, v-head), every product a wgmma.
+
+Contract: gdn/common/triton/prefill/prefill.py `_prep_kernel` (the Triton kernel it replaces on sm_90, which
+the tests compare it with), minus the [T, H] norm buffers (the Gluon state and output kernels take the norms
+from their own tiles, so prefill uses this kernel only when those run):
+    launch_prep(q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, use_qk_l2norm)
+    k [T,H,K], v [T,HV,V] bf16/fp16 (K, V in {64, 128}; 16-byte aligned rows, packed heads; else a copy);
+    raw gates a, b [T,HV] with A_log, dt_bias [HV], or g, beta [T,HV]; outputs g_cum [T,HV] fp32 (chunk-local
+    cumsum), w [T,HV,K], u [T,HV,V] (k's dtype), and out rows past cu_seqlens[-1] set to zero.
+"""
+from __future__ import annotations
+
+from gdn.common.triton.prefill import _common as PC
+from gdn.nvidia.gluon import _common as C
+
+# One warpgroup (the 64-row wgmma tiles). ptxas takes 255 registers (2 CTAs per SM); capping them for more
+# CTAs was slower on an H100 (8x4096: 0.85 ms; maxnreg=168 0.91, 128 1.37).
+NUM_WARPS = 4
+HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
+
+
+def prep_ok(q, k, v, w, u) -> bool:
+    """Whether this kernel takes these operands (else prefill runs the Triton one)."""
+    return (k.dtype in C.DTYPES and v.dtype == k.dtype and w.dtype == k.dtype and u.dtype == k.dtype
+            and k.shape[2] in HEAD_DIMS and v.shape[2] in HEAD_DIMS
+            and w.stride(-1) == 1 and u.stride(-1) == 1)
+
+
+def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, use_qk_l2norm):
+    from gdn.nvidia.gluon._chunk_prep_kernels import chunk_prep_sm90
+    T, H, _ = k.shape
+    HV = v.shape[1]
+    N = cu_seqlens.shape[0] - 1
+    raw = g is None
+    gx, bx = (a, b) if raw else (g, beta)
+    k, v = C.tma_ready(k), C.tma_ready(v)
+    C.launch(chunk_prep_sm90, (PC.num_slots(T, N) * HV,), C.head_matrix(k, C.BT), C.head_matrix(v, C.BT),
+             a, b, A_log, dt_bias, g, beta, cu_seqlens, g_cum, w, u, out, N, T, HV, HV // H,
+             gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0), g_cum.stride(1),
+             w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
+             RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), num_warps=NUM_WARPS)
+
+
+def example_launches(arch: str) -> list:
+    """Recorded launches (meta tensors, Qwen3-Next heads) for the CPU compile check: raw and precomputed gates."""
+    import torch
+
+    from gdn.common import launch as L
+    T, N, H, HV, K, V = 200, 3, 16, 32, 128, 128
+    m = lambda *s, dt=torch.bfloat16: torch.empty(s, dtype=dt, device="meta")
+    cu = torch.empty(N + 1, dtype=torch.int32, device="meta")
+    out = []
+    for raw in (True, False):
+        gates = (None, None, m(T, HV), m(T, HV), m(HV, dt=torch.float32), m(HV, dt=torch.float32)) if raw else \
+            (m(T, HV, dt=torch.float32), m(T, HV, dt=torch.float32), None, None, None, None)
+        with L.recording(arch), C.recording() as rec:
+            launch_prep(m(T, H, K), m(T, HV, V), *gates, cu, m(T, HV, dt=torch.float32), m(T, HV, K), m(T, HV, V),
+                        m(T, HV, V), True)
+        out += [(f"chunk_prep_sm90[raw={raw}]", r) for r in rec]
+    return out
