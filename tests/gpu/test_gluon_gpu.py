@@ -166,6 +166,27 @@ def _state_pool(S, HV, K, V, layout, dtype):
     return base[:, :M].view(S, HV, *((V, K) if layout == "vk" else (K, V)))
 
 
+def _state_inputs(lengths, H, HV, K, V, slots, layout, pool_dtype, init):
+    """chunk_state's inputs: q, k (strided views) and bf16 w, u from the reference WY solve, NaN rows past
+    cu_seqlens[-1] in all four; has_initial_state from the `init` pattern (None: all True); a pool with two
+    slots no sequence uses, and the mask of the used ones."""
+    q, k, _, _, g_cum, idx, cu = _output_inputs(lengths, H, HV, K, V, slots, torch.bfloat16, pad_tokens=37)
+    T, N, end = k.shape[0], len(lengths), int(cu[-1])
+    v = torch.randn(T, HV, V, device="cuda").bfloat16()
+    beta = torch.rand(T, HV, device="cuda")
+    A = torch.zeros(T, HV, 64, device="cuda")
+    RC.chunk_kkt_solve(k, g_cum, beta, cu, A, use_qk_l2norm=True)
+    w0, u0 = torch.zeros(T, HV, K, device="cuda"), torch.zeros(T, HV, V, device="cuda")
+    RC.chunk_wy(k, v, g_cum, beta, A, cu, w0, u0, use_qk_l2norm=True)
+    w, u = w0.bfloat16(), u0.bfloat16()
+    w[end:], u[end:] = NAN, NAN
+    has_init = None if init is None else torch.tensor([init[n % 2] for n in range(N)], device="cuda")
+    pool = _state_pool(N + 2, HV, K, V, layout, pool_dtype)
+    used = torch.zeros(N + 2, dtype=torch.bool, device="cuda")
+    used[[s for s in idx.tolist() if s >= 0]] = True
+    return q, k, w, u, g_cum, idx, cu, has_init, pool, used
+
+
 STATE_VARIANTS = [
     # layout, pool dtype, has_initial_state pattern (None: all True), config (None: the launcher's table)
     pytest.param("vk", torch.float32, (True, False), None, id="vk-fp32-mixinit"),
@@ -183,20 +204,9 @@ def test_chunk_state(lengths, H, HV, K, V, slots, layout, pool_dtype, init, cfg)
     slots holding no chunk and v_new rows past the end must stay NaN). Against the fp32 reference and the
     Triton kernel (both round the state and v_new's factor to bf16 for the products as this kernel does)."""
     from gdn.nvidia.gluon import chunk_state as GS
-    _, k, _, _, g_cum, idx, cu = _output_inputs(lengths, H, HV, K, V, slots, torch.bfloat16, pad_tokens=37)
+    _, k, w, u, g_cum, idx, cu, has_init, pool, used = _state_inputs(lengths, H, HV, K, V, slots, layout,
+                                                                      pool_dtype, init)
     T, N, end = k.shape[0], len(lengths), int(cu[-1])
-    v = torch.randn(T, HV, V, device="cuda").bfloat16()
-    beta = torch.rand(T, HV, device="cuda")
-    A = torch.zeros(T, HV, 64, device="cuda")
-    RC.chunk_kkt_solve(k, g_cum, beta, cu, A, use_qk_l2norm=True)
-    w0, u0 = torch.zeros(T, HV, K, device="cuda"), torch.zeros(T, HV, V, device="cuda")
-    RC.chunk_wy(k, v, g_cum, beta, A, cu, w0, u0, use_qk_l2norm=True)
-    w, u = w0.bfloat16(), u0.bfloat16()
-    w[end:], u[end:] = NAN, NAN
-    has_init = None if init is None else torch.tensor([init[n % 2] for n in range(N)], device="cuda")
-    pool = _state_pool(N + 2, HV, K, V, layout, pool_dtype)
-    used = torch.zeros(N + 2, dtype=torch.bool, device="cuda")
-    used[[s for s in idx.tolist() if s >= 0]] = True
     NS = PC.num_slots(T, N)
     res = {}
     if cfg is None:
@@ -245,20 +255,9 @@ def test_chunk_state_output_fused(lengths, H, HV, K, V, slots, layout, pool_dtyp
     final states, outputs, unused pool slots bit-identical, output rows past cu_seqlens[-1] untouched (NaN),
     a padding sequence's rows zero. q, k are strided views with NaN rows past the end, as are w and u."""
     from gdn.nvidia.gluon import chunk_state as GS
-    q, k, _, _, g_cum, idx, cu = _output_inputs(lengths, H, HV, K, V, slots, torch.bfloat16, pad_tokens=37)
+    q, k, w, u, g_cum, idx, cu, has_init, pool, used = _state_inputs(lengths, H, HV, K, V, slots, layout,
+                                                                      pool_dtype, init)
     T, N, end = k.shape[0], len(lengths), int(cu[-1])
-    v = torch.randn(T, HV, V, device="cuda").bfloat16()
-    beta = torch.rand(T, HV, device="cuda")
-    A = torch.zeros(T, HV, 64, device="cuda")
-    RC.chunk_kkt_solve(k, g_cum, beta, cu, A, use_qk_l2norm=True)
-    w0, u0 = torch.zeros(T, HV, K, device="cuda"), torch.zeros(T, HV, V, device="cuda")
-    RC.chunk_wy(k, v, g_cum, beta, A, cu, w0, u0, use_qk_l2norm=True)
-    w, u = w0.bfloat16(), u0.bfloat16()
-    w[end:], u[end:] = NAN, NAN
-    has_init = None if init is None else torch.tensor([init[n % 2] for n in range(N)], device="cuda")
-    pool = _state_pool(N + 2, HV, K, V, layout, pool_dtype)
-    used = torch.zeros(N + 2, dtype=torch.bool, device="cuda")
-    used[[s for s in idx.tolist() if s >= 0]] = True
     NS, scale = PC.num_slots(T, N), K ** -0.5
     if cfg is None:
         cfg = GS.fused_config("sm_90", 128, 1, K, V)

@@ -79,18 +79,42 @@ def test_async_wgmma_operands_live_until_wait(op):
         assert _unretired_operands(kernel.asm["ttgir"]) == [], name
 
 
-@needs_gluon
-@pytest.mark.parametrize("cfg", [dict(BV=32, STAGES=3), dict(BV=16, STAGES=2)])
-def test_chunk_state_other_configs(cfg):
-    """The registered example takes the "wide" config (BV=64, 2 stages); the narrow one and the finest split
-    compile too, with every wgmma operand retired by a wait, and without register spills (ptxas -v)."""
+def _spill_bytes(kernel) -> int | None:
+    """Bytes of register spill stores ptxas reports for the kernel's PTX (sm_90a); None without ptxas."""
     import os
     import re
     import subprocess
     import tempfile
 
     import triton
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(kernel.asm["ptx"])
+        out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o", os.devnull], capture_output=True,
+                             text=True).stderr
+    return int(re.search(r"(\d+) bytes spill stores", out).group(1))
 
+
+def _check_hopper_kernel(name, launch, max_spill=0):
+    """Compile a recorded launch for sm_90: wgmma and TMA in the PTX, every async wgmma operand retired by a
+    wait, ptxas spills within max_spill bytes."""
+    from gdn.nvidia.gluon import _common as C
+    kernel = C.compile_launch(launch, "sm_90")
+    assert "wgmma.mma_async" in kernel.asm["ptx"] and "cp.async.bulk.tensor" in kernel.asm["ptx"], name
+    assert _unretired_operands(kernel.asm["ttgir"]) == [], name
+    spill = _spill_bytes(kernel)
+    assert spill is None or spill <= max_spill, (name, spill)
+
+
+@needs_gluon
+@pytest.mark.parametrize("cfg", [dict(BV=32, STAGES=3), dict(BV=16, STAGES=2)])
+def test_chunk_state_other_configs(cfg):
+    """The registered example takes the "wide" config (BV=64, 2 stages); the narrow one and the finest split
+    compile too, with every wgmma operand retired by a wait, and without register spills (ptxas -v)."""
     from gdn.common import launch as L
     from gdn.common.triton.prefill import chunk_state as TS
     from gdn.nvidia.gluon import _common as C
@@ -98,79 +122,37 @@ def test_chunk_state_other_configs(cfg):
     args, kw = TS._example("meta", layout="kv")
     with L.recording("sm_90"), C.recording() as launches:
         GS.launch_state(*args, kw["use_qk_l2norm"], kw["state_layout"], cfg)
-    kernel = C.compile_launch(launches[0], "sm_90")
-    assert "wgmma.mma_async" in kernel.asm["ptx"] and "cp.async.bulk.tensor" in kernel.asm["ptx"]
-    assert _unretired_operands(kernel.asm["ttgir"]) == []
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        return
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(kernel.asm["ptx"])
-        out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o", os.devnull], capture_output=True,
-                             text=True).stderr
-    assert re.search(r"\b0 bytes spill stores", out), out
+    _check_hopper_kernel(f"chunk_state_sm90{cfg}", launches[0])
 
 
 @needs_gluon
 def test_chunk_state_output_fused_compiles():
-    """The state pass with the output fused (prefill's sm_90 path for wide batches): wgmma + TMA, every async
-    operand retired by a wait. The table's config (BV=128, two warpgroups) spills a little (ptxas, triton
-    3.6: 184 bytes) and was still measured the fastest (chunk_state.py `_FUSED`); the bound here catches a
-    change that makes the spill grow."""
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    import triton
-
-    from gdn.nvidia.gluon import _common as C
+    """The state pass with the output fused (prefill's sm_90 path for wide batches). The table's config
+    (BV=128, two warpgroups) spills a little (ptxas, triton 3.6: 184 bytes) and was still measured the
+    fastest (chunk_state.py `_FUSED`); the bound here catches a change that makes the spill grow."""
     from gdn.nvidia.gluon import chunk_state as GS
     launches = GS._fused_example_launches("sm_90")
     assert launches
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     for name, launch in launches[:2]:
-        kernel = C.compile_launch(launch, "sm_90")
-        assert "wgmma.mma_async" in kernel.asm["ptx"] and "cp.async.bulk.tensor" in kernel.asm["ptx"], name
-        assert _unretired_operands(kernel.asm["ttgir"]) == [], name
-        if os.path.exists(ptxas):
-            with tempfile.TemporaryDirectory() as d:
-                src = os.path.join(d, "k.ptx")
-                with open(src, "w") as f:
-                    f.write(kernel.asm["ptx"])
-                out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o", os.devnull],
-                                     capture_output=True, text=True).stderr
-            spill = int(re.search(r"(\d+) bytes spill stores", out).group(1))
-            assert spill <= 256, (name, out)
+        _check_hopper_kernel(name, launch, max_spill=256)
 
 
 @needs_gluon
 def test_chunk_prep_compiles():
-    """Prefill's first kernel in Gluon (sm_90, raw and precomputed gates): wgmma and TMA in the PTX, every async
-    operand retired by a wait, no register spills."""
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    import triton
-
-    from gdn.nvidia.gluon import _common as C
+    """Prefill's first kernel in Gluon (sm_90, raw and precomputed gates), without register spills."""
     from gdn.nvidia.gluon import chunk_prep as CP
     launches = CP.example_launches("sm_90")
     assert len(launches) == 2
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     for name, launch in launches:
-        kernel = C.compile_launch(launch, "sm_90")
-        assert "wgmma.mma_async" in kernel.asm["ptx"] and "cp.async.bulk.tensor" in kernel.asm["ptx"], name
-        assert _unretired_operands(kernel.asm["ttgir"]) == [], name
-        if os.path.exists(ptxas):
-            with tempfile.TemporaryDirectory() as d:
-                src = os.path.join(d, "k.ptx")
-                with open(src, "w") as f:
-                    f.write(kernel.asm["ptx"])
-                out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o", os.devnull],
-                                     capture_output=True, text=True).stderr
-            assert re.search(r"\b0 bytes spill stores", out), (name, out)
+        _check_hopper_kernel(name, launch)
+
+
+def test_fused_config_table():
+    """The fused pass is chosen for wide batches only, at K <= 128, with >= 16 state columns per warpgroup."""
+    from gdn.nvidia.gluon import chunk_state as GS
+    assert GS.fused_config("sm_90", 8, 32, 128, 128) == dict(BV=128, STAGES=2, num_warps=8)     # 8x4096
+    assert GS.fused_config("sm_90", 1, 32, 128, 128) is None                                    # 1x32768
+    assert GS.fused_config("sm_90", 8, 32, 256, 128) is None
+    assert GS.fused_config("sm_80", 8, 32, 128, 128) is None
+    cfg = GS.fused_config("sm_90", 64, 4, 64, 64)
+    assert cfg["BV"] == 64 and cfg["BV"] // (cfg["num_warps"] // 4) >= 16
