@@ -32,6 +32,8 @@ def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, ou
     T, H, _ = k.shape
     HV = v.shape[1]
     N = cu_seqlens.shape[0] - 1
+    if T == 0:          # only empty sequences: no chunk, no output row (and TMA descriptors need rows)
+        return
     raw = g is None
     gx, bx = (a, b) if raw else (g, beta)
     k, v = C.tma_ready(k), C.tma_ready(v)
