@@ -9,9 +9,10 @@ from gdn.nvidia.gluon._jit import inv_norm, zero_rows_past
 
 @gluon.jit
 def _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred,
-                K: gl.constexpr, V: gl.constexpr):
-    """TMA of one chunk's w [64, K], k [64, K], u [64, BV] tiles onto one mbarrier (nothing when not pred)."""
-    nbytes: gl.constexpr = w_desc.block_type.nbytes + k_desc.block_type.nbytes + u_desc.block_type.nbytes
+                K: gl.constexpr, V: gl.constexpr, EXTRA: gl.constexpr = 0):
+    """TMA of one chunk's w [64, K], k [64, K], u [64, BV] tiles onto one mbarrier (nothing when not pred);
+    EXTRA: bytes of further tiles the caller puts on the same barrier."""
+    nbytes: gl.constexpr = w_desc.block_type.nbytes + k_desc.block_type.nbytes + u_desc.block_type.nbytes + EXTRA
     mbarrier.expect(bar, nbytes, pred=pred)
     tma.async_copy_global_to_shared(w_desc, [t0, hv * K], bar, w_buf, pred=pred)
     tma.async_copy_global_to_shared(k_desc, [t0, hk * K], bar, k_buf, pred=pred)
@@ -35,6 +36,34 @@ def _pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K: gl.constexpr, BV:
     rk = gl.arange(0, K, layout=gl.SliceLayout(1, layout))
     cv = v0 + gl.arange(0, BV, layout=gl.SliceLayout(0, layout))
     return state + slot * s_ps + hv * s_ph + rk[:, None] * s_pk + cv[None, :] * s_pv
+
+
+@gluon.jit
+def _pass_of(pid, cu, state_indices, HV, G, NV, BT: gl.constexpr, BV: gl.constexpr):
+    """Program id -> the (sequence n, v-head hv, its k head hk, first state column v0) it walks, the
+    sequence's token range [bos, eos) (int32: TMA coordinates), its chunk count and pool slot (int64).
+    The V blocks of a head are adjacent in the grid (they read the same w and k tiles: L2 hits)."""
+    iv = pid % NV
+    hv = (pid // NV) % HV
+    n = pid // (NV * HV)
+    bos = gl.load(cu + n)
+    eos = gl.load(cu + n + 1)
+    slot = gl.load(state_indices + n).to(gl.int64)
+    return n, hv, hv // G, iv * BV, bos, eos, (eos - bos + BT - 1) // BT, slot
+
+
+@gluon.jit
+def _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K: gl.constexpr, BV: gl.constexpr,
+                   layout: gl.constexpr):
+    """The fp32 state [K, BV] (KV form) a pass starts from: the pool slot's block in either layout, zeros
+    where has_initial_state says so."""
+    S = gl.zeros([K, BV], gl.float32, layout)
+    start = True
+    if has_init is not None:
+        start = gl.load(has_init + n) != 0
+    if start:
+        S = gl.load(_pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, layout)).to(gl.float32)
+    return S
 
 
 @gluon.jit
@@ -69,17 +98,8 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices,
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     vs_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
 
-    pid = gl.program_id(0)
-    iv = pid % NV
-    hv = (pid // NV) % HV
-    n = pid // (NV * HV)
-    hk = hv // G
-    v0 = iv * BV
-    bos = gl.load(cu + n)                       # int32: TMA coordinates are 32-bit
-    eos = gl.load(cu + n + 1)
-    NC = (eos - bos + BT - 1) // BT
+    n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
     s0 = bos // BT + n                          # the sequence's first chunk slot
-    slot = gl.load(state_indices + n).to(gl.int64)
 
     r = gl.arange(0, BT, layout=row)
     cv = v0 + gl.arange(0, BV, layout=col)
@@ -109,13 +129,8 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices,
             _load_chunk(w_desc, k_desc, u_desc, bars.index(i), w_s.index(i), k_s.index(i), u_s.index(i),
                         bos + i * BT, hv, hk, v0, i < NC, K, V)
 
-        # initial state [K, BV] (KV form) from the pool slot in either layout, while the tiles land
-        S = gl.zeros([K, BV], gl.float32, mma)
-        start = True
-        if has_init is not None:
-            start = gl.load(has_init + n) != 0
-        if start:
-            S = gl.load(_pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)).to(gl.float32)
+        # initial state from the pool slot, while the tiles land
+        S = _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)
         gc_n, gl_n = _decays(gcum, bos.to(gl.int64), eos, hv, s_gt, s_gh, BT, row)
 
         for c in range(0, NC):
@@ -177,12 +192,8 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices,
 def _load_chunk_q(w_desc, k_desc, u_desc, q_desc, bar, w_buf, k_buf, u_buf, q_buf, t0, hv, hk, v0, pred,
                   K: gl.constexpr, V: gl.constexpr):
     """_load_chunk plus the chunk's q [64, K] tile, all on one mbarrier."""
-    nbytes: gl.constexpr = (w_desc.block_type.nbytes + k_desc.block_type.nbytes + u_desc.block_type.nbytes
-                            + q_desc.block_type.nbytes)
-    mbarrier.expect(bar, nbytes, pred=pred)
-    tma.async_copy_global_to_shared(w_desc, [t0, hv * K], bar, w_buf, pred=pred)
-    tma.async_copy_global_to_shared(k_desc, [t0, hk * K], bar, k_buf, pred=pred)
-    tma.async_copy_global_to_shared(u_desc, [t0, hv * V + v0], bar, u_buf, pred=pred)
+    _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred, K, V,
+                q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_buf, pred=pred)
 
 
@@ -227,16 +238,7 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     vs_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
 
-    pid = gl.program_id(0)
-    iv = pid % NV
-    hv = (pid // NV) % HV
-    n = pid // (NV * HV)
-    hk = hv // G
-    v0 = iv * BV
-    bos = gl.load(cu + n)                       # int32: TMA coordinates are 32-bit
-    eos = gl.load(cu + n + 1)
-    NC = (eos - bos + BT - 1) // BT
-    slot = gl.load(state_indices + n).to(gl.int64)
+    n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
 
     r = gl.arange(0, BT, layout=row)
     cv = v0 + gl.arange(0, BV, layout=col)
@@ -263,12 +265,7 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
             _load_chunk_q(w_desc, k_desc, u_desc, q_desc, bars.index(i), w_s.index(i), k_s.index(i),
                           u_s.index(i), q_s.index(i), bos + i * BT, hv, hk, v0, i < NC, K, V)
 
-        S = gl.zeros([K, BV], gl.float32, mma)
-        start = True
-        if has_init is not None:
-            start = gl.load(has_init + n) != 0
-        if start:
-            S = gl.load(_pool_ptrs(state, slot, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)).to(gl.float32)
+        S = _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)
         gc_n, gl_n = _decays(gcum, bos.to(gl.int64), eos, hv, s_gt, s_gh, BT, row)
         r_s = gl.arange(0, BT, layout=row_s)
         c_s = gl.arange(0, BT, layout=col_s)
