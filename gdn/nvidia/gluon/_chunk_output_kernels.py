@@ -3,7 +3,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from gdn.nvidia.gluon._jit import inv_norm, seq_of_slot, zero_rows_past
+from gdn.nvidia.gluon._jit import inv_norm, seq_of_slot, split_mma, zero_rows_past
 
 
 @gluon.jit
@@ -94,16 +94,11 @@ def chunk_output_sm90(q_desc, k_desc, h_desc, v_desc, gcum, state_indices, cu, o
             rq_s = gl.convert_layout(rq, row_s)
             rk_s = gl.convert_layout(rk, col_s)
             sc = gl.where(causal, s_acc * rq_s[:, None] * rk_s[None, :] * decay, 0.0)
-            # Two 16-bit parts (about 16 mantissa bits) keep the fp32 scores' precision next to v_new's own.
-            p_hi = sc.to(DT)
-            p_lo = (sc - p_hi.to(gl.float32)).to(DT)
 
             o_acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(o_acc, q_smem, h_smem))
             o_acc = o_acc * (gl.convert_layout(rq, row_o) * gl.exp(gc_o))[:, None]
-            pa_hi = gl.convert_layout(p_hi, p_op)
-            pa_lo = gl.convert_layout(p_lo, p_op)
-            o_acc = warpgroup_mma(pa_hi, v_smem, o_acc, is_async=True)
-            o_acc = warpgroup_mma(pa_lo, v_smem, o_acc, is_async=True)
+            # the fp32 scores as two 16-bit parts: their precision kept next to v_new's own
+            o_acc, pa_hi, pa_lo = split_mma(sc, v_smem, o_acc, p_op)
             o_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(o_acc, v_smem, pa_hi, pa_lo))
             mbarrier.invalidate(bar_qk)
             mbarrier.invalidate(bar_hv)

@@ -4,7 +4,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._jit import inv_norm, zero_rows_past
+from gdn.nvidia.gluon._jit import inv_norm, split_mma, zero_rows_past
 
 
 @gluon.jit
@@ -321,12 +321,7 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
             decay = gl.exp(gl.where(causal, gc_r[:, None] - gc_c[None, :], 0.0))
             sc = gl.where(causal, s_acc * gl.convert_layout(rq, row_s)[:, None]
                           * gl.convert_layout(rk, col_s)[None, :] * decay, 0.0)
-            p_hi = sc.to(DT)
-            pa_hi = gl.convert_layout(p_hi, p_op)
-            pa_lo = gl.convert_layout((sc - p_hi.to(gl.float32)).to(DT), p_op)
-            acc_o = acc_o * (rq * gl.exp(gc))[:, None]
-            acc_o = warpgroup_mma(pa_hi, vn_s, acc_o, is_async=True)
-            acc_o = warpgroup_mma(pa_lo, vn_s, acc_o, is_async=True)
+            acc_o, pa_hi, pa_lo = split_mma(sc, vn_s, acc_o * (rq * gl.exp(gc))[:, None], p_op)
             S, _, _ = warpgroup_mma_wait(num_outstanding=2, deps=(S, kt, vs_s))
             acc_o, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc_o, vn_s, pa_hi, pa_lo))
             gl.store(o + t0l * s_ot + o_off, acc_o.to(o.dtype.element_ty), mask=valid[:, None])

@@ -1,9 +1,9 @@
 """Gluon kernel bodies of chunk_wy (launcher and contract: chunk_wy.py)."""
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma_wait
 
-from gdn.nvidia.gluon._jit import inv_norm, seq_of_slot, zero_rows_past
+from gdn.nvidia.gluon._jit import inv_norm, seq_of_slot, split_mma, zero_rows_past
 
 
 @gluon.jit
@@ -55,27 +55,16 @@ def chunk_wy_sm90(k_desc, v_desc, gcum, beta, A, w, u, cu, N, HV, G, s_gt, s_gh,
                      other=0.0).to(gl.float32)
         bc = gl.load(beta + (t0 + c) * s_bt + hv * s_bh, mask=c_ok, other=0.0).to(gl.float32)
         gc = gl.load(gcum + (t0 + c) * s_gt + hv * s_gh, mask=c_ok, other=0.0)
-        Au = Ai * bc[None, :]
-        u_hi = Au.to(DT)
-        u_lo = (Au - u_hi.to(gl.float32)).to(DT)
 
         mbarrier.wait(bar, 0)
         mbarrier.invalidate(bar)
         if t0 + BT > eos:           # tail chunk: rows past the end may be NaN garbage
             zero_rows_past(k_smem, t0, eos, blk)
             zero_rows_past(v_smem, t0, eos, blk)
-        ua_hi = gl.convert_layout(u_hi, a_u)
-        ua_lo = gl.convert_layout(u_lo, a_u)
-        u_acc = warpgroup_mma(ua_hi, v_smem, gl.zeros([BT, V], gl.float32, mma_u), use_acc=False, is_async=True)
-        u_acc = warpgroup_mma(ua_lo, v_smem, u_acc, is_async=True)
+        u_acc, ua_hi, ua_lo = split_mma(Ai * bc[None, :], v_smem, gl.zeros([BT, V], gl.float32, mma_u), a_u, False)
         rk = gl.convert_layout(inv_norm(k_smem, L2NORM, blk), col_b)
-        Aw = Ai * (bc * gl.exp(gc) * rk)[None, :]
-        w_hi = Aw.to(DT)
-        w_lo = (Aw - w_hi.to(gl.float32)).to(DT)
-        wa_hi = gl.convert_layout(w_hi, a_w)
-        wa_lo = gl.convert_layout(w_lo, a_w)
-        w_acc = warpgroup_mma(wa_hi, k_smem, gl.zeros([BT, K], gl.float32, mma_w), use_acc=False, is_async=True)
-        w_acc = warpgroup_mma(wa_lo, k_smem, w_acc, is_async=True)
+        w_acc, wa_hi, wa_lo = split_mma(Ai * (bc * gl.exp(gc) * rk)[None, :], k_smem,
+                                        gl.zeros([BT, K], gl.float32, mma_w), a_w, False)
 
         u_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=2, deps=(u_acc, v_smem, ua_hi, ua_lo))
         o_v = gl.arange(0, V, layout=col_b)

@@ -1,7 +1,7 @@
 """Gluon device helpers shared by the prefill kernels (imported only when a kernel is launched or compiled)."""
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
 
 @gluon.jit
@@ -58,3 +58,24 @@ def zero_rows_past(x_smem, t0, eos, layout: gl.constexpr):
     x_smem.store(gl.where((rows < eos)[:, None], x, gl.zeros_like(x)))
     fence_async_shared()
     gl.thread_barrier()
+
+
+@gluon.jit
+def split16(x, DT: gl.constexpr):
+    """fp32 x -> (hi, lo) in the 16-bit type DT, hi + lo = x to about 16 mantissa bits."""
+    hi = x.to(DT)
+    return hi, (x - hi.to(gl.float32)).to(DT)
+
+
+@gluon.jit
+def split_mma(a, b_smem, acc, a_op: gl.constexpr, use_acc: gl.constexpr = True):
+    """Issue acc + a @ b as two async wgmmas: the fp32 register tile a as its two 16-bit parts (split16) in the
+    register-operand layout a_op, against the 16-bit shared tile b. The factor (a triangular inverse, attention
+    scores) then loses nothing next to b's own rounding. Returns (acc, a_hi, a_lo): the parts, like b, must
+    be deps of the wait that retires the MMAs."""
+    hi, lo = split16(a, b_smem.dtype)
+    a_hi = gl.convert_layout(hi, a_op)
+    a_lo = gl.convert_layout(lo, a_op)
+    acc = warpgroup_mma(a_hi, b_smem, acc, use_acc=use_acc, is_async=True)
+    acc = warpgroup_mma(a_lo, b_smem, acc, is_async=True)
+    return acc, a_hi, a_lo
