@@ -308,6 +308,27 @@ SWEEP_GLUON_FUSED = [None, dict(BV=128, STAGES=2, num_warps=8), dict(BV=64, STAG
                      dict(BV=32, STAGES=2, num_warps=4), dict(BV=16, STAGES=2, num_warps=4)]
 
 
+def time_plan(name, desc, row, T, call, reset, result, base, args, rows, emit, kernels_as_state=False) -> bool:
+    """Run the launch plan now in the tables: check its output against the default plan's (`base`), time it
+    and append `row` with the figures (or a FAILED row). kernels_as_state: the per-kernel times go into the
+    row's "state" column. Returns False when the CUDA context is broken and the sweep must stop."""
+    try:
+        reset()
+        call()
+        err = rel(result()[0], base)
+        g_ms, per = gpu_time(call, args.iters)
+    except Exception as e:
+        print(f"  sweep {name} {desc}: {type(e).__name__}: {str(e)[:200]}")
+        rows.append({**row, "gpu_ms": f"FAILED: {type(e).__name__}"})
+        emit()
+        return not _cuda_broken(e)
+    if kernels_as_state:
+        row = {**row, "state": " ".join(f"{k}={v:.3f}" for k, v in per.items())}
+    rows.append({**row, "gpu_ms": g_ms, "mtok_s": T / g_ms / 1e3 if g_ms else 0, "rel_vs_default": err})
+    emit()
+    return True
+
+
 def sweep_gluon_fused(name, T, call, reset, result, base, args, rows, emit):
     """GPU time of prefill with each Gluon fused-pass config forced for every bucket (sm_90 only)."""
     from gdn.nvidia.gluon import chunk_state as GS
@@ -318,21 +339,9 @@ def sweep_gluon_fused(name, T, call, reset, result, base, args, rows, emit):
             for bucket in ("narrow", "wide"):
                 GS._FUSED[(arch, bucket)] = cfg
             label = "gluon plain + chunk_output" if cfg is None else f"gluon fused {cfg}"
-            try:
-                reset()
-                call()
-                err = rel(result()[0], base)
-                g_ms, per = gpu_time(call, args.iters)
-            except Exception as e:
-                print(f"  sweep {name} {label}: {type(e).__name__}: {str(e)[:200]}")
-                rows.append(dict(case=name, fuse=label, gpu_ms=f"FAILED: {type(e).__name__}"))
-                emit()
-                if _cuda_broken(e):
-                    break
-                continue
-            rows.append(dict(case=name, fuse=label, state=" ".join(f"{k}={v:.3f}" for k, v in per.items()),
-                             output="-", gpu_ms=g_ms, mtok_s=T / g_ms / 1e3 if g_ms else 0, rel_vs_default=err))
-            emit()
+            if not time_plan(name, label, dict(case=name, fuse=label, output="-"), T, call, reset, result, base,
+                             args, rows, emit, kernels_as_state=True):
+                break
     finally:
         GS._FUSED.clear(), GS._FUSED.update(saved)
 
@@ -361,22 +370,10 @@ def sweep_case(name, lengths, dims, args, rows, emit=lambda: None):
                 for key in (bucket, (arch, bucket), ("nvidia", bucket), ("amd", bucket)):
                     if oc is not None:
                         CO._CONFIGS[key] = oc
-            try:
-                reset()
-                call()
-                err = rel(result()[0], base)
-                g_ms, _ = gpu_time(call, args.iters)
-            except Exception as e:
-                print(f"  sweep {name} fuse={fuse} state={st} out={oc}: {type(e).__name__}: {str(e)[:200]}")
-                rows.append(dict(case=name, fuse=fuse, state=st, output=oc if not fuse else "-",
-                                 gpu_ms=f"FAILED: {type(e).__name__}"))
-                emit()
-                if _cuda_broken(e):
-                    break
-                continue
-            rows.append(dict(case=name, fuse=fuse, state=st, output=oc if not fuse else "-", gpu_ms=g_ms,
-                             mtok_s=T / g_ms / 1e3 if g_ms else 0, rel_vs_default=err))
-            emit()
+            if not time_plan(name, f"fuse={fuse} state={st} out={oc}",
+                             dict(case=name, fuse=fuse, state=st, output=oc if not fuse else "-"), T, call, reset,
+                             result, base, args, rows, emit):
+                break
     finally:
         P._FUSE.clear(), P._FUSE.update(saved[0])
         CS._CONFIGS.clear(), CS._CONFIGS.update(saved[1])
