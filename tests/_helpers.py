@@ -19,3 +19,20 @@ def unused_rows(t, used):
     m = torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
     m[used] = False
     return t[m]
+
+
+def cutedsl_gpu_marks():
+    """pytestmark of the CuTeDSL GPU test modules: gpu, and skipped without a CUDA GPU, without CuTeDSL, or
+    under the Triton interpreter (they run compiled kernels)."""
+    import os
+
+    import pytest
+
+    from gdn.common import probe
+    return [
+        pytest.mark.gpu,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        pytest.mark.skipif(not probe.cutedsl_available(), reason="nvidia-cutlass-dsl (CuTeDSL) is not importable"),
+        pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+                           reason="GPU tests run compiled kernels (unset TRITON_INTERPRET)"),
+    ]

@@ -13,20 +13,13 @@ decode_packed (aligned and 2-byte-aligned rows), a 2048-step recurrence, CUDA-gr
 recompile across batch sizes of one bucket, decode_mtp (T=2/4/8 chain, tree parents with read-back and
 recompute, state update, intermediate_indices with padding), and gdn.ops dispatch to cutedsl.
 """
-import os
-
 import pytest
 import torch
+from _helpers import cutedsl_gpu_marks
 
 from gdn.common import probe
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(not probe.cutedsl_available(), reason="nvidia-cutlass-dsl (CuTeDSL) is not importable"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
-                       reason="GPU tests run compiled kernels (unset TRITON_INTERPRET)"),
-]
+pytestmark = cutedsl_gpu_marks()
 
 H, HV, K, V = 16, 32, 128, 128
 DEV = "cuda"

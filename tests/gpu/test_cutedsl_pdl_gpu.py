@@ -12,22 +12,14 @@ wait); the PDL variant must have been the one launched.
 
 Run without TRITON_INTERPRET:  pytest -q -m gpu tests/gpu/test_cutedsl_pdl_gpu.py
 """
-import os
-
 import pytest
 import torch
-from _helpers import bits_equal, rel, unused_rows
+from _helpers import bits_equal, cutedsl_gpu_marks, rel, unused_rows
 from test_pdl_gpu import H, HV, K, V, assert_steps_match, in_graph, pdl, randn, slots
 
 from gdn.common import probe
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-    pytest.mark.skipif(not probe.cutedsl_available(), reason="nvidia-cutlass-dsl (CuTeDSL) is not importable"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
-                       reason="GPU tests run compiled kernels (unset TRITON_INTERPRET)"),
-]
+pytestmark = cutedsl_gpu_marks()
 
 DEV = "cuda"
 NAN = float("nan")
