@@ -9,6 +9,8 @@ from gdn.nvidia.gluon._jit import _add, inv_norm, seq_of_slot, split16, split_mm
 
 @gluon.jit
 def _softplus(x):
+    # The Gluon twin of gdn/common/triton/prefill/chunk_cumsum.py `softplus`: a Gluon kernel cannot call the
+    # @triton.jit one, which TRITON_INTERPRET=1 (the CPU test session) replaces (see _jit.row_sum).
     # threshold 20 like the spec; log1p(e) = log(1 + e) * e / ((1 + e) - 1) stays accurate for tiny e
     e = gl.exp(gl.minimum(x, 20.0))
     u = 1.0 + e
