@@ -23,7 +23,9 @@ def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, mma: gl.constexpr, BT: gl.cons
     """x @ y for fp32 [64, 64] tiles in the `mma` layout, both operands as 16-bit hi + lo parts with the three
     significant products (hi hi + hi lo + lo hi): about 16-bit operands, fp32 accumulation. y goes through
     the shared tiles y_hi_s / y_lo_s (wgmma's B), x stays in registers (its A). (A from shared memory as
-    well measured slower on an H100: 0.98 vs 0.85 ms for the kernel at 8x4096.)"""
+    well measured slower on an H100: 0.98 vs 0.85 ms for the kernel at 8x4096.)
+    No barrier after the MMAs: consecutive calls alternate between two pairs of tiles, so a pair is written
+    again only after the next call's barrier, which every warp reaches past its wait on this call's MMAs."""
     DT: gl.constexpr = y_hi_s.dtype
     y_hi, y_lo = split16(y, DT)
     y_hi_s.store(y_hi)
@@ -37,7 +39,6 @@ def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, mma: gl.constexpr, BT: gl.cons
     acc = warpgroup_mma(xa_hi, y_lo_s, acc, is_async=True)
     acc = warpgroup_mma(xa_lo, y_hi_s, acc, is_async=True)
     acc, _, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, y_hi_s, y_lo_s, xa_hi, xa_lo))
-    gl.thread_barrier()          # every warp is past the MMAs before the next call overwrites the tiles
     return acc
 
 
@@ -99,8 +100,9 @@ def chunk_prep_sm90(k_desc, v_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, 
         tr = t0.to(gl.int32)
         k_smem = gl.allocate_shared_memory(DT, k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout)
-        yh = gl.allocate_shared_memory(DT, [BT, BT], sq_layout)         # B operand (hi, lo) of the solve's products
-        yl = gl.allocate_shared_memory(DT, [BT, BT], sq_layout)
+        # B operands (hi, lo) of the solve's products, two pairs used in turn (see _mm)
+        yh = gl.allocate_shared_memory(DT, [2, BT, BT], sq_layout)
+        yl = gl.allocate_shared_memory(DT, [2, BT, BT], sq_layout)
         bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(bar, count=1)
         mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
@@ -151,11 +153,12 @@ def chunk_prep_sm90(k_desc, v_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, 
         d = gl.where(same, nm, 0.0)
         xi = eye - d
         for _ in gl.static_range(3):          # xi = (I - D)(I + D^2)(I + D^4)(I + D^8)
-            d = _mm(d, d, yh, yl, a_s, mma_s)
-            xi = _mm(xi, eye + d, yh, yl, a_s, mma_s)
-        m1 = _mm(xi, gl.where(same, 0.0, nm), yh, yl, a_s, mma_s)
-        m2 = _mm(m1, m1, yh, yl, a_s, mma_s)          # (I + M)^-1 = (I - M)(I + M^2): M^4 = 0
-        ai = _mm(_mm(eye - m1, eye + m2, yh, yl, a_s, mma_s), xi, yh, yl, a_s, mma_s)
+            d = _mm(d, d, yh.index(0), yl.index(0), a_s, mma_s)
+            xi = _mm(xi, eye + d, yh.index(1), yl.index(1), a_s, mma_s)
+        m1 = _mm(xi, gl.where(same, 0.0, nm), yh.index(0), yl.index(0), a_s, mma_s)
+        m2 = _mm(m1, m1, yh.index(1), yl.index(1), a_s, mma_s)          # (I + M)^-1 = (I - M)(I + M^2): M^4 = 0
+        ai = _mm(_mm(eye - m1, eye + m2, yh.index(0), yl.index(0), a_s, mma_s), xi, yh.index(1), yl.index(1),
+                 a_s, mma_s)
 
         # w and u (chunk_wy_sm90): A's per-token column factors folded in, hi + lo parts against k and v
         bc = gl.convert_layout(bb, col)
