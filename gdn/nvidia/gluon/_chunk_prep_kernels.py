@@ -4,7 +4,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._jit import _add, inv_norm, seq_of_slot, split16, split_mma, zero_rows_past
+from gdn.nvidia.gluon._jit import _add, inv_norm, row_sum, seq_of_slot, split16, split_mma, zero_rows_past
 
 
 @gluon.jit
@@ -36,6 +36,51 @@ def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, mma: gl.constexpr, BT: gl.cons
     xa_hi = gl.convert_layout(x_hi, a_op)
     xa_lo = gl.convert_layout(x_lo, a_op)
     acc = warpgroup_mma(xa_hi, y_hi_s, gl.zeros([BT, BT], gl.float32, mma), use_acc=False, is_async=True)
+    acc = warpgroup_mma(xa_hi, y_lo_s, acc, is_async=True)
+    acc = warpgroup_mma(xa_lo, y_hi_s, acc, is_async=True)
+    acc, _, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, y_hi_s, y_lo_s, xa_hi, xa_lo))
+    return acc
+
+
+@gluon.jit
+def _blockdiag(st, blk3: gl.constexpr, mma: gl.constexpr, BT: gl.constexpr = 64, BS: gl.constexpr = 16):
+    """The [64, 16] row-stack of the 16x16 diagonal blocks (st[r, j] = X[r, 16 (r // 16) + j]) -> the [64, 64]
+    block-diagonal X in the `mma` layout. Every thread already holds its own values: with blk3 (`_stack_layout`)
+    the copies along the block axis are register copies."""
+    t = gl.expand_dims(gl.convert_layout(st, gl.SliceLayout(1, blk3)), 1)
+    t = gl.broadcast(t, gl.full([BT, BT // BS, BS], 0.0, gl.float32, blk3))[0]
+    x = gl.convert_layout(gl.reshape(t, [BT, BT]), mma)
+    r = gl.arange(0, BT, layout=gl.SliceLayout(1, mma))
+    c = gl.arange(0, BT, layout=gl.SliceLayout(0, mma))
+    return gl.where((r[:, None] // BS) == (c[None, :] // BS), x, 0.0)
+
+
+@gluon.jit
+def _stack(x, blk3: gl.constexpr, mma_q: gl.constexpr, BT: gl.constexpr = 64, BS: gl.constexpr = 16):
+    """The inverse of _blockdiag: [64, 64] (mma layout) -> the [64, 16] row-stack of its diagonal blocks."""
+    t = gl.convert_layout(gl.reshape(x, [BT, BT // BS, BS]), blk3)
+    r = gl.arange(0, BT, layout=gl.SliceLayout(1, gl.SliceLayout(2, blk3)))
+    m = gl.arange(0, BT // BS, layout=gl.SliceLayout(0, gl.SliceLayout(2, blk3)))
+    t = gl.where(((r[:, None] // BS) == m[None, :])[:, :, None], t, 0.0)
+    return gl.convert_layout(row_sum(t, 1), mma_q)
+
+
+@gluon.jit
+def _mm_bd(x, y_st, y_hi_s, y_lo_s, a_op: gl.constexpr, mma_q: gl.constexpr, BT: gl.constexpr = 64,
+           BS: gl.constexpr = 16):
+    """_mm for block-diagonal x and y: x full [64, 64] in registers (A), y as its row-stack [64, 16] (B, through
+    the [64, 16] shared tiles); returns the row-stack of x @ y. X @ stack(Y) = stack(X Y) when both are
+    block-diagonal, so each product is a [64, 64] x [64, 16] MMA, a quarter of the dense one."""
+    DT: gl.constexpr = y_hi_s.dtype
+    y_hi, y_lo = split16(y_st, DT)
+    y_hi_s.store(y_hi)
+    y_lo_s.store(y_lo)
+    fence_async_shared()
+    gl.thread_barrier()
+    x_hi, x_lo = split16(x, DT)
+    xa_hi = gl.convert_layout(x_hi, a_op)
+    xa_lo = gl.convert_layout(x_lo, a_op)
+    acc = warpgroup_mma(xa_hi, y_hi_s, gl.zeros([BT, BS], gl.float32, mma_q), use_acc=False, is_async=True)
     acc = warpgroup_mma(xa_hi, y_lo_s, acc, is_async=True)
     acc = warpgroup_mma(xa_lo, y_hi_s, acc, is_async=True)
     acc, _, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, y_hi_s, y_lo_s, xa_hi, xa_lo))
@@ -75,6 +120,17 @@ def chunk_prep_sm90(k_desc, v_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, 
     a_w: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_w, k_width=2)
     a_u: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_u, k_width=2)
     a_s: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_s, k_width=2)
+    # the solve's block-diagonal products: [64, 16] accumulators, and the [64, 4, 16] view of a [64, 64] tile
+    # in the accumulator layout (bases as NVMMADistributedLayout v3 with 4 warps along rows; the block axis on
+    # registers), so moving between a row-stack and the block-diagonal tile needs no data exchange
+    gl.static_assert(num_warps == 4 and BT == 64)
+    mma_q: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                    instr_shape=[16, 16, 16])
+    a_q: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_q, k_width=2)
+    blk3: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[0, 0, 1], [8, 0, 0], [0, 0, 8], [0, 1, 0], [0, 2, 0]],
+        lane_bases=[[0, 0, 2], [0, 0, 4], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+        warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[BT, 4, 16])
     row: gl.constexpr = gl.SliceLayout(1, mma_s)
     col: gl.constexpr = gl.SliceLayout(0, mma_s)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
@@ -100,9 +156,12 @@ def chunk_prep_sm90(k_desc, v_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, 
         tr = t0.to(gl.int32)
         k_smem = gl.allocate_shared_memory(DT, k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout)
-        # B operands (hi, lo) of the solve's products, two pairs used in turn (see _mm)
+        # B operands (hi, lo) of the solve's products, two pairs used in turn (see _mm), dense and row-stacks
         yh = gl.allocate_shared_memory(DT, [2, BT, BT], sq_layout)
         yl = gl.allocate_shared_memory(DT, [2, BT, BT], sq_layout)
+        st_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, 16], DT)
+        zh = gl.allocate_shared_memory(DT, [2, BT, 16], st_layout)
+        zl = gl.allocate_shared_memory(DT, [2, BT, 16], st_layout)
         bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(bar, count=1)
         mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
@@ -151,10 +210,15 @@ def chunk_prep_sm90(k_desc, v_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, 
         same = (r[:, None] // 16) == (c[None, :] // 16)
         eye = gl.where(r[:, None] == c[None, :], 1.0, 0.0)
         d = gl.where(same, nm, 0.0)
+        eye_st = _stack(eye, blk3, mma_q)
+        d_st = _stack(d, blk3, mma_q)
         xi = eye - d
-        for _ in gl.static_range(3):          # xi = (I - D)(I + D^2)(I + D^4)(I + D^8)
-            d = _mm(d, d, yh.index(0), yl.index(0), a_s, mma_s)
-            xi = _mm(xi, eye + d, yh.index(1), yl.index(1), a_s, mma_s)
+        for i in gl.static_range(3):          # xi = (I - D)(I + D^2)(I + D^4)(I + D^8), as row-stacks
+            if i > 0:
+                d = _blockdiag(d_st, blk3, mma_s)
+            d_st = _mm_bd(d, d_st, zh.index(0), zl.index(0), a_q, mma_q)
+            xi_st = _mm_bd(xi, eye_st + d_st, zh.index(1), zl.index(1), a_q, mma_q)
+            xi = _blockdiag(xi_st, blk3, mma_s)
         m1 = _mm(xi, gl.where(same, 0.0, nm), yh.index(0), yl.index(0), a_s, mma_s)
         m2 = _mm(m1, m1, yh.index(1), yl.index(1), a_s, mma_s)          # (I + M)^-1 = (I - M)(I + M^2): M^4 = 0
         ai = _mm(_mm(eye - m1, eye + m2, yh.index(0), yl.index(0), a_s, mma_s), xi, yh.index(1), yl.index(1),
