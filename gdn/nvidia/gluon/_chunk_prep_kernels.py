@@ -19,72 +19,67 @@ def _softplus(x):
 
 
 @gluon.jit
-def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, mma: gl.constexpr, BT: gl.constexpr = 64):
-    """x @ y for fp32 [64, 64] tiles in the `mma` layout, both operands as 16-bit hi + lo parts with the three
-    significant products (hi hi + hi lo + lo hi): about 16-bit operands, fp32 accumulation. y goes through
-    the shared tiles y_hi_s / y_lo_s (wgmma's B), x stays in registers (its A). (A from shared memory as
-    well measured slower on an H100: 0.98 vs 0.85 ms for the kernel at 8x4096.)
-    No barrier after the MMAs: consecutive calls alternate between two pairs of tiles, so a pair is written
+def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, K0: gl.constexpr = 0):
+    """x @ y[K0:K0 + Kx] for fp32 x [64, Kx] (registers, wgmma's A) and y [64, N] (through the shared tiles
+    y_hi_s / y_lo_s [64, N], wgmma's B): both as 16-bit hi + lo parts with the three significant products
+    (hi hi + hi lo + lo hi), about 16-bit operands with fp32 accumulation. Returns [64, N] in acc_layout.
+    (A from shared memory as well measured slower on an H100: 0.98 vs 0.85 ms for the kernel at 8x4096.)
+    No barrier after the MMAs: consecutive calls alternate between pairs of tiles, so a pair is written
     again only after the next call's barrier, which every warp reaches past its wait on this call's MMAs."""
     DT: gl.constexpr = y_hi_s.dtype
+    KX: gl.constexpr = x.shape[1]
     y_hi, y_lo = split16(y, DT)
     y_hi_s.store(y_hi)
     y_lo_s.store(y_lo)
     fence_async_shared()
     gl.thread_barrier()
+    b_hi = y_hi_s.slice(K0, KX, dim=0)
+    b_lo = y_lo_s.slice(K0, KX, dim=0)
     x_hi, x_lo = split16(x, DT)
     xa_hi = gl.convert_layout(x_hi, a_op)
     xa_lo = gl.convert_layout(x_lo, a_op)
-    acc = warpgroup_mma(xa_hi, y_hi_s, gl.zeros([BT, BT], gl.float32, mma), use_acc=False, is_async=True)
-    acc = warpgroup_mma(xa_hi, y_lo_s, acc, is_async=True)
-    acc = warpgroup_mma(xa_lo, y_hi_s, acc, is_async=True)
-    acc, _, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, y_hi_s, y_lo_s, xa_hi, xa_lo))
+    acc = gl.zeros([x.shape[0], y.shape[1]], gl.float32, acc_layout)
+    acc = warpgroup_mma(xa_hi, b_hi, acc, use_acc=False, is_async=True)
+    acc = warpgroup_mma(xa_hi, b_lo, acc, is_async=True)
+    acc = warpgroup_mma(xa_lo, b_hi, acc, is_async=True)
+    acc, _, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, b_hi, b_lo, xa_hi, xa_lo))
     return acc
 
 
 @gluon.jit
-def _blockdiag(st, blk3: gl.constexpr, mma: gl.constexpr, BT: gl.constexpr = 64, BS: gl.constexpr = 16):
-    """The [64, 16] row-stack of the 16x16 diagonal blocks (st[r, j] = X[r, 16 (r // 16) + j]) -> the [64, 64]
-    block-diagonal X in the `mma` layout. Every thread already holds its own values: with blk3 (`_stack_layout`)
-    the copies along the block axis are register copies."""
-    t = gl.expand_dims(gl.convert_layout(st, gl.SliceLayout(1, blk3)), 1)
-    t = gl.broadcast(t, gl.full([BT, BT // BS, BS], 0.0, gl.float32, blk3))[0]
+def _cols(x, lay3: gl.constexpr, out: gl.constexpr, OFF: gl.constexpr, BY_ROW: gl.constexpr):
+    """[64, 64] -> [64, W] (W = lay3's last dim): in row r, the W columns of column block p, where
+    p = r // W - OFF (BY_ROW: a row-stack of the blocks OFF below the diagonal) or p = OFF. lay3 is the
+    [64, 64 / W, W] view of the accumulator layout with the block axis on registers (the kernel's `blk3`,
+    `half3`), so this and _place are register selections, no data exchange."""
+    BT: gl.constexpr = x.shape[0]
+    W: gl.constexpr = lay3.shape[2]
+    t = gl.convert_layout(gl.reshape(x, [BT, BT // W, W]), lay3)
+    r = gl.arange(0, BT, layout=gl.SliceLayout(1, gl.SliceLayout(2, lay3)))
+    m = gl.arange(0, BT // W, layout=gl.SliceLayout(0, gl.SliceLayout(2, lay3)))
+    if BY_ROW:
+        p = r // W - OFF
+    else:
+        p = r * 0 + OFF
+    t = gl.where((p[:, None] == m[None, :])[:, :, None], t, 0.0)
+    return gl.convert_layout(row_sum(t, 1), out)
+
+
+@gluon.jit
+def _place(y, lay3: gl.constexpr, mma: gl.constexpr, OFF: gl.constexpr, BY_ROW: gl.constexpr):
+    """The inverse of _cols: [64, W] -> [64, 64] (mma layout) holding y in those columns, zeros elsewhere."""
+    BT: gl.constexpr = y.shape[0]
+    W: gl.constexpr = lay3.shape[2]
+    t = gl.expand_dims(gl.convert_layout(y, gl.SliceLayout(1, lay3)), 1)
+    t = gl.broadcast(t, gl.full([BT, BT // W, W], 0.0, gl.float32, lay3))[0]
     x = gl.convert_layout(gl.reshape(t, [BT, BT]), mma)
     r = gl.arange(0, BT, layout=gl.SliceLayout(1, mma))
     c = gl.arange(0, BT, layout=gl.SliceLayout(0, mma))
-    return gl.where((r[:, None] // BS) == (c[None, :] // BS), x, 0.0)
-
-
-@gluon.jit
-def _stack(x, blk3: gl.constexpr, mma_q: gl.constexpr, BT: gl.constexpr = 64, BS: gl.constexpr = 16):
-    """The inverse of _blockdiag: [64, 64] (mma layout) -> the [64, 16] row-stack of its diagonal blocks."""
-    t = gl.convert_layout(gl.reshape(x, [BT, BT // BS, BS]), blk3)
-    r = gl.arange(0, BT, layout=gl.SliceLayout(1, gl.SliceLayout(2, blk3)))
-    m = gl.arange(0, BT // BS, layout=gl.SliceLayout(0, gl.SliceLayout(2, blk3)))
-    t = gl.where(((r[:, None] // BS) == m[None, :])[:, :, None], t, 0.0)
-    return gl.convert_layout(row_sum(t, 1), mma_q)
-
-
-@gluon.jit
-def _mm_bd(x, y_st, y_hi_s, y_lo_s, a_op: gl.constexpr, mma_q: gl.constexpr, BT: gl.constexpr = 64,
-           BS: gl.constexpr = 16):
-    """_mm for block-diagonal x and y: x full [64, 64] in registers (A), y as its row-stack [64, 16] (B, through
-    the [64, 16] shared tiles); returns the row-stack of x @ y. X @ stack(Y) = stack(X Y) when both are
-    block-diagonal, so each product is a [64, 64] x [64, 16] MMA, a quarter of the dense one."""
-    DT: gl.constexpr = y_hi_s.dtype
-    y_hi, y_lo = split16(y_st, DT)
-    y_hi_s.store(y_hi)
-    y_lo_s.store(y_lo)
-    fence_async_shared()
-    gl.thread_barrier()
-    x_hi, x_lo = split16(x, DT)
-    xa_hi = gl.convert_layout(x_hi, a_op)
-    xa_lo = gl.convert_layout(x_lo, a_op)
-    acc = warpgroup_mma(xa_hi, y_hi_s, gl.zeros([BT, BS], gl.float32, mma_q), use_acc=False, is_async=True)
-    acc = warpgroup_mma(xa_hi, y_lo_s, acc, is_async=True)
-    acc = warpgroup_mma(xa_lo, y_hi_s, acc, is_async=True)
-    acc, _, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, y_hi_s, y_lo_s, xa_hi, xa_lo))
-    return acc
+    if BY_ROW:
+        p = r // W - OFF
+    else:
+        p = r * 0 + OFF
+    return gl.where(p[:, None] == (c[None, :] // W), x, 0.0)
 
 
 @gluon.jit
@@ -120,24 +115,30 @@ def chunk_prep_sm90(k_desc, v_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, 
     a_w: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_w, k_width=2)
     a_u: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_u, k_width=2)
     a_s: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_s, k_width=2)
-    # the solve's block-diagonal products: [64, 16] accumulators, and the [64, 4, 16] view of a [64, 64] tile
-    # in the accumulator layout (bases as NVMMADistributedLayout v3 with 4 warps along rows; the block axis on
-    # registers), so moving between a row-stack and the block-diagonal tile needs no data exchange
+    # The solve works on 16- and 32-column blocks: [64, 16] and [64, 32] accumulators, and [64, 64/W, W] views
+    # of a [64, 64] accumulator-layout tile (NVMMADistributedLayout v3 bases, 4 warps along rows) with the
+    # block axis on registers, so selecting and placing blocks (_cols, _place) needs no data exchange.
     gl.static_assert(num_warps == 4 and BT == 64)
     mma_q: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                     instr_shape=[16, 16, 16])
+    mma_h: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                    instr_shape=[16, 32, 16])
     a_q: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_q, k_width=2)
+    a_h: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_h, k_width=2)
     blk3: gl.constexpr = gl.DistributedLinearLayout(
         reg_bases=[[0, 0, 1], [8, 0, 0], [0, 0, 8], [0, 1, 0], [0, 2, 0]],
         lane_bases=[[0, 0, 2], [0, 0, 4], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
         warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[BT, 4, 16])
+    half3: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[0, 0, 1], [8, 0, 0], [0, 0, 8], [0, 0, 16], [0, 1, 0]],
+        lane_bases=[[0, 0, 2], [0, 0, 4], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+        warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[BT, 2, 32])
     row: gl.constexpr = gl.SliceLayout(1, mma_s)
     col: gl.constexpr = gl.SliceLayout(0, mma_s)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     row_b: gl.constexpr = gl.SliceLayout(1, blk)
     col_b: gl.constexpr = gl.SliceLayout(0, blk)
     lin: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-    sq_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BT], DT)
 
     pid = gl.program_id(0)
     s = pid // HV
@@ -156,12 +157,13 @@ def chunk_prep_sm90(k_desc, v_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, 
         tr = t0.to(gl.int32)
         k_smem = gl.allocate_shared_memory(DT, k_desc.block_type.shape, k_desc.layout)
         v_smem = gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout)
-        # B operands (hi, lo) of the solve's products, two pairs used in turn (see _mm), dense and row-stacks
-        yh = gl.allocate_shared_memory(DT, [2, BT, BT], sq_layout)
-        yl = gl.allocate_shared_memory(DT, [2, BT, BT], sq_layout)
-        st_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, 16], DT)
-        zh = gl.allocate_shared_memory(DT, [2, BT, 16], st_layout)
-        zl = gl.allocate_shared_memory(DT, [2, BT, 16], st_layout)
+        # B operands (hi, lo) of the solve's products, [64, 16] and [64, 32], two pairs each used in turn (_mm)
+        q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, 16], DT)
+        zh = gl.allocate_shared_memory(DT, [2, BT, 16], q_layout)
+        zl = gl.allocate_shared_memory(DT, [2, BT, 16], q_layout)
+        h_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, 32], DT)
+        xh = gl.allocate_shared_memory(DT, [2, BT, 32], h_layout)
+        xl = gl.allocate_shared_memory(DT, [2, BT, 32], h_layout)
         bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(bar, count=1)
         mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
@@ -207,22 +209,34 @@ def chunk_prep_sm90(k_desc, v_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, 
         decay = gl.exp(gl.where(low, gc[:, None] - gc_c[None, :], 0.0))
         nm = gl.where(low, kk * (bb * rk)[:, None] * rk_c[None, :] * decay, 0.0)
 
+        # A = (I + N)^-1 on growing diagonal blocks, every product between structured tiles:
+        # 16x16 blocks, (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8) on row-stacks: for block-diagonal
+        # X, Y, X @ stack(Y) = stack(X Y), a [64, 64] x [64, 16] MMA
         same = (r[:, None] // 16) == (c[None, :] // 16)
         eye = gl.where(r[:, None] == c[None, :], 1.0, 0.0)
         d = gl.where(same, nm, 0.0)
-        eye_st = _stack(eye, blk3, mma_q)
-        d_st = _stack(d, blk3, mma_q)
+        eye_st = _cols(eye, blk3, mma_q, 0, True)
+        d_st = _cols(d, blk3, mma_q, 0, True)
         xi = eye - d
-        for i in gl.static_range(3):          # xi = (I - D)(I + D^2)(I + D^4)(I + D^8), as row-stacks
+        for i in gl.static_range(3):
             if i > 0:
-                d = _blockdiag(d_st, blk3, mma_s)
-            d_st = _mm_bd(d, d_st, zh.index(0), zl.index(0), a_q, mma_q)
-            xi_st = _mm_bd(xi, eye_st + d_st, zh.index(1), zl.index(1), a_q, mma_q)
-            xi = _blockdiag(xi_st, blk3, mma_s)
-        m1 = _mm(xi, gl.where(same, 0.0, nm), yh.index(0), yl.index(0), a_s, mma_s)
-        m2 = _mm(m1, m1, yh.index(1), yl.index(1), a_s, mma_s)          # (I + M)^-1 = (I - M)(I + M^2): M^4 = 0
-        ai = _mm(_mm(eye - m1, eye + m2, yh.index(0), yl.index(0), a_s, mma_s), xi, yh.index(1), yl.index(1),
-                 a_s, mma_s)
+                d = _place(d_st, blk3, mma_s, 0, True)
+            d_st = _mm(d, d_st, zh.index(0), zl.index(0), a_q, mma_q)
+            xi_st = _mm(xi, eye_st + d_st, zh.index(1), zl.index(1), a_q, mma_q)
+            xi = _place(xi_st, blk3, mma_s, 0, True)
+        # 32x32 blocks: with E1 = N's blocks (1,0) and (3,2), (xi E1)^2 = 0, so X32 = xi - xi E1 xi; both
+        # products map row block b to column block b - 1 (row-stacks one block below the diagonal)
+        odd = ((gl.arange(0, BT, layout=gl.SliceLayout(1, mma_q)) // 16) % 2) == 1
+        e1_st = gl.where(odd[:, None], _cols(nm, blk3, mma_q, 1, True), 0.0)
+        p_st = _mm(xi, e1_st, zh.index(0), zl.index(0), a_q, mma_q)
+        p_st = _mm(_place(p_st, blk3, mma_s, 1, True), xi_st, zh.index(1), zl.index(1), a_q, mma_q)
+        x32 = xi - _place(p_st, blk3, mma_s, 1, True)
+        # 64x64: with E2 = N[32:, :32], A = X32 - X32[:, 32:] E2 X32[:32, :32] in the lower-left quadrant:
+        # two [64, 32] x [32, 32] MMAs (the upper rows of the first are zeros)
+        q = _mm(_cols(x32, half3, mma_h, 1, False), _cols(nm, half3, mma_h, 0, False), xh.index(0), xl.index(0),
+                a_h, mma_h, K0=32)
+        q = _mm(q, _cols(x32, half3, mma_h, 0, False), xh.index(1), xl.index(1), a_h, mma_h)
+        ai = x32 - _place(q, half3, mma_s, 0, False)
 
         # w and u (chunk_wy_sm90): A's per-token column factors folded in, hi + lo parts against k and v
         bc = gl.convert_layout(bb, col)
