@@ -14,8 +14,8 @@ from __future__ import annotations
 from gdn.common.triton.prefill import _common as PC
 from gdn.nvidia.gluon import _common as C
 
-# One warpgroup (the 64-row wgmma tiles). ptxas takes 255 registers (2 CTAs per SM); capping them for more
-# CTAs was slower on an H100 (8x4096: 0.85 ms; maxnreg=168 0.91, 128 1.37).
+# One warpgroup (the 64-row wgmma tiles). ptxas takes 209 registers (2 CTAs per SM); capping them for 3 CTAs
+# was slower on an H100 (8x4096: 0.615 ms; maxnreg=168 0.631).
 NUM_WARPS = 4
 HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
 
