@@ -128,13 +128,14 @@ def test_chunk_state_other_configs(cfg):
 @needs_gluon
 def test_chunk_state_output_fused_compiles():
     """The state pass with the output fused (prefill's sm_90 path for wide batches). The table's config
-    (BV=128, two warpgroups) spills a little (ptxas, triton 3.6: 184 bytes) and was still measured the
-    fastest (chunk_state.py `_FUSED`); the bound here catches a change that makes the spill grow."""
+    (BV=128, two warpgroups) runs at 255 registers and spills a few bytes (ptxas, triton 3.6: 4; it was 184
+    with the output offsets held across the chunk loop, 2.5% slower); the bound catches a change that makes
+    the spill grow back."""
     from gdn.nvidia.gluon import chunk_state as GS
     launches = GS._fused_example_launches("sm_90")
     assert launches
     for name, launch in launches[:2]:
-        _check_hopper_kernel(name, launch, max_spill=256)
+        _check_hopper_kernel(name, launch, max_spill=32)
 
 
 @needs_gluon

@@ -242,13 +242,12 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
 
     r = gl.arange(0, BT, layout=row)
     cv = v0 + gl.arange(0, BV, layout=col)
-    o_off = r[:, None] * s_ot + hv * s_oh + cv[None, :]
 
     if slot < 0:
         # padding sequence: pool untouched, its output rows zero
         for c in range(0, NC):
             t0 = bos + c * BT
-            gl.store(o + t0.to(gl.int64) * s_ot + o_off, gl.zeros([BT, BV], o.dtype.element_ty, mma),
+            gl.store(o + t0.to(gl.int64) * s_ot + hv * s_oh + r[:, None] * s_ot + cv[None, :], gl.zeros([BT, BV], o.dtype.element_ty, mma),
                      mask=(t0 + r < eos)[:, None])
     else:
         w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
@@ -324,7 +323,9 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
             acc_o, pa_hi, pa_lo = split_mma(sc, vn_s, acc_o * (rq * gl.exp(gc))[:, None], p_op)
             S, _, _ = warpgroup_mma_wait(num_outstanding=2, deps=(S, kt, vs_s))
             acc_o, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc_o, vn_s, pa_hi, pa_lo))
-            gl.store(o + t0l * s_ot + o_off, acc_o.to(o.dtype.element_ty), mask=valid[:, None])
+            # the [BT, BV] offsets made here, not kept across the loop (registers)
+            o_c = o + t0l * s_ot + hv * s_oh
+            gl.store(o_c + r[:, None] * s_ot + cv[None, :], acc_o.to(o.dtype.element_ty), mask=valid[:, None])
 
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(bars.index(i))

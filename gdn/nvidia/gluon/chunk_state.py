@@ -78,7 +78,8 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # warpgroups splitting BV (see chunk_state_output_sm90). Smem at K=128, bf16: STAGES x (w, k, q [64, K],
 # u [64, BV]) + h [K, BV] + vs, vn [64, BV] (196 KB at BV=128, 2 stages).
 # Measured on an H100, 2026-11-22 (exp over prefill, GPU time of this kernel vs plain pass + chunk_output):
-#   8x4096 ("wide"): BV=128/8 warps 0.633 ms (ptxas spills 184 B) | BV=128/16 warps 0.98 | BV=64/8 0.91 |
+#   8x4096 ("wide"): BV=128/8 warps 0.633 ms (0.607 once the output offsets stopped spilling, 184 -> 4 B)
+#                    | BV=128/16 warps 0.98 | BV=64/8 0.91 |
 #                    BV=32/4 1.11 | plain 0.643 + 0.444 = 1.087
 #   64x512 ("wide"): BV=128/8 0.739 | BV=64/8 0.99 | plain 0.725 + 0.447 = 1.172
 #   1x4096, 1x32768 ("narrow", 32 pairs): the best fused (BV=16 or 32, 4 warps) 0.14-0.18 / 1.37-1.48 ms
