@@ -65,14 +65,18 @@ def head_matrix(t: torch.Tensor, block_rows: int, block_cols: int | None = None)
     return Desc(t, (rows, heads * dim), t.stride(0), (block_rows, block_cols or dim))
 
 
-def tma_ready(t: torch.Tensor) -> torch.Tensor:
-    """`t` [rows, heads, dim] as TMA reads it through `head_matrix`: unit dim stride, packed heads
+def tma_ok(t: torch.Tensor) -> bool:
+    """Whether TMA can address `t` [rows, heads, dim] through `head_matrix`: unit dim stride, packed heads
     (stride(1) == dim), 16-byte aligned base and row stride (any row stride otherwise, e.g. a view into a
-    packed projection); else a contiguous copy."""
-    ok = (t.stride(2) == 1 and (t.stride(1) == t.shape[2] or t.shape[1] == 1)
-          and t.stride(0) * t.element_size() % 16 == 0 and t.shape[2] * t.element_size() % 16 == 0
-          and (t.device.type == "meta" or t.data_ptr() % 16 == 0))
-    return t if ok else t.contiguous()
+    packed projection)."""
+    return (t.stride(2) == 1 and (t.stride(1) == t.shape[2] or t.shape[1] == 1)
+            and t.stride(0) * t.element_size() % 16 == 0 and t.shape[2] * t.element_size() % 16 == 0
+            and (t.device.type == "meta" or t.data_ptr() % 16 == 0))
+
+
+def tma_ready(t: torch.Tensor) -> torch.Tensor:
+    """`t` [rows, heads, dim] as TMA reads it through `head_matrix` (`tma_ok`), else a contiguous copy."""
+    return t if tma_ok(t) else t.contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------

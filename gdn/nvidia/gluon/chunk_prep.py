@@ -24,7 +24,7 @@ def prep_ok(q, k, v, w, u) -> bool:
     """Whether this kernel takes these operands (else prefill runs the Triton one)."""
     return (k.dtype in C.DTYPES and v.dtype == k.dtype and w.dtype == k.dtype and u.dtype == k.dtype
             and k.shape[2] in HEAD_DIMS and v.shape[2] in HEAD_DIMS
-            and w.stride(-1) == 1 and u.stride(-1) == 1)
+            and C.tma_ok(w) and C.tma_ok(u))
 
 
 def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, use_qk_l2norm):
@@ -38,6 +38,7 @@ def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, ou
     gx, bx = (a, b) if raw else (g, beta)
     k, v = C.tma_ready(k), C.tma_ready(v)
     C.launch(chunk_prep_sm90, (PC.num_slots(T, N) * HV,), C.head_matrix(k, C.BT), C.head_matrix(v, C.BT),
+             C.head_matrix(w, C.BT), C.head_matrix(u, C.BT),
              a, b, A_log, dt_bias, g, beta, cu_seqlens, g_cum, w, u, out, N, T, HV, HV // H,
              gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0), g_cum.stride(1),
              w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
