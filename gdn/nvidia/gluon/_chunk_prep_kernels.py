@@ -83,6 +83,26 @@ def _place(y, lay3: gl.constexpr, mma: gl.constexpr, OFF: gl.constexpr, BY_ROW: 
 
 
 @gluon.jit
+def _store_rows(acc, desc, ptr, t0, eos, hv, s_t, s_h, blk: gl.constexpr):
+    """The [64, D] fp32 tile acc as rows t0.. of head hv of ptr [T, H, D] (16-bit): a whole chunk by TMA
+    store through a shared tile (not waited for here), a tail chunk by masked stores (its rows past eos
+    belong to the next sequence)."""
+    BT: gl.constexpr = acc.shape[0]
+    D: gl.constexpr = acc.shape[1]
+    if t0 + BT <= eos:
+        out = gl.allocate_shared_memory(desc.dtype, desc.block_type.shape, desc.layout)
+        out.store(acc.to(desc.dtype))
+        fence_async_shared()
+        gl.thread_barrier()
+        tma.async_copy_shared_to_global(desc, [t0.to(gl.int32), hv * D], out)
+    else:
+        rows = t0 + gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
+        cols = gl.arange(0, D, layout=gl.SliceLayout(0, blk))
+        gl.store(ptr + rows[:, None] * s_t + hv * s_h + cols[None, :],
+                 gl.convert_layout(acc.to(ptr.dtype.element_ty), blk), mask=(rows < eos)[:, None])
+
+
+@gluon.jit
 def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, u, o, N, T, HV, G,
                     s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh,
                     RAW: gl.constexpr, L2NORM: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
@@ -242,33 +262,13 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
 
         # w and u (chunk_wy_sm90): A's per-token column factors folded in, hi + lo parts against k and v
         bc = gl.convert_layout(bb, col)
-        ok_b = t0 + rb < eos
         u_acc, ua_hi, ua_lo = split_mma(ai * bc[None, :], v_smem, gl.zeros([BT, V], gl.float32, mma_u), a_u, False)
         u_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(u_acc, v_smem, ua_hi, ua_lo))
-        # u stored before w's accumulator goes live: one [64, 128] fp32 accumulator at a time (registers).
-        # A whole chunk leaves by TMA store (the next product runs meanwhile), a tail chunk by masked stores
-        # (its rows past the end belong to the next sequence).
-        full = t0 + BT <= eos
-        if full:
-            u_out = gl.allocate_shared_memory(DT, u_desc.block_type.shape, u_desc.layout)
-            u_out.store(u_acc.to(DT))
-            fence_async_shared()
-            gl.thread_barrier()
-            tma.async_copy_shared_to_global(u_desc, [tr, hv * V], u_out)
-        else:
-            gl.store(u + (t0 + rb)[:, None] * s_ut + hv * s_uh + o_v[None, :],
-                     gl.convert_layout(u_acc.to(u.dtype.element_ty), blk), mask=ok_b[:, None])
+        # u stored before w's accumulator goes live: one [64, 128] fp32 accumulator at a time (registers);
+        # a whole chunk's u leaves by TMA while w's product runs
+        _store_rows(u_acc, u_desc, u, t0, eos, hv, s_ut, s_uh, blk)
         w_acc, wa_hi, wa_lo = split_mma(ai * (bc * gl.exp(gc_c) * rk_c)[None, :], k_smem,
                                         gl.zeros([BT, K], gl.float32, mma_w), a_w, False)
         w_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(w_acc, k_smem, wa_hi, wa_lo))
-        if full:
-            w_out = gl.allocate_shared_memory(DT, w_desc.block_type.shape, w_desc.layout)
-            w_out.store(w_acc.to(DT))
-            fence_async_shared()
-            gl.thread_barrier()
-            tma.async_copy_shared_to_global(w_desc, [tr, hv * K], w_out)
-            tma.store_wait(0)
-        else:
-            o_k = gl.arange(0, K, layout=col_b)
-            gl.store(w + (t0 + rb)[:, None] * s_wt + hv * s_wh + o_k[None, :],
-                     gl.convert_layout(w_acc.to(w.dtype.element_ty), blk), mask=ok_b[:, None])
+        _store_rows(w_acc, w_desc, w, t0, eos, hv, s_wt, s_wh, blk)
+        tma.store_wait(0)
