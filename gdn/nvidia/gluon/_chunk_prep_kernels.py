@@ -47,6 +47,16 @@ def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, K0: 
 
 
 @gluon.jit
+def _block_of_rows(r, W: gl.constexpr, OFF: gl.constexpr, BY_ROW: gl.constexpr):
+    """The W-column block each row r of _cols / _place uses: r // W - OFF (BY_ROW), else OFF for all."""
+    if BY_ROW:
+        p = r // W - OFF
+    else:
+        p = r * 0 + OFF
+    return p
+
+
+@gluon.jit
 def _cols(x, lay3: gl.constexpr, out: gl.constexpr, OFF: gl.constexpr, BY_ROW: gl.constexpr):
     """[64, 64] -> [64, W] (W = lay3's last dim): in row r, the W columns of column block p, where
     p = r // W - OFF (BY_ROW: a row-stack of the blocks OFF below the diagonal) or p = OFF. lay3 is the
@@ -55,12 +65,8 @@ def _cols(x, lay3: gl.constexpr, out: gl.constexpr, OFF: gl.constexpr, BY_ROW: g
     BT: gl.constexpr = x.shape[0]
     W: gl.constexpr = lay3.shape[2]
     t = gl.convert_layout(gl.reshape(x, [BT, BT // W, W]), lay3)
-    r = gl.arange(0, BT, layout=gl.SliceLayout(1, gl.SliceLayout(2, lay3)))
+    p = _block_of_rows(gl.arange(0, BT, layout=gl.SliceLayout(1, gl.SliceLayout(2, lay3))), W, OFF, BY_ROW)
     m = gl.arange(0, BT // W, layout=gl.SliceLayout(0, gl.SliceLayout(2, lay3)))
-    if BY_ROW:
-        p = r // W - OFF
-    else:
-        p = r * 0 + OFF
     t = gl.where((p[:, None] == m[None, :])[:, :, None], t, 0.0)
     return gl.convert_layout(row_sum(t, 1), out)
 
@@ -73,12 +79,8 @@ def _place(y, lay3: gl.constexpr, mma: gl.constexpr, OFF: gl.constexpr, BY_ROW: 
     t = gl.expand_dims(gl.convert_layout(y, gl.SliceLayout(1, lay3)), 1)
     t = gl.broadcast(t, gl.full([BT, BT // W, W], 0.0, gl.float32, lay3))[0]
     x = gl.convert_layout(gl.reshape(t, [BT, BT]), mma)
-    r = gl.arange(0, BT, layout=gl.SliceLayout(1, mma))
+    p = _block_of_rows(gl.arange(0, BT, layout=gl.SliceLayout(1, mma)), W, OFF, BY_ROW)
     c = gl.arange(0, BT, layout=gl.SliceLayout(0, mma))
-    if BY_ROW:
-        p = r // W - OFF
-    else:
-        p = r * 0 + OFF
     return gl.where(p[:, None] == (c[None, :] // W), x, 0.0)
 
 
@@ -136,7 +138,6 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
                                                     instr_shape=[16, V, 16])
     a_w: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_w, k_width=2)
     a_u: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_u, k_width=2)
-    a_s: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_s, k_width=2)
     # The solve works on 16- and 32-column blocks: [64, 16] and [64, 32] accumulators, and [64, 64/W, W] views
     # of a [64, 64] accumulator-layout tile (NVMMADistributedLayout v3 bases, 4 warps along rows) with the
     # block axis on registers, so selecting and placing blocks (_cols, _place) needs no data exchange.
