@@ -238,6 +238,12 @@ def test_chunk_state(lengths, H, HV, K, V, slots, layout, pool_dtype, init, cfg)
         assert relerr(vn[:end], vn1[:end]) < 5e-3, f"v_new vs {other}"
 
 
+def test_chunk_state_gcum_copied():
+    """g_cum with 24-byte rows (HV = 6): the plain pass copies it into a 16-byte-row buffer for its TMA tiles,
+    whose columns past HV read zero; heads 4, 5 take column hv % 4 of a tile starting at column 4."""
+    test_chunk_state((70, 5, 0, 67), 3, 6, 64, 64, (2, 0, -1, 1), "vk", torch.float32, (True, False), None)
+
+
 FUSED_VARIANTS = [
     # layout, pool dtype, has_initial_state pattern, config (None: the prefill table's "wide" entry)
     pytest.param("vk", torch.float32, (True, False), None, id="vk-fp32-mixinit-table"),

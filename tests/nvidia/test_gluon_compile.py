@@ -157,3 +157,24 @@ def test_fused_config_table():
     assert GS.fused_config("sm_80", 8, 32, 128, 128) is None
     cfg = GS.fused_config("sm_90", 64, 4, 64, 64)
     assert cfg["BV"] == 64 and cfg["BV"] // (cfg["num_warps"] // 4) >= 16
+
+
+def test_gcum_desc_tma_addressable():
+    """The plain state pass reads g_cum [T, HV] by TMA in [64, 4] tiles: prefill's padded buffer (and any
+    16-byte-row g_cum) is described in place; any other g_cum is copied into a padded buffer, values kept."""
+    import torch
+
+    from gdn.nvidia.gluon import chunk_state as GS
+    g = GS.gcum_empty(100, 6, "cpu")
+    assert g.shape == (100, 6) and g.stride(0) * 4 % 16 == 0
+    g.copy_(torch.randn(100, 6))
+    d = GS.gcum_desc(g)
+    assert d.base is g and d.shape == (100, 6) and d.stride == 8 and d.block == (64, 4)
+    for bad in (torch.randn(100, 6),                      # 24-byte rows
+                torch.randn(100, 16)[:, 3:9],             # base 12 bytes into the rows
+                torch.randn(6, 100).t()):                 # head stride 100
+        d = GS.gcum_desc(bad)
+        assert d.base is not bad and d.base.stride(0) * 4 % 16 == 0 and d.base.stride(1) == 1
+        assert d.shape == (100, 6) and torch.equal(d.base, bad)
+    d = GS.gcum_desc(torch.empty(0, 6))                   # no tokens: one zero row for the descriptor
+    assert d.shape == (1, 6)

@@ -4,7 +4,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._jit import inv_norm, split_mma, zero_rows_past
+from gdn.nvidia.gluon._jit import inv_norm, row_sum, split_mma, zero_rows_past
 
 
 @gluon.jit
@@ -21,12 +21,49 @@ def _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0
 
 @gluon.jit
 def _decays(gcum, t0, eos, hv, s_gt, s_gh, BT: gl.constexpr, row: gl.constexpr):
-    """g_cum of the chunk starting at t0 (rows past eos read 0) and of its last token; 0 for the prefetch
-    past a sequence's last chunk (never used)."""
+    """g_cum of the chunk starting at t0 (rows past eos read 0) and of its last token, by plain loads (the
+    fused pass issues them a chunk ahead); 0 for the prefetch past a sequence's last chunk (never used)."""
     r = gl.arange(0, BT, layout=row)
     gc = gl.load(gcum + (t0 + r) * s_gt + hv * s_gh, mask=t0 + r < eos, other=0.0)
     last = gl.minimum(eos, t0 + BT) - 1
     return gc, gl.load(gcum + last * s_gt + hv * s_gh, mask=t0 < eos, other=0.0)
+
+
+@gluon.jit
+def _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bar, w_buf, k_buf, u_buf, g_buf, t0, hv, hk, v0, pred,
+                  K: gl.constexpr, V: gl.constexpr):
+    """_load_chunk plus the chunk's g_cum rows [64, 4], all on one mbarrier. The g_cum tile starts at column
+    hv - hv % 4: TMA faults on an innermost coordinate that is not a multiple of 16 bytes (illegal
+    instruction, seen on an H100)."""
+    _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred, K, V,
+                g_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(g_desc, [t0, hv - hv % g_desc.block_type.shape[1]], bar, g_buf, pred=pred)
+
+
+@gluon.jit
+def _decays_tma(g_buf, t0, eos, hv, row: gl.constexpr, g2: gl.constexpr):
+    """g_cum of the chunk starting at t0 (rows past eos: 0) and of its last token, from the chunk's landed
+    g_cum tile g_buf [64, 4] (column hv % 4 is this head), read in g2: a [64, 4] layout whose rows sit where
+    `row` has them, all 4 columns in one thread. The last token's: a whole chunk's row 63 read by every
+    thread; a tail chunk's (once per sequence) picked out of the rows across warps.
+    By TMA rather than by plain loads a chunk ahead: a fence.proxy.async (before each MMA on a freshly
+    stored shared tile) compiles to MEMBAR.ALL.CTA, which waits for every load in flight, so the loads'
+    latency sat on the state's chain (ncu on an H100, 1x32768: 27% of the plain pass's stall samples)."""
+    BT: gl.constexpr = g_buf.shape[0]
+    W: gl.constexpr = g_buf.shape[1]
+    mine = (gl.arange(0, W, layout=gl.SliceLayout(0, g2)) == hv % W)[None, :]
+    gc = gl.convert_layout(row_sum(gl.where(mine, g_buf.load(g2), 0.0), 1), row)
+    r = gl.arange(0, BT, layout=row)
+    gc = gl.where(t0 + r < eos, gc, 0.0)
+    if t0 + BT <= eos:
+        lay: gl.constexpr = gl.BlockedLayout([W, W], [32, 1], [gl.num_warps(), 1], [1, 0])
+        rows = gl.arange(0, W, layout=gl.SliceLayout(1, lay))[:, None]
+        cols = gl.arange(0, W, layout=gl.SliceLayout(0, lay))[None, :]
+        tile = g_buf.slice(BT - W, W, dim=0).load(lay)
+        g_last = row_sum(row_sum(gl.where((rows == W - 1) & (cols == hv % W), tile, 0.0), 1), 0)
+    else:
+        g_last = row_sum(gl.where(r == eos - 1 - t0, gc, 0.0), 0)
+    return gc, g_last
 
 
 @gluon.jit
@@ -67,8 +104,8 @@ def _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K: 
 
 
 @gluon.jit
-def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices, cu, has_init, v_new,
-                     HV, G, NV, s_gt, s_gh, s_ps, s_ph, s_pk, s_pv, s_nt, s_nh,
+def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indices, cu, has_init, v_new,
+                     HV, G, NV, s_ps, s_ph, s_pk, s_pv, s_nt, s_nh,
                      V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     """One CTA (one warpgroup) per (sequence, v-head, BV state columns), V blocks of a head adjacent (they
     read the same w and k tiles: L2 hits). The fp32 state S [K, BV] stays in registers in the wgmma
@@ -77,9 +114,8 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices,
         vn    = u - w h                          (wgmma, w from shared memory)
         vs_s <- vn * rk * exp(g_last - g_cum)    (rows past the sequence end: 0)
         S     = exp(g_last) S + k^T vs           (wgmma, A = the k tile through a transposed view)
-    The w, k, u tiles of the next STAGES-1 chunks are in flight by TMA meanwhile (one mbarrier per stage),
-    and the next chunk's decays come in by plain loads one chunk ahead: the state's dependency chain
-    waits on nothing but its own two MMAs.
+    The w, k, u tiles and g_cum rows of the next STAGES-1 chunks are in flight by TMA meanwhile (one
+    mbarrier per stage): the state's dependency chain waits on nothing but its own two MMAs.
 
     Tiles are described on the host over the whole [T, heads * dim] matrices, so a tail chunk's tiles hold
     the next sequence's rows or, past cu_seqlens[-1], whatever the buffer holds (TMA zero-fills only past
@@ -97,6 +133,10 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices,
     col: gl.constexpr = gl.SliceLayout(0, mma)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     vs_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
+    # g_cum tiles [64, 4]: the 4 columns in registers, rows as the wgmma accumulator has them (`row`)
+    g2: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BT, 4])
 
     n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
     s0 = bos // BT + n                          # the sequence's first chunk slot
@@ -121,33 +161,32 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices,
         w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
         k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
         u_s = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BT, BV], u_desc.layout)
+        g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
         vs_s = gl.allocate_shared_memory(DT, [BT, BV], vs_layout)
         bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(bars.index(i), count=1)
         for i in gl.static_range(STAGES):
-            _load_chunk(w_desc, k_desc, u_desc, bars.index(i), w_s.index(i), k_s.index(i), u_s.index(i),
-                        bos + i * BT, hv, hk, v0, i < NC, K, V)
+            _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bars.index(i), w_s.index(i), k_s.index(i), u_s.index(i),
+                          g_s.index(i), bos + i * BT, hv, hk, v0, i < NC, K, V)
 
         # initial state from the pool slot, while the tiles land
         S = _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)
-        gc_n, gl_n = _decays(gcum, bos.to(gl.int64), eos, hv, s_gt, s_gh, BT, row)
 
         for c in range(0, NC):
             b = c % STAGES
             t0 = bos + c * BT
             t0l = t0.to(gl.int64)
-            gc = gc_n
-            g_last = gl_n
-            gc_n, gl_n = _decays(gcum, t0l + BT, eos, hv, s_gt, s_gh, BT, row)
 
             # state entering the chunk -> h_s, once the previous chunk's TMA store of it has read it
             tma.store_wait(0)
             h_s.store(S.to(DT))
-            S = S * gl.exp(g_last)
             fence_async_shared()
             gl.thread_barrier()
             mbarrier.wait(bars.index(b), (c // STAGES) & 1)
+            # the decay applied before w h is issued: S touched while an MMA is in flight makes ptxas wait for it
+            gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, g2)
+            S = S * gl.exp(g_last)
             w_b = w_s.index(b)
             k_b = k_s.index(b)
             acc = warpgroup_mma(w_b, h_s, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
@@ -157,8 +196,8 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, h_desc, gcum, state, state_indices,
             # ahead. (The compiler puts barriers between the TMA issues; here they overlap the MMA.)
             cp = c - 1 + STAGES
             bp = cp % STAGES
-            _load_chunk(w_desc, k_desc, u_desc, bars.index(bp), w_s.index(bp), k_s.index(bp), u_s.index(bp),
-                        bos + cp * BT, hv, hk, v0, (c > 0) & (cp < NC), K, V)
+            _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bars.index(bp), w_s.index(bp), k_s.index(bp),
+                          u_s.index(bp), g_s.index(bp), bos + cp * BT, hv, hk, v0, (c > 0) & (cp < NC), K, V)
             tma.async_copy_shared_to_global(h_desc, [((s0 + c) * HV + hv) * K, v0], h_s)
             # tail rows of k, the key norms, u, the row factors
             valid = t0 + r < eos
@@ -215,6 +254,10 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
     and share the w, k, q tiles, so 8 warps carry twice the columns on the same shared tiles. The scores'
     register operand is converted to the full-row layout each warpgroup needs.
 
+    The decays come by plain loads a chunk ahead (`_decays`), not by TMA as in chunk_state_sm90: measured on
+    an H100 (8x4096), the TMA'd g_cum tiles made this kernel 0.654 vs 0.614 ms (ptxas spilled 68 bytes);
+    here the loads land under a chunk body four times as long.
+
     The norms of q and k are taken from the shared tiles each chunk: measured on an H100 (8x4096, BV=128,
     8 warps) that beats loading prefill's [T, H] norm buffers a chunk ahead (0.633 vs 0.682 ms; the
     prefetched rows cost registers and ptxas spills more).
@@ -247,8 +290,8 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
         # padding sequence: pool untouched, its output rows zero
         for c in range(0, NC):
             t0 = bos + c * BT
-            gl.store(o + t0.to(gl.int64) * s_ot + hv * s_oh + r[:, None] * s_ot + cv[None, :], gl.zeros([BT, BV], o.dtype.element_ty, mma),
-                     mask=(t0 + r < eos)[:, None])
+            gl.store(o + t0.to(gl.int64) * s_ot + hv * s_oh + r[:, None] * s_ot + cv[None, :],
+                     gl.zeros([BT, BV], o.dtype.element_ty, mma), mask=(t0 + r < eos)[:, None])
     else:
         w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
         k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)

@@ -19,6 +19,8 @@ chunk_output's formula evaluated in it and writes o instead of h and v_new (chun
 """
 from __future__ import annotations
 
+import torch
+
 from gdn.common import launch as L
 from gdn.common.registry import Impl, dtypes, register
 from gdn.common.triton.prefill import chunk_state as TS
@@ -30,15 +32,38 @@ from gdn.nvidia.gluon import _common as C
 # pairs): BV=64, 2 stages (104 KB in all) for two CTAs per SM. Not yet swept on a GPU.
 # bench/bench_gluon_prefill.py on an H100, 2026-11-22 (chunk_state alone, CUDA graph): 8x4096 ("wide")
 # BV=32/2 stages 0.655 ms (64/2 0.665, 16/2 0.861; Triton 0.72); 1x32768 ("narrow") 32/3 0.754 ms
-# (16/2 0.763, 64/2 0.908; Triton 0.774).
+# (16/2 0.763, 64/2 0.908; Triton 0.774). With the decays by TMA (bench_prefill.py, H100, 2026-11-22 15:00
+# UTC): 1x32768 0.725 -> 0.596-0.601 ms, 1x4096 0.094 -> 0.081 (configs not re-swept).
 _CONFIGS = {("sm_90", "narrow"): dict(BV=32, STAGES=3), ("sm_90", "wide"): dict(BV=32, STAGES=2)}
 NUM_WARPS = 4                  # one warpgroup: the 64-row wgmma tile
 SMEM_BUDGET = 200 * 1024       # of sm_90's 227 KB per CTA, leaving room for layout-conversion scratch
 
 
 def smem_bytes(K: int, BV: int, stages: int, itemsize: int = 2) -> int:
-    """Shared tiles of one CTA: STAGES x (w, k [64, K], u [64, BV]), h [K, BV], vs [64, BV]."""
-    return (stages * (2 * C.BT * K + C.BT * BV) + K * BV + C.BT * BV) * itemsize
+    """Shared tiles of one CTA: STAGES x (w, k [64, K], u [64, BV], g_cum [64, 4] fp32), h [K, BV],
+    vs [64, BV]."""
+    return (stages * (2 * C.BT * K + C.BT * BV) + K * BV + C.BT * BV) * itemsize + stages * C.BT * G_COLS * 4
+
+
+G_COLS = 4      # g_cum tiles are [64, 4]: TMA boxes and column offsets go by 16 bytes; the kernel picks hv's
+
+
+def gcum_desc(g_cum):
+    """TMA view of g_cum [T, HV] fp32 with [64, G_COLS] tiles (a chunk's rows of 4 heads). It needs a unit head
+    stride and 16-byte row stride and base: prefill allocates g_cum so (`gcum_empty`); any other is copied into
+    such a buffer first (T x HV x 4 bytes)."""
+    T, HV = g_cum.shape
+    if T == 0 or not (g_cum.stride(1) == 1 and g_cum.stride(0) * 4 % 16 == 0
+                      and (g_cum.device.type == "meta" or g_cum.data_ptr() % 16 == 0)):
+        g = gcum_empty(max(T, 1), HV, g_cum.device)
+        g[:T].copy_(g_cum)
+        g_cum = g
+    return C.Desc(g_cum, tuple(g_cum.shape), g_cum.stride(0), (C.BT, G_COLS))
+
+
+def gcum_empty(T: int, HV: int, device):
+    """An uninitialised g_cum [T, HV] fp32 whose rows are padded to 16 bytes, as `gcum_desc` reads it."""
+    return torch.empty((T, -(-HV // G_COLS) * G_COLS), dtype=torch.float32, device=device)[:, :HV]
 
 
 def config(arch: str, N: int, HV: int, K: int, V: int) -> dict:
@@ -67,11 +92,10 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
                          "coordinate range")
     NV = V // BV
     C.launch(chunk_state_sm90, (N * HV * NV,),
-             C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV),
-             C.Desc(h, (NS * HV * K, V), V, (K, BV)),
-             g_cum, state, state_indices, cu_seqlens, has_initial_state, v_new, HV, HV // H, NV,
-             g_cum.stride(0), g_cum.stride(1), *TS.pool_strides(state, state_layout), v_new.stride(0),
-             v_new.stride(1), V=V, L2NORM=bool(use_qk_l2norm), STAGES=stages, num_warps=NUM_WARPS)
+             C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
+             C.Desc(h, (NS * HV * K, V), V, (K, BV)), state, state_indices, cu_seqlens, has_initial_state, v_new,
+             HV, HV // H, NV, *TS.pool_strides(state, state_layout), v_new.stride(0), v_new.stride(1), V=V,
+             L2NORM=bool(use_qk_l2norm), STAGES=stages, num_warps=NUM_WARPS)
 
 
 # The pass with the output fused (prefill's choice by bucket; `launch_state_output`): 8 warps = two
