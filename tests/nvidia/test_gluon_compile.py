@@ -154,6 +154,26 @@ def test_chunk_state_output_fused_compiles():
 
 
 @needs_gluon
+def test_chunk_state_output_tma_o_compiles():
+    """The fused pass with whole chunks' output by TMA store (cfg TMA_O, 16-bit out): it fits sm_90's shared
+    memory (an extra [64, BV] tile), and keeps the spill bound and no injected waits."""
+    import torch
+
+    from gdn.common import examples
+    from gdn.common import launch as L
+    from gdn.nvidia.gluon import _common as C
+    from gdn.nvidia.gluon import chunk_state as GS
+    ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
+    (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **variants[0])
+    cfg = dict(GS.fused_config("sm_90", 128, 1, k.shape[2], u.shape[2]), TMA_O=True)
+    with L.recording("sm_90"), C.recording() as launches:
+        GS.launch_state_output(k, w, u, torch.empty_like(k), g_cum, pool, idx, cu, has_init, torch.empty_like(u),
+                               0.1, kw["use_qk_l2norm"], kw["state_layout"], cfg)
+    assert launches[0].signature["o_desc"].startswith("tensordesc")
+    _check_hopper_kernel("chunk_state_output_sm90[TMA_O]", launches[0], max_spill=32)
+
+
+@needs_gluon
 def test_chunk_prep_compiles():
     """Prefill's first kernel in Gluon (sm_90, raw and precomputed gates), without register spills."""
     from gdn.nvidia.gluon import chunk_prep as CP

@@ -237,7 +237,34 @@ def _load_chunk_q(w_desc, k_desc, u_desc, q_desc, bar, w_buf, k_buf, u_buf, q_bu
 
 
 @gluon.jit
-def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_indices, cu, has_init, o,
+def _store_o_rows(acc, o, t0, eos, hv, v0, s_ot, s_oh, layout: gl.constexpr):
+    """acc [64, BV] as rows t0.. (those before eos) of head hv, columns v0.. of o [T, HV, V], by masked stores.
+    The [64, BV] offsets are made here, not kept across the chunk loop (registers)."""
+    r = gl.arange(0, acc.shape[0], layout=gl.SliceLayout(1, layout))
+    cv = v0 + gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, layout))
+    o_c = o + t0.to(gl.int64) * s_ot + hv * s_oh
+    gl.store(o_c + r[:, None] * s_ot + cv[None, :], acc.to(o.dtype.element_ty), mask=(t0 + r < eos)[:, None])
+
+
+@gluon.jit
+def _store_o(acc, o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V: gl.constexpr, layout: gl.constexpr):
+    """The chunk's output tile acc [64, BV]: by TMA store through o_s for a whole chunk when o_desc is given
+    (not waited for here: the caller waits before it writes o_s again), else by masked stores (a tail
+    chunk's rows past eos belong to the next sequence)."""
+    if o_desc is not None:
+        if t0 + acc.shape[0] <= eos:
+            o_s.store(acc.to(o_desc.dtype))
+            fence_async_shared()
+            gl.thread_barrier()
+            tma.async_copy_shared_to_global(o_desc, [t0, hv * V + v0], o_s)
+        else:
+            _store_o_rows(acc, o, t0, eos, hv, v0, s_ot, s_oh, layout)
+    else:
+        _store_o_rows(acc, o, t0, eos, hv, v0, s_ot, s_oh, layout)
+
+
+@gluon.jit
+def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_indices, cu, has_init, o, o_desc,
                             HV, G, NV, scale, s_gt, s_gh, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
                             V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr,
                             num_warps: gl.constexpr):
@@ -261,6 +288,8 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
     The norms of q and k are taken from the shared tiles each chunk: measured on an H100 (8x4096, BV=128,
     8 warps) that beats loading prefill's [T, H] norm buffers a chunk ahead (0.633 vs 0.682 ms; the
     prefetched rows cost registers and ptxas spills more).
+
+    o_desc (or None): o as a TMA view [T, HV * V] with [64, BV] tiles, for whole chunks' output by TMA store.
 
     Rows past the sequence end: k rows zeroed in shared memory (chunk_state_sm90), vn rows selected to 0
     before they become an MMA operand (the tile may hold NaN garbage), o rows not stored."""
@@ -300,6 +329,9 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
         h_s = gl.allocate_shared_memory(DT, [K, BV], gl.NVMMASharedLayout.get_default_for([K, BV], DT))
         vs_s = gl.allocate_shared_memory(DT, [BT, BV], vs_layout)
         vn_s = gl.allocate_shared_memory(DT, [BT, BV], vs_layout)
+        o_s = vn_s          # placeholder when o goes out by plain stores
+        if o_desc is not None:
+            o_s = gl.allocate_shared_memory(o_desc.dtype, o_desc.block_type.shape, o_desc.layout)
         bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(bars.index(i), count=1)
@@ -321,6 +353,8 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
             g_last = gl_n
             gc_n, gl_n = _decays(gcum, t0l + BT, eos, hv, s_gt, s_gh, BT, row)
 
+            if o_desc is not None:
+                tma.store_wait(0)       # the previous chunk's o_s has been read (the barrier below orders it)
             h_s.store(S.to(DT))
             S = S * gl.exp(g_last)
             fence_async_shared()
@@ -366,10 +400,10 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
             acc_o, pa_hi, pa_lo = split_mma(sc, vn_s, acc_o * (rq * gl.exp(gc))[:, None], p_op)
             S, _, _ = warpgroup_mma_wait(num_outstanding=2, deps=(S, kt, vs_s))
             acc_o, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc_o, vn_s, pa_hi, pa_lo))
-            # the [BT, BV] offsets made here, not kept across the loop (registers)
-            o_c = o + t0l * s_ot + hv * s_oh
-            gl.store(o_c + r[:, None] * s_ot + cv[None, :], acc_o.to(o.dtype.element_ty), mask=valid[:, None])
+            _store_o(acc_o, o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V, mma)
 
+        if o_desc is not None:
+            tma.store_wait(0)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(bars.index(i))
         slot = gl.load(state_indices + n).to(gl.int64)

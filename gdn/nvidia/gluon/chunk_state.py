@@ -108,6 +108,8 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 #   64x512 ("wide"): BV=128/8 0.739 | BV=64/8 0.99 | plain 0.725 + 0.447 = 1.172
 #   1x4096, 1x32768 ("narrow", 32 pairs): the best fused (BV=16 or 32, 4 warps) 0.14-0.18 / 1.37-1.48 ms
 #                    against plain 0.157 / 1.174: too few CTAs to cover the longer per-chunk chain.
+# TMA_O (whole chunks' output by TMA store, 16-bit out; ncu put 8% of this kernel's stall samples on its
+# STG.E output stores at 8x4096): compiled (217 KB of shared memory) but not yet run on a GPU, so off.
 _FUSED = {("sm_90", "wide"): dict(BV=128, STAGES=2, num_warps=8), ("sm_90", "narrow"): None}
 
 
@@ -139,9 +141,12 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
         k, w, u, q = k.new_zeros(1, H, K), w.new_zeros(1, HV, K), u.new_zeros(1, HV, V), q.new_zeros(1, H, K)
     k, w, u, q = C.tma_ready(k), C.tma_ready(w), C.tma_ready(u), C.tma_ready(q)
     NV = V // BV
+    # o by TMA store where the table asks for it and out allows it (16-bit: an fp32 tile would not fit)
+    o_desc = (C.head_matrix(out, C.BT, BV) if cfg.get("TMA_O") and out.dtype in C.DTYPES and C.tma_ok(out)
+              else None)
     C.launch(chunk_state_output_sm90, (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), C.head_matrix(q, C.BT),
-             g_cum, state, state_indices, cu_seqlens, has_initial_state, out, HV, HV // H, NV, float(scale),
+             g_cum, state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H, NV, float(scale),
              g_cum.stride(0), g_cum.stride(1), *TS.pool_strides(state, state_layout), out.stride(0), out.stride(1),
              V=V, L2NORM=bool(use_qk_l2norm), STAGES=stages, num_warps=warps)
 
