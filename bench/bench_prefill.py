@@ -304,8 +304,9 @@ SWEEP_OUT = [dict(BV=64, num_warps=4, num_stages=2), dict(BV=128, num_warps=8, n
 
 # Gluon's fused state + output pass (sm_90; gdn/nvidia/gluon/chunk_state.py `_FUSED`): None = the plain Gluon
 # pass + Gluon chunk_output
-SWEEP_GLUON_FUSED = [None, dict(BV=128, STAGES=2, num_warps=8), dict(BV=64, STAGES=2, num_warps=8),
-                     dict(BV=32, STAGES=2, num_warps=4), dict(BV=16, STAGES=2, num_warps=4)]
+SWEEP_GLUON_FUSED = [None, dict(BV=128, STAGES=2, num_warps=8), dict(BV=128, STAGES=2, num_warps=8, TMA_O=True),
+                     dict(BV=64, STAGES=2, num_warps=8), dict(BV=32, STAGES=2, num_warps=4),
+                     dict(BV=16, STAGES=2, num_warps=4)]
 
 
 def time_plan(name, desc, row, T, call, reset, result, base, args, rows, emit, kernels_as_state=False) -> bool:
