@@ -273,11 +273,15 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="time the triton kernel over a config grid")
     ap.add_argument("--sweep-only", action="store_true", help="the sweep without the main table")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--require-peers", action="store_true", help="stop at once if FLA or FlashInfer does not import")
     ap.add_argument("--out", default=None, help="CSV path")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "needs a GPU"
     from gdn import ops
     from gdn.common import launch as L, probe
+    peer_modules = ("fla.ops.gated_delta_rule", "flashinfer.gdn_decode")
+    if args.require_peers and (bad := probe.unimportable(peer_modules)):
+        sys.exit("peers required but not importable:\n  " + "\n  ".join(bad))
     import gdn.common.triton.decode as D
     ops.load_backends()                       # registers every backend (triton, cutedsl, ...)
 
@@ -289,7 +293,7 @@ def main():
     variants = [(torch.float32, "vk"), (torch.bfloat16, "vk"), (torch.float32, "kv")]
     mtp_cases = [(32, 4)] if args.quick else [(B, T) for B in (8, 32, 128) for T in (2, 4, 8)]
     peers = {}
-    for name, mod in (("fla-0.6", "fla.ops.gated_delta_rule"), ("flashinfer-0.7", "flashinfer.gdn_decode")):
+    for name, mod in zip(("fla-0.6", "flashinfer-0.7"), peer_modules):
         if args.no_peers:
             break
         try:

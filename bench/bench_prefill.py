@@ -145,6 +145,9 @@ def fla_candidate(x, repeat_qk=False):
     return call, lambda: None, lambda: (res["o"][0], res["s"])
 
 
+PEER_MODULES = ("fla.ops.gated_delta_rule", "flashinfer.gdn_prefill")
+
+
 def flashinfer_candidate(x):
     from flashinfer.gdn_prefill import chunk_gated_delta_rule
     nrm = lambda t: (t.float() * torch.rsqrt((t.float() ** 2).sum(-1, keepdim=True) + 1e-6)).to(t.dtype)
@@ -425,6 +428,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--out", help="CSV file for the rows")
     p.add_argument("--no-peers", dest="peers", action="store_false")
+    p.add_argument("--require-peers", action="store_true", help="stop at once if FLA or FlashInfer does not import")
     p.add_argument("--no-check", dest="check", action="store_false")
     p.add_argument("--sweep", action="store_true", help="time gdn's launch plans instead of the comparison")
     p.add_argument("--small", action="store_true", help="tiny heads (H=2, HV=4, K=V=32): interpreter smoke test")
@@ -434,6 +438,9 @@ def main(argv=None):
                    "and the table is printed in time")
     p.add_argument("--child-json", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.require_peers and (bad := probe.unimportable(PEER_MODULES)):
+        print("peers required but not importable:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 2
     dims = (2, 4, 32, 32) if a.small or not GPU else (16, 32, 128, 128)
     if not GPU:
         a.cases = "2x70,1x130" if a.cases == p.get_default("cases") else a.cases

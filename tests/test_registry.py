@@ -113,3 +113,10 @@ def test_support_matrix_marks_compile_only():
     for r in rows:
         if r["backend"] != "reference":
             assert r["gfx942"] in ("", "compile-only")
+
+
+def test_unimportable_names_each_failing_module():
+    """The benchmarks' --require-peers check: importable modules pass, each missing one is named with its error."""
+    assert probe.unimportable(["math", "torch"]) == []
+    bad = probe.unimportable(["math", "gdn_no_such_module_xyz"])
+    assert len(bad) == 1 and bad[0].startswith("gdn_no_such_module_xyz: ModuleNotFoundError")

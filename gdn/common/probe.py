@@ -81,6 +81,18 @@ def package_version(dist: str) -> str | None:
         return None
 
 
+def unimportable(modules) -> list[str]:
+    """`modules` that fail to import here, each as "name: error" (benchmarks' --require-peers: a peer bundle
+    that did not load must stop a run before it times anything, not leave a table without peers)."""
+    bad = []
+    for mod in modules:
+        try:
+            importlib.import_module(mod)
+        except Exception as e:  # noqa: BLE001 (reported)
+            bad.append(f"{mod}: {type(e).__name__}: {str(e)[:120]}")
+    return bad
+
+
 @functools.lru_cache(maxsize=None)
 def gluon_available() -> bool:
     try:
