@@ -199,8 +199,9 @@ def test_gcum_desc_tma_addressable():
     16-byte-row g_cum) is described in place; any other g_cum is copied into a padded buffer, values kept."""
     import torch
 
+    from gdn.common.triton.prefill import _common as PC
     from gdn.nvidia.gluon import chunk_state as GS
-    g = GS.gcum_empty(100, 6, "cpu")
+    g = PC.gcum_empty(100, 6, "cpu")
     assert g.shape == (100, 6) and g.stride(0) * 4 % 16 == 0
     g.copy_(torch.randn(100, 6))
     d = GS.gcum_desc(g)

@@ -304,7 +304,6 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
                                                     instr_shape=[16, BT // WN, 16])
     p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     row: gl.constexpr = gl.SliceLayout(1, mma)
-    col: gl.constexpr = gl.SliceLayout(0, mma)
     row_s: gl.constexpr = gl.SliceLayout(1, mma_s)
     col_s: gl.constexpr = gl.SliceLayout(0, mma_s)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
@@ -313,14 +312,11 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
     n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
 
     r = gl.arange(0, BT, layout=row)
-    cv = v0 + gl.arange(0, BV, layout=col)
 
     if slot < 0:
         # padding sequence: pool untouched, its output rows zero
         for c in range(0, NC):
-            t0 = bos + c * BT
-            gl.store(o + t0.to(gl.int64) * s_ot + hv * s_oh + r[:, None] * s_ot + cv[None, :],
-                     gl.zeros([BT, BV], o.dtype.element_ty, mma), mask=(t0 + r < eos)[:, None])
+            _store_o_rows(gl.zeros([BT, BV], gl.float32, mma), o, bos + c * BT, eos, hv, v0, s_ot, s_oh, mma)
     else:
         w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
         k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)

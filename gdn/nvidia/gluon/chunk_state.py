@@ -23,6 +23,7 @@ import torch
 
 from gdn.common import launch as L
 from gdn.common.registry import Impl, dtypes, register
+from gdn.common.triton.prefill import _common as PC
 from gdn.common.triton.prefill import chunk_state as TS
 from gdn.nvidia.gluon import _common as C
 
@@ -45,25 +46,20 @@ def smem_bytes(K: int, BV: int, stages: int, itemsize: int = 2) -> int:
     return (stages * (2 * C.BT * K + C.BT * BV) + K * BV + C.BT * BV) * itemsize + stages * C.BT * G_COLS * 4
 
 
-G_COLS = 4      # g_cum tiles are [64, 4]: TMA boxes and column offsets go by 16 bytes; the kernel picks hv's
+G_COLS = 4      # g_cum tiles are [64, 4] (PC.gcum_empty's row padding): TMA offsets go by 16 bytes
 
 
 def gcum_desc(g_cum):
     """TMA view of g_cum [T, HV] fp32 with [64, G_COLS] tiles (a chunk's rows of 4 heads). It needs a unit head
-    stride and 16-byte row stride and base: prefill allocates g_cum so (`gcum_empty`); any other is copied into
-    such a buffer first (T x HV x 4 bytes)."""
+    stride and 16-byte row stride and base: prefill allocates g_cum so (`PC.gcum_empty`); any other is copied
+    into such a buffer first (T x HV x 4 bytes)."""
     T, HV = g_cum.shape
     if T == 0 or not (g_cum.stride(1) == 1 and g_cum.stride(0) * 4 % 16 == 0
                       and (g_cum.device.type == "meta" or g_cum.data_ptr() % 16 == 0)):
-        g = gcum_empty(max(T, 1), HV, g_cum.device)
+        g = PC.gcum_empty(max(T, 1), HV, g_cum.device)
         g[:T].copy_(g_cum)
         g_cum = g
     return C.Desc(g_cum, tuple(g_cum.shape), g_cum.stride(0), (C.BT, G_COLS))
-
-
-def gcum_empty(T: int, HV: int, device):
-    """An uninitialised g_cum [T, HV] fp32 whose rows are padded to 16 bytes, as `gcum_desc` reads it."""
-    return torch.empty((T, -(-HV // G_COLS) * G_COLS), dtype=torch.float32, device=device)[:, :HV]
 
 
 def config(arch: str, N: int, HV: int, K: int, V: int) -> dict:

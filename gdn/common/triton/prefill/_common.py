@@ -24,6 +24,12 @@ def num_slots(T: int, N: int, bt: int = BT) -> int:
     return T // bt + N
 
 
+def gcum_empty(T: int, HV: int, device):
+    """An uninitialised g_cum [T, HV] fp32 whose rows are padded to 16 bytes (HV rounded up to 4): the Gluon
+    plain state pass reads it by TMA, in [64, 4] tiles whose column offsets go by 16 bytes."""
+    return torch.empty((T, -(-HV // 4) * 4), dtype=torch.float32, device=device)[:, :HV]
+
+
 def block_n(N: int) -> int:
     """Width of the cu_seqlens scan in `seq_of_slot` (a loop covers larger N)."""
     return max(16, min(1024, L.next_pow2(max(N, 1))))

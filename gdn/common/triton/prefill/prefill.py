@@ -132,8 +132,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     p = plan(arch, N, HV, K, V)
     dev = q.device
     wdt = C.dot_dtype(q.dtype)
-    # rows padded to 16 bytes: the Gluon plain state pass reads g_cum tiles by TMA (chunk_state.gcum_desc)
-    g_cum = torch.empty((T, -(-HV // 4) * 4), dtype=torch.float32, device=dev)[:, :HV]
+    g_cum = C.gcum_empty(T, HV, dev)
     w = torch.empty((T, HV, K), dtype=wdt, device=dev)
     u = torch.empty((T, HV, V), dtype=wdt, device=dev)
     raw = g is None
