@@ -77,7 +77,7 @@ def test_async_wgmma_operands_live_until_wait(op):
     for name, kernel in C.aot_compile(op, registry.get(op, "gluon").fn, "sm_90"):
         assert "isAsync = true" in kernel.asm["ttgir"], name
         assert _unretired_operands(kernel.asm["ttgir"]) == [], name
-        assert _injected_waits(kernel) == [], name
+        assert _injected_waits(_ptxas_info(kernel)) == [], name
 
 
 def _ptxas_info(kernel) -> str | None:
@@ -98,19 +98,17 @@ def _ptxas_info(kernel) -> str | None:
                               text=True).stderr
 
 
-def _spill_bytes(kernel) -> int | None:
-    """Bytes of register spill stores ptxas reports for the kernel's PTX (sm_90a); None without ptxas."""
+def _spill_bytes(info: str | None) -> int | None:
+    """Bytes of register spill stores in ptxas's report `info` (_ptxas_info); None without ptxas."""
     import re
-    out = _ptxas_info(kernel)
-    return None if out is None else int(re.search(r"(\d+) bytes spill stores", out).group(1))
+    return None if info is None else int(re.search(r"(\d+) bytes spill stores", info).group(1))
 
 
-def _injected_waits(kernel) -> list[str]:
-    """ptxas's C7517 notes: a register of an in-flight wgmma's accumulator side was touched, so ptxas made
-    the warps wait for the MMA there, which silently serialises it with the work meant to overlap it (seen
-    when the state pass's decay of S moved after `w h` was issued)."""
-    out = _ptxas_info(kernel) or ""
-    return [line for line in out.splitlines() if "C7517" in line]
+def _injected_waits(info: str | None) -> list[str]:
+    """ptxas's C7517 notes in its report `info` (_ptxas_info): a register of an in-flight wgmma's accumulator
+    side was touched, so ptxas made the warps wait for the MMA there, which silently serialises it with the
+    work meant to overlap it (seen when the state pass's decay of S moved after `w h` was issued)."""
+    return [line for line in (info or "").splitlines() if "C7517" in line]
 
 
 def _check_hopper_kernel(name, launch, max_spill=0):
@@ -120,8 +118,9 @@ def _check_hopper_kernel(name, launch, max_spill=0):
     kernel = C.compile_launch(launch, "sm_90")
     assert "wgmma.mma_async" in kernel.asm["ptx"] and "cp.async.bulk.tensor" in kernel.asm["ptx"], name
     assert _unretired_operands(kernel.asm["ttgir"]) == [], name
-    assert _injected_waits(kernel) == [], name
-    spill = _spill_bytes(kernel)
+    info = _ptxas_info(kernel)
+    assert _injected_waits(info) == [], name
+    spill = _spill_bytes(info)
     assert spill is None or spill <= max_spill, (name, spill)
 
 
