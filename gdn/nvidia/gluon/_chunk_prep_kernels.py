@@ -47,6 +47,54 @@ def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, K0: 
 
 
 @gluon.jit
+def _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, b: gl.constexpr, OFF: gl.constexpr, acc_layout: gl.constexpr):
+    """Issue X @ Y_(b - OFF) (three async wgmmas of the hi + lo parts) for _bd_mm; zeros when b < OFF.
+    Returns (acc, B operands hi, lo): the slices must be deps of the retiring wait."""
+    BT: gl.constexpr = xa_hi.shape[0]
+    W: gl.constexpr = y_hi_s.shape[1]
+    acc = gl.zeros([BT, W], gl.float32, acc_layout)
+    b_hi = y_hi_s.slice(0, W, dim=0)
+    b_lo = y_lo_s.slice(0, W, dim=0)
+    if b >= OFF:
+        b_hi = y_hi_s.slice((b - OFF) * W, W, dim=0)
+        b_lo = y_lo_s.slice((b - OFF) * W, W, dim=0)
+        acc = warpgroup_mma(xa_hi, b_hi, acc, use_acc=False, is_async=True)
+        acc = warpgroup_mma(xa_hi, b_lo, acc, is_async=True)
+        acc = warpgroup_mma(xa_lo, b_hi, acc, is_async=True)
+    return acc, b_hi, b_lo
+
+
+@gluon.jit
+def _bd_mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, OFF: gl.constexpr = 0):
+    """Products of 16x16 blocks kept as row-stacks: x, y [64, 16] hold blocks X_b, Y_b in rows 16b..16b+15;
+    returns the row-stack of X_b @ Y_(b - OFF) (zero rows for b < OFF), with _mm's hi + lo precision.
+    A block-diagonal [64, 64] x [64, 16] product as _mm computes it splits 32 values per thread, 24 of them
+    zeros; here each warp's rows (one block) are the A operand against each 16-row slice of y's shared tile
+    (four [64, 16] x [16, 16] products) and every row keeps the product with its own block's slice.
+    Same tile-pair alternation as _mm (no barrier after the MMAs)."""
+    BT: gl.constexpr = x.shape[0]
+    W: gl.constexpr = x.shape[1]
+    gl.static_assert(BT == 4 * W)
+    DT: gl.constexpr = y_hi_s.dtype
+    y_hi, y_lo = split16(y, DT)
+    y_hi_s.store(y_hi)
+    y_lo_s.store(y_lo)
+    fence_async_shared()
+    gl.thread_barrier()
+    x_hi, x_lo = split16(x, DT)
+    xa_hi = gl.convert_layout(x_hi, a_op)
+    xa_lo = gl.convert_layout(x_lo, a_op)
+    c0, h0, l0 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 0, OFF, acc_layout)
+    c1, h1, l1 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 1, OFF, acc_layout)
+    c2, h2, l2 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 2, OFF, acc_layout)
+    c3, h3, l3 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 3, OFF, acc_layout)
+    c0, c1, c2, c3 = warpgroup_mma_wait(num_outstanding=0, deps=(c0, c1, c2, c3, h0, l0, h1, l1, h2, l2, h3, l3,
+                                                                 xa_hi, xa_lo))[:4]
+    blk = gl.arange(0, BT, layout=gl.SliceLayout(1, acc_layout))[:, None] // W
+    return gl.where(blk == 0, c0, gl.where(blk == 1, c1, gl.where(blk == 2, c2, c3)))
+
+
+@gluon.jit
 def _block_of_rows(r, W: gl.constexpr, OFF: gl.constexpr, BY_ROW: gl.constexpr):
     """The W-column block each row r of _cols / _place uses: r // W - OFF (BY_ROW), else OFF for all."""
     if BY_ROW:
@@ -119,11 +167,12 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
     k, v arrive by TMA; K K^T is a wgmma on the shared k tile. The solve inverts growing diagonal blocks:
     the 16x16 ones by doubling, (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), then 32x32 and 64x64 by
     (I + X E)^-1 X = X - X E X (E the block below the diagonal, (X E)^2 = 0). Every product is three wgmmas of
-    16-bit hi + lo parts (`_mm`) and only touches the blocks that can be non-zero: the block-diagonal
-    products run on row-stacks of the diagonal blocks ([64, 64] x [64, 16]), the last two are [64, 32] x
-    [32, 32]. (On an H100 at 8x4096: 615 us, against 672 with dense merge products and 747 with all ten
-    products dense [64, 64] x [64, 64]; A operands from shared memory and issuing independent products
-    together were slower with the dense products.) w and u as chunk_wy_sm90: A's hi + lo parts from
+    16-bit hi + lo parts and only touches the blocks that can be non-zero: the 16x16 blocks stay row-stacks
+    [64, 16] and are multiplied block by block (`_bd_mm`, four [64, 16] x [16, 16] products), the last two are
+    [64, 32] x [32, 32] (`_mm`). (On an H100 at 8x4096: 565 us; 625 with the block products as block-diagonal
+    [64, 64] x [64, 16] ones, 672 with dense merge products and 747 with all ten products dense [64, 64] x
+    [64, 64]; A operands from shared memory and issuing independent products together were slower with the
+    dense products.) w and u as chunk_wy_sm90: A's hi + lo parts from
     registers against the shared k and v tiles, u stored before w's accumulator.
     Rows past the sequence end: k and v rows zeroed in shared memory, their gates 0, not stored."""
     BT: gl.constexpr = k_desc.block_type.shape[0]
@@ -169,11 +218,12 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
     rb = gl.arange(0, BT, layout=row_b)
     o_v = gl.arange(0, V, layout=col_b)
 
-    # rows past the last sequence (unused token budget) get zero output
+    # rows past the last sequence (unused token budget) get zero output: only the slots reaching past it
     end = gl.load(cu + N).to(gl.int64)
-    tail = s.to(gl.int64) * BT + rb
-    gl.store(o + tail[:, None] * s_ot + hv * s_oh + o_v[None, :], gl.zeros([BT, V], o.dtype.element_ty, blk),
-             mask=((tail >= end) & (tail < T))[:, None])
+    if s.to(gl.int64) * BT + BT > end:
+        tail = s.to(gl.int64) * BT + rb
+        gl.store(o + tail[:, None] * s_ot + hv * s_oh + o_v[None, :], gl.zeros([BT, V], o.dtype.element_ty, blk),
+                 mask=((tail >= end) & (tail < T))[:, None])
 
     n, t0, eos = seq_of_slot(cu, N, s, BT, BLOCK_N, num_warps)
     if t0 < eos:
@@ -233,27 +283,23 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         nm = gl.where(low, kk * (bb * rk)[:, None] * rk_c[None, :] * decay, 0.0)
 
         # A = (I + N)^-1 on growing diagonal blocks, every product between structured tiles:
-        # 16x16 blocks, (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8) on row-stacks: for block-diagonal
-        # X, Y, X @ stack(Y) = stack(X Y), a [64, 64] x [64, 16] MMA
-        same = (r[:, None] // 16) == (c[None, :] // 16)
-        eye = gl.where(r[:, None] == c[None, :], 1.0, 0.0)
-        d = gl.where(same, nm, 0.0)
-        eye_st = _cols(eye, blk3, mma_q, 0, True)
-        d_st = _cols(d, blk3, mma_q, 0, True)
-        xi = eye - d
+        # 16x16 blocks, (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), the blocks kept as row-stacks [64, 16]
+        # (row r holds its block's row: N's diagonal blocks are _cols(nm, .., 0, True)) and multiplied block by
+        # block (_bd_mm)
+        rq = gl.arange(0, BT, layout=gl.SliceLayout(1, mma_q))
+        eye_st = gl.where((rq % 16)[:, None] == gl.arange(0, 16, layout=gl.SliceLayout(0, mma_q))[None, :], 1.0, 0.0)
+        d_st = _cols(nm, blk3, mma_q, 0, True)
+        xi_st = eye_st - d_st
         for i in gl.static_range(3):
-            if i > 0:
-                d = _place(d_st, blk3, mma_s, 0, True)
-            d_st = _mm(d, d_st, zh.index(0), zl.index(0), a_q, mma_q)
-            xi_st = _mm(xi, eye_st + d_st, zh.index(1), zl.index(1), a_q, mma_q)
-            xi = _place(xi_st, blk3, mma_s, 0, True)
-        # 32x32 blocks: with E1 = N's blocks (1,0) and (3,2), (xi E1)^2 = 0, so X32 = xi - xi E1 xi; both
-        # products map row block b to column block b - 1 (row-stacks one block below the diagonal)
-        odd = ((gl.arange(0, BT, layout=gl.SliceLayout(1, mma_q)) // 16) % 2) == 1
+            d_st = _bd_mm(d_st, d_st, zh.index(0), zl.index(0), a_q, mma_q)
+            xi_st = _bd_mm(xi_st, eye_st + d_st, zh.index(1), zl.index(1), a_q, mma_q)
+        # 32x32 blocks: with E1 = N's blocks (1,0) and (3,2), (xi E1)^2 = 0, so X32 = xi - xi E1 xi; as row-stacks
+        # P_b = X_b E1_b, then P_b X_(b-1), placed one block below the diagonal
+        odd = ((rq // 16) % 2) == 1
         e1_st = gl.where(odd[:, None], _cols(nm, blk3, mma_q, 1, True), 0.0)
-        p_st = _mm(xi, e1_st, zh.index(0), zl.index(0), a_q, mma_q)
-        p_st = _mm(_place(p_st, blk3, mma_s, 1, True), xi_st, zh.index(1), zl.index(1), a_q, mma_q)
-        x32 = xi - _place(p_st, blk3, mma_s, 1, True)
+        p_st = _bd_mm(xi_st, e1_st, zh.index(0), zl.index(0), a_q, mma_q)
+        p_st = _bd_mm(p_st, xi_st, zh.index(1), zl.index(1), a_q, mma_q, OFF=1)
+        x32 = _place(xi_st, blk3, mma_s, 0, True) - _place(p_st, blk3, mma_s, 1, True)
         # 64x64: with E2 = N[32:, :32], A = X32 - X32[:, 32:] E2 X32[:32, :32] in the lower-left quadrant:
         # two [64, 32] x [32, 32] MMAs (the upper rows of the first are zeros)
         q = _mm(_cols(x32, half3, mma_h, 1, False), _cols(nm, half3, mma_h, 0, False), xh.index(0), xl.index(0),
