@@ -250,7 +250,7 @@ FUSED_VARIANTS = [
     pytest.param("kv", torch.float32, None, None, id="kv-fp32-table"),
     pytest.param("kv", torch.bfloat16, None, dict(BV=32, STAGES=2, num_warps=4), id="kv-bf16-1wg"),
     pytest.param("vk", torch.bfloat16, (False, True), dict(BV=32, STAGES=3, num_warps=8), id="vk-bf16-2wg-bv32"),
-    pytest.param("vk", torch.float32, (True, False), dict(BV=128, STAGES=2, num_warps=8, TMA_O=True),
+    pytest.param("vk", torch.float32, (True, False), dict(BV=64, STAGES=2, num_warps=8, TMA_O=True),
                  id="vk-fp32-tma-o"),
 ]
 

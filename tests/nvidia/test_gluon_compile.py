@@ -185,7 +185,7 @@ def test_chunk_prep_compiles():
 def test_fused_config_table():
     """The fused pass is chosen for wide batches only, at K <= 128, with >= 16 state columns per warpgroup."""
     from gdn.nvidia.gluon import chunk_state as GS
-    assert GS.fused_config("sm_90", 8, 32, 128, 128) == dict(BV=128, STAGES=2, num_warps=8)     # 8x4096
+    assert GS.fused_config("sm_90", 8, 32, 128, 128) == dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)  # 8x4096
     assert GS.fused_config("sm_90", 1, 32, 128, 128) is None                                    # 1x32768
     assert GS.fused_config("sm_90", 8, 32, 256, 128) is None
     assert GS.fused_config("sm_80", 8, 32, 128, 128) is None
