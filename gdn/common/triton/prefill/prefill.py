@@ -107,6 +107,10 @@ _PREP_CONFIGS = {
 # first kernel writes). H100, 8x4096: 0.85 vs 0.96 ms (raw gates), 0.85 vs 0.91 (g, beta).
 _GLUON_PREP = {("sm_90", "any"): True}
 # Fuse the output into the state pass when the (sequence, v-head) pairs fill the GPU ("wide").
+# Narrow batches, tried and not kept (H100, 2026-11-22, CUDA-graph replay): the tokens cut into P pieces, each
+# piece's state pass on a high-priority side stream overlapping the next piece's first kernel and the previous
+# piece's output. 1x32768 1.579 ms -> 1.547 (P=4), 1.616 (P=8); 1x4096 0.225 -> 0.232 (P=2); 2x8192 0.813 ->
+# 0.850 (P=2): a first-kernel CTA on the SM slows the latency-bound state pass about as much as it overlaps.
 _FUSE = {"wide": True, "narrow": False}
 
 
