@@ -281,6 +281,10 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         low = (r[:, None] > c[None, :]) & ok[:, None] & ok_c[None, :]
         decay = gl.exp(gl.where(low, gc[:, None] - gc_c[None, :], 0.0))
         nm = gl.where(low, kk * (bb * rk)[:, None] * rk_c[None, :] * decay, 0.0)
+        # A's per-token column factors for u and w, taken now: column vectors cost 16 registers each in
+        # this layout, and gc_c, rk_c kept live across the solve pushed it past 168 registers
+        bc = gl.convert_layout(bb, col)
+        wc = bc * gl.exp(gc_c) * rk_c
 
         # A = (I + N)^-1 on growing diagonal blocks, every product between structured tiles:
         # 16x16 blocks, (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), the blocks kept as row-stacks [64, 16]
@@ -308,13 +312,12 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         ai = x32 - _place(q, half3, mma_s, 0, False)
 
         # w and u (chunk_wy_sm90): A's per-token column factors folded in, hi + lo parts against k and v
-        bc = gl.convert_layout(bb, col)
         u_acc, ua_hi, ua_lo = split_mma(ai * bc[None, :], v_smem, gl.zeros([BT, V], gl.float32, mma_u), a_u, False)
         u_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(u_acc, v_smem, ua_hi, ua_lo))
         # u stored before w's accumulator goes live: one [64, 128] fp32 accumulator at a time (registers);
         # a whole chunk's u leaves by TMA while w's product runs
         _store_rows(u_acc, u_desc, u, t0, eos, hv, s_ut, s_uh, blk)
-        w_acc, wa_hi, wa_lo = split_mma(ai * (bc * gl.exp(gc_c) * rk_c)[None, :], k_smem,
+        w_acc, wa_hi, wa_lo = split_mma(ai * wc[None, :], k_smem,
                                         gl.zeros([BT, K], gl.float32, mma_w), a_w, False)
         w_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(w_acc, k_smem, wa_hi, wa_lo))
         _store_rows(w_acc, w_desc, w, t0, eos, hv, s_wt, s_wh, blk)

@@ -95,12 +95,13 @@ def recording():
         _RECORD.reset(token)
 
 
-def launch(kernel, grid, *args, num_warps: int = 4, **constexprs) -> None:
+def launch(kernel, grid, *args, num_warps: int = 4, maxnreg: int | None = None, **constexprs) -> None:
     """kernel[grid](*args) with `Desc` arguments turned into TMA descriptors; under `recording()` the
-    launch is recorded (signature and constexprs) instead."""
+    launch is recorded (signature and constexprs) instead. maxnreg: ptxas's register cap (occupancy)."""
     rec = _RECORD.get()
+    opts = dict(num_warps=num_warps) if maxnreg is None else dict(num_warps=num_warps, maxnreg=maxnreg)
     if rec is None:
-        kernel[grid](*(a.build() if isinstance(a, Desc) else a for a in args), num_warps=num_warps, **constexprs)
+        kernel[grid](*(a.build() if isinstance(a, Desc) else a for a in args), **opts, **constexprs)
         return
     sig, cexp = {}, {}
     for name, v in zip(kernel.arg_names, args):
@@ -111,7 +112,7 @@ def launch(kernel, grid, *args, num_warps: int = 4, **constexprs) -> None:
         constexprs = {**constexprs, "num_warps": num_warps}
     for name, v in constexprs.items():
         sig[name], cexp[name] = "constexpr", v
-    rec.append(L.Launch(kernel, sig, cexp, {"num_warps": num_warps}))
+    rec.append(L.Launch(kernel, sig, cexp, opts))
 
 
 def compile_launch(l: L.Launch, arch: str):

@@ -14,9 +14,10 @@ from __future__ import annotations
 from gdn.common.triton.prefill import _common as PC
 from gdn.nvidia.gluon import _common as C
 
-# One warpgroup (the 64-row wgmma tiles). ptxas takes 209 registers (2 CTAs per SM); capping them for 3 CTAs
-# was slower on an H100 (8x4096: 0.615 ms; maxnreg=168 0.631).
+# One warpgroup (the 64-row wgmma tiles). ptxas takes 179 registers; capped at 168 (no spill) three CTAs fit
+# an SM (57.6 KB of shared memory each) instead of two.
 NUM_WARPS = 4
+MAXNREG = 168
 HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
 
 
@@ -42,7 +43,7 @@ def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, ou
              a, b, A_log, dt_bias, g, beta, cu_seqlens, g_cum, w, u, out, N, T, HV, HV // H,
              gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0), g_cum.stride(1),
              w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
-             RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), num_warps=NUM_WARPS)
+             RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), num_warps=NUM_WARPS, maxnreg=MAXNREG)
 
 
 def example_launches(arch: str) -> list:
