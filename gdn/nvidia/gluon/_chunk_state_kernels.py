@@ -104,7 +104,7 @@ def _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K: 
 
 
 @gluon.jit
-def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indices, cu, has_init, v_new,
+def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indices, cu, has_init, v_new, vn_desc,
                      HV, G, NV, s_ps, s_ph, s_pk, s_pv, s_nt, s_nh,
                      V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
     """One CTA (one warpgroup) per (sequence, v-head, BV state columns), V blocks of a head adjacent (they
@@ -121,6 +121,11 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
     the next sequence's rows or, past cu_seqlens[-1], whatever the buffer holds (TMA zero-fills only past
     T). Their v_new rows are not stored and their vs rows are selected to zero; the k rows are zeroed in
     shared memory (0 * NaN in the MMA would be NaN).
+
+    vn_desc (or None): v_new as a TMA view [T, HV * V] with [64, BV] tiles. A whole chunk's v_new then leaves
+    by TMA store from a shared tile written next to vs (one fence for both). Plain stores of it (tail chunks,
+    or without vn_desc) are still in flight at the next chunk's fence.proxy.async, whose MEMBAR.ALL.CTA
+    waits for them: ncu put 14% of this kernel's stall samples there at 1x32768 (H100).
 
     Every operand of an async wgmma is a dep of the wait that retires it (see chunk_output_sm90)."""
     BT: gl.constexpr = w_desc.block_type.shape[0]
@@ -142,8 +147,6 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
     s0 = bos // BT + n                          # the sequence's first chunk slot
 
     r = gl.arange(0, BT, layout=row)
-    cv = v0 + gl.arange(0, BV, layout=col)
-    n_off = r[:, None] * s_nt + hv * s_nh + cv[None, :]
     h_s = gl.allocate_shared_memory(DT, [K, BV], h_desc.layout)
 
     if slot < 0:
@@ -154,8 +157,7 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
         for c in range(0, NC):
             t0 = bos + c * BT
             tma.async_copy_shared_to_global(h_desc, [((s0 + c) * HV + hv) * K, v0], h_s)
-            gl.store(v_new + t0.to(gl.int64) * s_nt + n_off, gl.zeros([BT, BV], v_new.dtype.element_ty, mma),
-                     mask=(t0 + r < eos)[:, None])
+            _store_o_rows(gl.zeros([BT, BV], gl.float32, mma), v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
         tma.store_wait(0)
     else:
         w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
@@ -163,6 +165,9 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
         u_s = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BT, BV], u_desc.layout)
         g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
         vs_s = gl.allocate_shared_memory(DT, [BT, BV], vs_layout)
+        vn_s = vs_s         # placeholder when v_new goes out by plain stores
+        if vn_desc is not None:
+            vn_s = gl.allocate_shared_memory(vn_desc.dtype, vn_desc.block_type.shape, vn_desc.layout)
         bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(bars.index(i), count=1)
@@ -176,9 +181,9 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
         for c in range(0, NC):
             b = c % STAGES
             t0 = bos + c * BT
-            t0l = t0.to(gl.int64)
 
-            # state entering the chunk -> h_s, once the previous chunk's TMA store of it has read it
+            # state entering the chunk -> h_s, once the previous chunk's TMA stores (h, v_new) have read
+            # h_s and vn_s
             tma.store_wait(0)
             h_s.store(S.to(DT))
             fence_async_shared()
@@ -211,11 +216,23 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
             vn = uu - acc
             vs = gl.where(valid[:, None], vn * fac[:, None], 0.0)
             vs_s.store(vs.to(DT))
+            # (branches stay before the MMA issue: ptxas injects a wgmma wait at control flow while one is
+            # in flight)
+            if vn_desc is not None:
+                whole = t0 + BT <= eos
+                if whole:
+                    vn_s.store(vn.to(vn_desc.dtype))
+                else:           # a tail chunk's rows past eos belong to the next sequence: masked stores
+                    _store_o_rows(vn, v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
             fence_async_shared()
             gl.thread_barrier()
+            if vn_desc is not None:
+                if whole:
+                    tma.async_copy_shared_to_global(vn_desc, [t0, hv * V + v0], vn_s)
             kt = k_b.permute((1, 0))
             S = warpgroup_mma(kt, vs_s, S, is_async=True)
-            gl.store(v_new + t0l * s_nt + n_off, vn.to(v_new.dtype.element_ty), mask=valid[:, None])
+            if vn_desc is None:
+                _store_o_rows(vn, v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
             S, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(S, kt, vs_s))
 
         tma.store_wait(0)

@@ -42,8 +42,8 @@ SMEM_BUDGET = 200 * 1024       # of sm_90's 227 KB per CTA, leaving room for lay
 
 def smem_bytes(K: int, BV: int, stages: int, itemsize: int = 2) -> int:
     """Shared tiles of one CTA: STAGES x (w, k [64, K], u [64, BV], g_cum [64, 4] fp32), h [K, BV],
-    vs [64, BV]."""
-    return (stages * (2 * C.BT * K + C.BT * BV) + K * BV + C.BT * BV) * itemsize + stages * C.BT * G_COLS * 4
+    vs and v_new [64, BV]."""
+    return (stages * (2 * C.BT * K + C.BT * BV) + K * BV + 2 * C.BT * BV) * itemsize + stages * C.BT * G_COLS * 4
 
 
 G_COLS = 4      # g_cum tiles are [64, 4] (PC.gcum_empty's row padding): TMA offsets go by 16 bytes
@@ -87,10 +87,12 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
         raise ValueError(f"gdn.chunk_state (gluon): argument 'h' has {NS}*{HV}*{K} rows, over the int32 TMA "
                          "coordinate range")
     NV = V // BV
+    # v_new by TMA store where it allows it (16-bit, TMA-addressable; see chunk_state_sm90)
+    vn_desc = (C.head_matrix(v_new, C.BT, BV) if T > 0 and v_new.dtype in C.DTYPES and C.tma_ok(v_new) else None)
     C.launch(chunk_state_sm90, (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
              C.Desc(h, (NS * HV * K, V), V, (K, BV)), state, state_indices, cu_seqlens, has_initial_state, v_new,
-             HV, HV // H, NV, *TS.pool_strides(state, state_layout), v_new.stride(0), v_new.stride(1), V=V,
+             vn_desc, HV, HV // H, NV, *TS.pool_strides(state, state_layout), v_new.stride(0), v_new.stride(1), V=V,
              L2NORM=bool(use_qk_l2norm), STAGES=stages, num_warps=NUM_WARPS)
 
 
