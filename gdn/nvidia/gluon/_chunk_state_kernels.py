@@ -122,6 +122,10 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
     T). Their v_new rows are not stored and their vs rows are selected to zero; the k rows are zeroed in
     shared memory (0 * NaN in the MMA would be NaN).
 
+    (Tried: the key norms rk written by prefill's first kernel and loaded here as [64, 4] TMA tiles instead of
+    inv_norm on the k tile, which is 30% of this kernel's instructions: slower on an H100, 1x32768 0.577 ->
+    0.601 ms. inv_norm runs in the shadow of the w h MMA; the extra tile and its layout conversion sit on
+    the chain.)
     vn_desc (or None): v_new as a TMA view [T, HV * V] with [64, BV] tiles. A whole chunk's v_new then leaves
     by TMA store from a shared tile written next to vs (one fence for both). Plain stores of it (tail chunks,
     or without vn_desc) are still in flight at the next chunk's fence.proxy.async, whose MEMBAR.ALL.CTA
