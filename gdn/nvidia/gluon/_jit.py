@@ -20,7 +20,9 @@ def row_sum(x, axis: gl.constexpr):
 def seq_of_slot(cu, N, s, CHUNK: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
     """Chunk slot s -> (n, t0, eos): sequence n, first token t0 of the chunk, end of the sequence (int64).
     The slot holds a chunk iff t0 < eos. Same rule as gdn/common/triton/prefill/_common.py: sequence n's
-    first slot is cu[n] // CHUNK + n, so n is the number of sequences whose first slot is <= s, minus one."""
+    first slot is cu[n] // CHUNK + n, so n is the number of sequences whose first slot is <= s, minus one.
+    (Taking cu[n], cu[n + 1] out of the first load by max/min reductions instead of a second round trip was
+    measured: no gain in the first kernel at 8x4096 or 1x4096, 64x512 0.484 -> 0.505 ms on an H100.)"""
     lay: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
     cnt = gl.to_tensor(0)
     for i in range(0, N, BLOCK_N):
