@@ -169,10 +169,11 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
     (I + X E)^-1 X = X - X E X (E the block below the diagonal, (X E)^2 = 0). Every product is three wgmmas of
     16-bit hi + lo parts and only touches the blocks that can be non-zero: the 16x16 blocks stay row-stacks
     [64, 16] and are multiplied block by block (`_bd_mm`, four [64, 16] x [16, 16] products), the last two are
-    [64, 32] x [32, 32] (`_mm`). (On an H100 at 8x4096: 565 us; 625 with the block products as block-diagonal
-    [64, 64] x [64, 16] ones, 672 with dense merge products and 747 with all ten products dense [64, 64] x
-    [64, 64]; A operands from shared memory and issuing independent products together were slower with the
-    dense products.) w and u as chunk_wy_sm90: A's hi + lo parts from
+    [64, 32] x [32, 32] (`_mm`). (On an H100 at 8x4096, two CTAs per SM: 565 us; 625 with the block products
+    as block-diagonal [64, 64] x [64, 16] ones, 672 with dense merge products and 747 with all ten products
+    dense [64, 64] x [64, 64]; A operands from shared memory and issuing independent products together were
+    slower with the dense products. Three CTAs per SM (chunk_prep.py MAXNREG): 458 us.) w and u as
+    chunk_wy_sm90: A's hi + lo parts from
     registers against the shared k and v tiles, u stored before w's accumulator.
     Rows past the sequence end: k and v rows zeroed in shared memory, their gates 0, not stored."""
     BT: gl.constexpr = k_desc.block_type.shape[0]
@@ -294,7 +295,9 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         eye_st = gl.where((rq % 16)[:, None] == gl.arange(0, 16, layout=gl.SliceLayout(0, mma_q))[None, :], 1.0, 0.0)
         d_st = _cols(nm, blk3, mma_q, 0, True)
         xi_st = eye_st - d_st
-        for i in gl.static_range(3):
+        # a loop, not unrolled: ncu put 15% of the stall samples on instruction fetch (H100, same run: 8x4096
+        # 0.469 -> 0.458 ms, 1x32768 0.467 -> 0.443, at the cost of a 16-byte spill)
+        for i in range(3):
             d_st = _bd_mm(d_st, d_st, zh.index(0), zl.index(0), a_q, mma_q)
             xi_st = _bd_mm(xi_st, eye_st + d_st, zh.index(1), zl.index(1), a_q, mma_q)
         # 32x32 blocks: with E1 = N's blocks (1,0) and (3,2), (xi E1)^2 = 0, so X32 = xi - xi E1 xi; as row-stacks
