@@ -125,10 +125,11 @@ def _check_hopper_kernel(name, launch, max_spill=0):
 
 
 @needs_gluon
-@pytest.mark.parametrize("cfg", [dict(BV=32, STAGES=3), dict(BV=16, STAGES=2)])
+@pytest.mark.parametrize("cfg", [dict(BV=32, STAGES=4), dict(BV=32, STAGES=3), dict(BV=16, STAGES=2)])
 def test_chunk_state_other_configs(cfg):
-    """The registered example takes the "wide" config (BV=64, 2 stages); the narrow one and the finest split
-    compile too, with every wgmma operand retired by a wait, and without register spills (ptxas -v)."""
+    """The registered example takes the "wide" config (BV=32, 2 stages); the narrow one (BV=32, 4 stages), 3
+    stages and the finest split compile too, with every wgmma operand retired by a wait, and without register
+    spills (ptxas -v)."""
     from gdn.common import launch as L
     from gdn.common.triton.prefill import chunk_state as TS
     from gdn.nvidia.gluon import _common as C

@@ -28,14 +28,16 @@ from gdn.common.triton.prefill import chunk_state as TS
 from gdn.nvidia.gluon import _common as C
 
 # BV (state columns per CTA) and STAGES (chunks of w/k/u tiles in flight) by bucket (TS.bucket: N * HV
-# below 128 is "narrow"). Narrow (1x32768: 32 pairs): BV=32 makes 4 CTAs per pair (128 CTAs), 3 stages
-# (108 KB of tiles) hide TMA latency behind a chain that has no other work to overlap. Wide (8x4096: 256
+# below 128 is "narrow"). Narrow (1x32768: 32 pairs): BV=32 makes 4 CTAs per pair (128 CTAs), 4 stages
+# (164 KB of tiles) hide TMA latency behind a chain that has no other work to overlap. Wide (8x4096: 256
 # pairs): BV=64, 2 stages (104 KB in all) for two CTAs per SM. Not yet swept on a GPU.
 # bench/bench_gluon_prefill.py on an H100, 2026-11-22 (chunk_state alone, CUDA graph): 8x4096 ("wide")
 # BV=32/2 stages 0.655 ms (64/2 0.665, 16/2 0.861; Triton 0.72); 1x32768 ("narrow") 32/3 0.754 ms
 # (16/2 0.763, 64/2 0.908; Triton 0.774). With the decays by TMA (bench_prefill.py, H100, 2026-11-22 15:00
-# UTC): 1x32768 0.725 -> 0.596-0.601 ms, 1x4096 0.094 -> 0.081 (configs not re-swept).
-_CONFIGS = {("sm_90", "narrow"): dict(BV=32, STAGES=3), ("sm_90", "wide"): dict(BV=32, STAGES=2)}
+# UTC): 1x32768 0.725 -> 0.596-0.601 ms, 1x4096 0.094 -> 0.081. Re-swept with v_new by TMA (H100, 17:15 UTC,
+# CUDA-graph replay of this kernel alone, BV x STAGES in {16, 32, 64} x {2, 3, 4}): 1x32768 BV=32/4 stages
+# 0.531 ms (32/3 0.576, 64/3 0.645, 16/2 0.770), 1x4096 0.073 (32/3 0.078), 2x8192 0.277 (32/3 0.300).
+_CONFIGS = {("sm_90", "narrow"): dict(BV=32, STAGES=4), ("sm_90", "wide"): dict(BV=32, STAGES=2)}
 NUM_WARPS = 4                  # one warpgroup: the 64-row wgmma tile
 SMEM_BUDGET = 200 * 1024       # of sm_90's 227 KB per CTA, leaving room for layout-conversion scratch
 
