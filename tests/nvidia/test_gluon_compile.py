@@ -125,6 +125,23 @@ def _check_hopper_kernel(name, launch, max_spill=0):
 
 
 @needs_gluon
+def test_chunk_state_fp32_v_new_compiles():
+    """The plain pass with a fp32 v_new (no TMA view of it: plain stores, the kernel's other branch)."""
+    import torch
+
+    from gdn.common import launch as L
+    from gdn.common.triton.prefill import chunk_state as TS
+    from gdn.nvidia.gluon import _common as C
+    from gdn.nvidia.gluon import chunk_state as GS
+    args, kw = TS._example("meta", layout="vk")
+    args = (*args[:9], torch.empty(args[9].shape, dtype=torch.float32, device="meta"))
+    with L.recording("sm_90"), C.recording() as launches:
+        GS.launch_state(*args, kw["use_qk_l2norm"], kw["state_layout"], dict(BV=32, STAGES=4))
+    assert launches[0].constexprs.get("vn_desc", "absent") is None
+    _check_hopper_kernel("chunk_state_sm90[v_new=fp32]", launches[0])
+
+
+@needs_gluon
 @pytest.mark.parametrize("cfg", [dict(BV=32, STAGES=4), dict(BV=32, STAGES=3), dict(BV=16, STAGES=2)])
 def test_chunk_state_other_configs(cfg):
     """The registered example takes the "wide" config (BV=32, 2 stages); the narrow one (BV=32, 4 stages), 3
@@ -148,7 +165,7 @@ def test_chunk_state_output_fused_compiles():
     the spill grow back."""
     from gdn.nvidia.gluon import chunk_state as GS
     launches = GS._fused_example_launches("sm_90")
-    assert launches
+    assert launches and any("TMA_O=0" in name for name, _ in launches[:2])      # both output branches
     for name, launch in launches[:2]:
         _check_hopper_kernel(name, launch, max_spill=32)
 

@@ -4,7 +4,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._jit import inv_norm, row_sum, split_mma, zero_rows_past
+from gdn.nvidia.gluon._jit import inv_norm, row_sum, split_mma, store_rows, store_tile, zero_rows_past
 
 
 @gluon.jit
@@ -139,7 +139,6 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                   instr_shape=[16, BV, 16])
     row: gl.constexpr = gl.SliceLayout(1, mma)
-    col: gl.constexpr = gl.SliceLayout(0, mma)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     vs_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
     # g_cum tiles [64, 4]: the 4 columns in registers, rows as the wgmma accumulator has them (`row`)
@@ -161,7 +160,7 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
         for c in range(0, NC):
             t0 = bos + c * BT
             tma.async_copy_shared_to_global(h_desc, [((s0 + c) * HV + hv) * K, v0], h_s)
-            _store_o_rows(gl.zeros([BT, BV], gl.float32, mma), v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
+            store_rows(gl.zeros([BT, BV], gl.float32, mma), v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
         tma.store_wait(0)
     else:
         w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
@@ -227,7 +226,7 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
                 if whole:
                     vn_s.store(vn.to(vn_desc.dtype))
                 else:           # a tail chunk's rows past eos belong to the next sequence: masked stores
-                    _store_o_rows(vn, v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
+                    store_rows(vn, v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
             fence_async_shared()
             gl.thread_barrier()
             if vn_desc is not None:
@@ -236,7 +235,7 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
             kt = k_b.permute((1, 0))
             S = warpgroup_mma(kt, vs_s, S, is_async=True)
             if vn_desc is None:
-                _store_o_rows(vn, v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
+                store_rows(vn, v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
             S, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(S, kt, vs_s))
 
         tma.store_wait(0)
@@ -255,33 +254,6 @@ def _load_chunk_q(w_desc, k_desc, u_desc, q_desc, bar, w_buf, k_buf, u_buf, q_bu
     _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred, K, V,
                 q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_buf, pred=pred)
-
-
-@gluon.jit
-def _store_o_rows(acc, o, t0, eos, hv, v0, s_ot, s_oh, layout: gl.constexpr):
-    """acc [64, BV] as rows t0.. (those before eos) of head hv, columns v0.. of o [T, HV, V], by masked stores.
-    The [64, BV] offsets are made here, not kept across the chunk loop (registers)."""
-    r = gl.arange(0, acc.shape[0], layout=gl.SliceLayout(1, layout))
-    cv = v0 + gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, layout))
-    o_c = o + t0.to(gl.int64) * s_ot + hv * s_oh
-    gl.store(o_c + r[:, None] * s_ot + cv[None, :], acc.to(o.dtype.element_ty), mask=(t0 + r < eos)[:, None])
-
-
-@gluon.jit
-def _store_o(acc, o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V: gl.constexpr, layout: gl.constexpr):
-    """The chunk's output tile acc [64, BV]: by TMA store through o_s for a whole chunk when o_desc is given
-    (not waited for here: the caller waits before it writes o_s again), else by masked stores (a tail
-    chunk's rows past eos belong to the next sequence)."""
-    if o_desc is not None:
-        if t0 + acc.shape[0] <= eos:
-            o_s.store(acc.to(o_desc.dtype))
-            fence_async_shared()
-            gl.thread_barrier()
-            tma.async_copy_shared_to_global(o_desc, [t0, hv * V + v0], o_s)
-        else:
-            _store_o_rows(acc, o, t0, eos, hv, v0, s_ot, s_oh, layout)
-    else:
-        _store_o_rows(acc, o, t0, eos, hv, v0, s_ot, s_oh, layout)
 
 
 @gluon.jit
@@ -337,7 +309,7 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
     if slot < 0:
         # padding sequence: pool untouched, its output rows zero
         for c in range(0, NC):
-            _store_o_rows(gl.zeros([BT, BV], gl.float32, mma), o, bos + c * BT, eos, hv, v0, s_ot, s_oh, mma)
+            store_rows(gl.zeros([BT, BV], gl.float32, mma), o, bos + c * BT, eos, hv, v0, s_ot, s_oh, mma)
     else:
         w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
         k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
@@ -417,7 +389,7 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
             acc_o, pa_hi, pa_lo = split_mma(sc, vn_s, acc_o * (rq * gl.exp(gc))[:, None], p_op)
             S, _, _ = warpgroup_mma_wait(num_outstanding=2, deps=(S, kt, vs_s))
             acc_o, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc_o, vn_s, pa_hi, pa_lo))
-            _store_o(acc_o, o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V, mma)
+            store_tile(acc_o, o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V, mma)
 
         if o_desc is not None:
             tma.store_wait(0)

@@ -1,7 +1,7 @@
 """Gluon device helpers shared by the prefill kernels (imported only when a kernel is launched or compiled)."""
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, tma, warpgroup_mma
 
 
 @gluon.jit
@@ -90,3 +90,33 @@ def split_mma(a, b_smem, acc, a_op: gl.constexpr, use_acc: gl.constexpr = True):
     acc = warpgroup_mma(a_hi, b_smem, acc, use_acc=use_acc, is_async=True)
     acc = warpgroup_mma(a_lo, b_smem, acc, is_async=True)
     return acc, a_hi, a_lo
+
+
+@gluon.jit
+def store_rows(acc, ptr, t0, eos, hv, v0, s_t, s_h, layout: gl.constexpr):
+    """acc [64, D] (in `layout`) as rows t0.. (those before eos) of head hv, columns v0.. of ptr [T, H, *], by
+    masked stores. The [64, D] offsets are made here, not kept across a caller's chunk loop (registers)."""
+    r = gl.arange(0, acc.shape[0], layout=gl.SliceLayout(1, layout))
+    cv = v0 + gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, layout))
+    p = ptr + t0.to(gl.int64) * s_t + hv * s_h
+    gl.store(p + r[:, None] * s_t + cv[None, :], acc.to(ptr.dtype.element_ty), mask=(t0 + r < eos)[:, None])
+
+
+@gluon.jit
+def store_tile(acc, tile_s, desc, ptr, t0, eos, hv, v0, s_t, s_h, D: gl.constexpr, layout: gl.constexpr):
+    """A chunk's output tile acc [64, BD] (fp32) into rows t0.., columns hv * D + v0.. of ptr [T, H, D]: for a
+    whole chunk by TMA store through the shared tile tile_s when desc (a [64, BD] view of ptr) is given, not
+    waited for here (the caller waits before tile_s is written again); otherwise, and for a tail chunk (its
+    rows past eos belong to the next sequence), by masked stores from `layout` (acc converted to it)."""
+    # (desc is None tested on its own: a Python bool set under it is not a compile-time condition in Gluon)
+    if desc is not None:
+        if t0 + acc.shape[0] <= eos:
+            tile_s.store(acc.to(desc.dtype))
+            fence_async_shared()
+            gl.thread_barrier()
+            tma.async_copy_shared_to_global(desc, [t0.to(gl.int32), hv * D + v0], tile_s)
+        else:
+            store_rows(gl.convert_layout(acc.to(ptr.dtype.element_ty), layout), ptr, t0, eos, hv, v0, s_t, s_h,
+                       layout)
+    else:
+        store_rows(gl.convert_layout(acc.to(ptr.dtype.element_ty), layout), ptr, t0, eos, hv, v0, s_t, s_h, layout)

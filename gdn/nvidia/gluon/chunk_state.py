@@ -176,22 +176,24 @@ def chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_st
 
 
 def _fused_example_launches(arch: str) -> list:
-    """The fused pass's launches (recorded) for the chunk_state examples, with q and out beside them."""
-    import torch
-
+    """The fused pass's launches (recorded) for the chunk_state examples, with q and out beside them: the
+    table's config (output by TMA store) for each, and for the first also the output by plain stores (the
+    kernel's other branch: a fp32 out, or a table without TMA_O)."""
     from gdn.common import examples
     ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
     launches = []
-    for opts in variants:
+    for i, opts in enumerate(variants):
         if opts.get("dtype", torch.bfloat16) not in C.DTYPES:
             continue
         (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **opts)
         q, out = torch.empty_like(k), torch.empty_like(u)
-        with L.recording(arch), C.recording() as rec:
-            launch_state_output(k, w, u, q, g_cum, pool, idx, cu, has_init, out, 0.1, kw["use_qk_l2norm"],
-                                kw["state_layout"], fused_config(arch, 128, 1, k.shape[2], u.shape[2]))
-        tag = ",".join(f"{a}={b}" for a, b in opts.items()).replace("torch.", "")
-        launches += [(f"{r.kernel.fn.__name__}[{tag}]", r) for r in rec]
+        cfg = fused_config(arch, 128, 1, k.shape[2], u.shape[2])
+        for tma_o in (True, False) if i == 0 else (True,):
+            with L.recording(arch), C.recording() as rec:
+                launch_state_output(k, w, u, q, g_cum, pool, idx, cu, has_init, out, 0.1, kw["use_qk_l2norm"],
+                                    kw["state_layout"], dict(cfg, TMA_O=tma_o))
+            tag = ",".join(f"{a}={b}" for a, b in opts.items()).replace("torch.", "") + ("" if tma_o else ",TMA_O=0")
+            launches += [(f"{r.kernel.fn.__name__}[{tag}]", r) for r in rec]
     return launches
 
 
