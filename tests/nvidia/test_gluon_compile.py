@@ -200,6 +200,7 @@ def test_chunk_prep_compiles():
     launches = CP.example_launches("sm_90")
     assert len(launches) == 2
     for name, launch in launches:
+        assert launch.options.get("maxnreg") == CP.MAXNREG, name       # the cap reaches the compile
         _check_hopper_kernel(name, launch, max_spill=16)
 
 
