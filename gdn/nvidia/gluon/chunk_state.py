@@ -30,7 +30,8 @@ from gdn.nvidia.gluon import _common as C
 # BV (state columns per CTA) and STAGES (chunks of w/k/u tiles in flight) by bucket (TS.bucket: N * HV
 # below 128 is "narrow"). Narrow (1x32768: 32 pairs): BV=32 makes 4 CTAs per pair (128 CTAs), 4 stages
 # (164 KB of tiles) hide TMA latency behind a chain that has no other work to overlap. Wide (8x4096: 256
-# pairs): BV=64, 2 stages (104 KB in all) for two CTAs per SM. Not yet swept on a GPU.
+# pairs; prefill runs the fused pass below there, this entry serves the chunk_state op): BV=32, 2 stages
+# (90 KB) for two CTAs per SM.
 # bench/bench_gluon_prefill.py on an H100, 2026-11-22 (chunk_state alone, CUDA graph): 8x4096 ("wide")
 # BV=32/2 stages 0.655 ms (64/2 0.665, 16/2 0.861; Triton 0.72); 1x32768 ("narrow") 32/3 0.754 ms
 # (16/2 0.763, 64/2 0.908; Triton 0.774). With the decays by TMA (bench_prefill.py, H100, 2026-11-22 15:00
