@@ -252,6 +252,11 @@ FUSED_VARIANTS = [
     pytest.param("vk", torch.bfloat16, (False, True), dict(BV=32, STAGES=3, num_warps=8), id="vk-bf16-2wg-bv32"),
     pytest.param("vk", torch.float32, (True, False), dict(BV=64, STAGES=2, num_warps=8, TMA_O=True),
                  id="vk-fp32-tma-o"),
+    # the warp-specialised pass (prefill's "narrow" entry), and with o by plain stores
+    pytest.param("vk", torch.float32, (True, False), "narrow", id="vk-fp32-mixinit-ws-table"),
+    pytest.param("kv", torch.bfloat16, None, dict(BV=32, STAGES=2, num_warps=4, WS=True, RING=2, OUT_REGS=232,
+                                                   maxnreg=168),
+                 id="kv-bf16-ws-plain-o-2stages"),
 ]
 
 
@@ -267,8 +272,8 @@ def test_chunk_state_output_fused(lengths, H, HV, K, V, slots, layout, pool_dtyp
                                                                       pool_dtype, init)
     T, N, end = k.shape[0], len(lengths), int(cu[-1])
     NS, scale = PC.num_slots(T, N), K ** -0.5
-    if cfg is None:
-        cfg = GS.fused_config("sm_90", 128, 1, K, V)
+    if cfg in (None, "narrow"):
+        cfg = GS.fused_config("sm_90", 1 if cfg else 128, 1, K, V)
     res = {}
     for name, st, out_fn, dt in (("ref", RC.chunk_state, RC.chunk_output, torch.float32),
                                  ("gluon", gluon("chunk_state"), gluon("chunk_output"), torch.bfloat16)):

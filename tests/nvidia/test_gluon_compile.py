@@ -191,6 +191,35 @@ def test_chunk_state_output_tma_o_compiles():
 
 
 @needs_gluon
+@pytest.mark.parametrize("tma_o", [True, False])
+def test_chunk_state_output_ws_compiles(tma_o):
+    """The warp-specialised fused pass (prefill's "narrow" entry): three partitions with their register
+    budgets (setmaxnreg), one named barrier each, no spill, no injected wgmma wait; o by TMA store and by
+    plain stores (fp32 out, or a table without TMA_O)."""
+    import torch
+
+    from gdn.common import examples
+    from gdn.common import launch as L
+    from gdn.nvidia.gluon import _common as C
+    from gdn.nvidia.gluon import chunk_state as GS
+    ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
+    (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **variants[0])
+    cfg = dict(GS.fused_config("sm_90", 1, 1, k.shape[2], u.shape[2]), TMA_O=tma_o)
+    assert cfg.get("WS")
+    with L.recording("sm_90"), C.recording() as launches:
+        GS.launch_state_output(k, w, u, torch.empty_like(k), g_cum, pool, idx, cu, has_init, torch.empty_like(u),
+                               0.1, kw["use_qk_l2norm"], kw["state_layout"], cfg)
+    (launch,) = launches
+    assert launch.kernel.fn.__name__ == "chunk_state_output_ws_sm90"
+    assert launch.options.get("maxnreg") == cfg["maxnreg"]
+    assert launch.signature["o_desc"].startswith("tensordesc") == tma_o
+    _check_hopper_kernel(f"chunk_state_output_ws_sm90[TMA_O={tma_o}]", launch)
+    ptx = C.compile_launch(launch, "sm_90").asm["ptx"]
+    assert f"setmaxnreg.inc.sync.aligned.u32 \t{cfg['OUT_REGS']}" in ptx
+    assert "bar.sync \t0, 128" in ptx and "mbarrier.arrive" in ptx
+
+
+@needs_gluon
 def test_chunk_prep_compiles():
     """Prefill's first kernel in Gluon (sm_90, raw and precomputed gates), within its spill bound: at the
     168-register cap (three CTAs per SM) with the solve's doubling steps as a loop, ptxas (triton 3.6) spills
@@ -205,10 +234,11 @@ def test_chunk_prep_compiles():
 
 
 def test_fused_config_table():
-    """The fused pass is chosen for wide batches only, at K <= 128, with >= 16 state columns per warpgroup."""
+    """The fused pass: two warpgroups on shared tiles for wide batches, the warp-specialised one for narrow
+    ones; at K <= 128, with >= 16 state columns per warpgroup."""
     from gdn.nvidia.gluon import chunk_state as GS
     assert GS.fused_config("sm_90", 8, 32, 128, 128) == dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)  # 8x4096
-    assert GS.fused_config("sm_90", 1, 32, 128, 128) is None                                    # 1x32768
+    assert GS.fused_config("sm_90", 1, 32, 128, 128)["WS"]                                      # 1x32768
     assert GS.fused_config("sm_90", 8, 32, 256, 128) is None
     assert GS.fused_config("sm_80", 8, 32, 128, 128) is None
     cfg = GS.fused_config("sm_90", 64, 4, 64, 64)

@@ -38,6 +38,14 @@ def seq_of_slot(cu, N, s, CHUNK: gl.constexpr, BLOCK_N: gl.constexpr, num_warps:
 
 
 @gluon.jit
+def exp2_ftz(x):
+    """2^x by one MUFU.EX2 (ex2.approx.ftz.f32; -inf gives 0). gl.exp2 lowers to the non-ftz form, whose
+    denormal handling adds a compare and two predicated multiplies per element."""
+    return gl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
 def inv_norm(x_smem, USE: gl.constexpr, layout: gl.constexpr):
     """rsqrt(sum(x^2) + 1e-6) per row of the 16-bit tile in x_smem, fp32 in SliceLayout(1, layout) (ones when
     not USE). The kernels keep q and k raw in shared memory (the MMA operands stay the exact inputs) and apply

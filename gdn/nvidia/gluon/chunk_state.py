@@ -15,7 +15,9 @@ k, w, u may have any 16-byte aligned row stride with packed heads; h is written 
 [slots * HV * K, V] matrix by TMA (it must be contiguous).
 
 `launch_state_output` (prefill's path when the (sequence, head) pairs fill the GPU) runs the same pass with
-chunk_output's formula evaluated in it and writes o instead of h and v_new (chunk_state_output_sm90).
+chunk_output's formula evaluated in it and writes o instead of h and v_new: chunk_state_output_sm90 for
+wide batches, and for narrow ones chunk_state_output_ws_sm90 (warp-specialised: the state's chain, the output
+and a TMA loader in separate partitions; _chunk_state_ws_kernels.py).
 """
 from __future__ import annotations
 
@@ -112,7 +114,16 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # TMA_O (whole chunks' output by TMA store through a shared tile, 16-bit out; ncu put 8% of this kernel's stall
 # samples on its STG.E output stores at 8x4096), same run, identical output: 8x4096 0.609 -> 0.544 ms,
 # 64x512 0.700 -> 0.641 ms (217 KB of shared memory).
-_FUSED = {("sm_90", "wide"): dict(BV=128, STAGES=2, num_warps=8, TMA_O=True), ("sm_90", "narrow"): None}
+# Narrow ("WS"): the warp-specialised pass (chunk_state_output_ws_sm90): chain, output and loader partitions,
+# 12 warps with a 168-register cap (setmaxnreg: the output OUT_REGS, the loader 24, the chain the rest);
+# smem at K=128, BV=32, 3 stages, a 3-slot hand-over ring: 205 KB. Measured on an H100, 2026-11-22 (prefill
+# under CUDA-graph replay, against the plain pass + chunk_output in the same process): 1x32768 1.450 ->
+# 1.18 ms (this kernel 0.75 against 0.56 + 0.44), 2x8192 0.753 -> 0.617, 1x4096 0.204 -> 0.166, 3x1000
+# 0.130 -> 0.108. A 2-slot ring: 1x32768 0.80 ms. Tried on the way (1x32768, this kernel): two output
+# warpgroups on alternate chunks (16 warps, 176 registers each, the chain 136) 1.31 ms against 0.73 for one.
+_FUSED = {("sm_90", "wide"): dict(BV=128, STAGES=2, num_warps=8, TMA_O=True),
+          ("sm_90", "narrow"): dict(BV=32, STAGES=3, num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=232,
+                                      maxnreg=168)}
 
 
 def fused_config(arch: str, N: int, HV: int, K: int, V: int) -> dict | None:
@@ -146,6 +157,20 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
     # o by TMA store where the table asks for it and out allows it (16-bit: an fp32 tile would not fit)
     o_desc = (C.head_matrix(out, C.BT, BV) if cfg.get("TMA_O") and out.dtype in C.DTYPES and C.tma_ok(out)
               else None)
+    if cfg.get("WS"):
+        from gdn.nvidia.gluon._chunk_state_ws_kernels import chunk_state_output_ws_sm90
+        # the output partition holds two chunks' stages and ring slots (its next chunk's MMAs are issued early):
+        # with fewer, the chain or the loader would wait on a slot it is still holding (deadlock)
+        if min(stages, cfg["RING"]) < 2:
+            raise ValueError(f"gdn.chunk_state (gluon, warp-specialised): STAGES={stages} and RING={cfg['RING']} "
+                             "must both be >= 2")
+        C.launch(chunk_state_output_ws_sm90, (N * HV * NV,),
+                 C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
+                 C.head_matrix(q, C.BT), state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H,
+                 NV, float(scale), *TS.pool_strides(state, state_layout), out.stride(0), out.stride(1), V=V,
+                 L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
+                 num_warps=4, maxnreg=cfg["maxnreg"])
+        return
     C.launch(chunk_state_output_sm90, (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), C.head_matrix(q, C.BT),
              g_cum, state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H, NV, float(scale),
@@ -177,9 +202,9 @@ def chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_st
 
 
 def _fused_example_launches(arch: str) -> list:
-    """The fused pass's launches (recorded) for the chunk_state examples, with q and out beside them: the
-    table's config (output by TMA store) for each, and for the first also the output by plain stores (the
-    kernel's other branch: a fp32 out, or a table without TMA_O)."""
+    """The fused passes' launches (recorded) for the chunk_state examples, with q and out beside them: the
+    table's wide config (output by TMA store) for each, and for the first also the output by plain stores (the
+    kernel's other branch: a fp32 out, or a table without TMA_O) and the narrow (warp-specialised) entry."""
     from gdn.common import examples
     ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
     launches = []
@@ -188,12 +213,16 @@ def _fused_example_launches(arch: str) -> list:
             continue
         (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **opts)
         q, out = torch.empty_like(k), torch.empty_like(u)
-        cfg = fused_config(arch, 128, 1, k.shape[2], u.shape[2])
-        for tma_o in (True, False) if i == 0 else (True,):
+        wide = fused_config(arch, 128, 1, k.shape[2], u.shape[2])
+        narrow = fused_config(arch, 1, 1, k.shape[2], u.shape[2])
+        cfgs = [("", wide)] + ([(",TMA_O=0", dict(wide, TMA_O=False)), (",narrow", narrow)] if i == 0 else [])
+        for suffix, cfg in cfgs:
+            if cfg is None:
+                continue
             with L.recording(arch), C.recording() as rec:
                 launch_state_output(k, w, u, q, g_cum, pool, idx, cu, has_init, out, 0.1, kw["use_qk_l2norm"],
-                                    kw["state_layout"], dict(cfg, TMA_O=tma_o))
-            tag = ",".join(f"{a}={b}" for a, b in opts.items()).replace("torch.", "") + ("" if tma_o else ",TMA_O=0")
+                                    kw["state_layout"], cfg)
+            tag = ",".join(f"{a}={b}" for a, b in opts.items()).replace("torch.", "") + suffix
             launches += [(f"{r.kernel.fn.__name__}[{tag}]", r) for r in rec]
     return launches
 

@@ -15,9 +15,10 @@ Kernel-level signature: gdn/common/reference.py `prefill` (the token-by-token or
     Steps 2 and 3 use the chunk_state / chunk_output implementations the registry picks (`sub_op_impl`):
     on sm_90 the Gluon ones (TMA + wgmma, gdn/nvidia/gluon/), else the Triton kernels of this package.
     With both on Gluon, step 1 is Gluon's too (gdn/nvidia/gluon/chunk_prep.py: the same work with every
-    product a wgmma; `_GLUON_PREP`), and for a "wide" batch step 2 is Gluon's pass with the output fused
-    (one CTA of two warpgroups per (sequence, v-head) at V=128; gdn/nvidia/gluon/chunk_state.py `_FUSED`)
-    and step 3 goes.
+    product a wgmma; `_GLUON_PREP`), step 2 is Gluon's pass with the output fused and step 3 goes
+    (gdn/nvidia/gluon/chunk_state.py `_FUSED`): for a "wide" batch one CTA of two warpgroups per
+    (sequence, v-head) at V=128; for a "narrow" one (a long prompt) a warp-specialised CTA per (sequence,
+    v-head, 32 state columns), the output's work in its own warpgroup beside the state's chain.
 
 q and k are l2-normalised where they are loaded (no separate pass). Nothing is read back to the host:
 the grid of steps 1 and 3 is the static bound T // 64 + N chunk slots (see _common), so prefill can be

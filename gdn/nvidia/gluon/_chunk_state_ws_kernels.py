@@ -1,0 +1,257 @@
+"""Gluon kernel body of the warp-specialised state pass with the output fused (launcher: chunk_state.py,
+`launch_state_output` with cfg WS). For few (sequence, v-head) pairs ("narrow": one long prompt), where the
+state's chain bounds the pass and the output's work can run beside it instead of after it."""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+
+from gdn.nvidia.gluon._chunk_state_kernels import _decays_tma, _initial_state, _pass_of, _pool_ptrs
+from gdn.nvidia.gluon._jit import exp2_ftz, inv_norm, split_mma, store_rows, store_tile, zero_rows_past
+
+LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
+
+
+@gluon.jit
+def _load_chunk(w_desc, k_desc, u_desc, g_desc, q_desc, ready, w_s, k_s, u_s, g_s, q_s, c, bos, hv, hk, v0, pred,
+                K: gl.constexpr, V: gl.constexpr):
+    """TMA of chunk c's w, k, q [64, K], u [64, BV] and g_cum [64, 4] tiles into stage c % STAGES on
+    ready[stage] (nothing when not pred)."""
+    STAGES: gl.constexpr = w_s.shape[0]
+    BT: gl.constexpr = w_s.shape[1]
+    nbytes: gl.constexpr = (w_desc.block_type.nbytes + k_desc.block_type.nbytes + q_desc.block_type.nbytes
+                            + u_desc.block_type.nbytes + g_desc.block_type.nbytes)
+    G4: gl.constexpr = g_desc.block_type.shape[1]
+    b = c % STAGES
+    bar = ready.index(b)
+    t0 = bos + c * BT
+    mbarrier.expect(bar, nbytes, pred=pred)
+    tma.async_copy_global_to_shared(w_desc, [t0, hv * K], bar, w_s.index(b), pred=pred)
+    tma.async_copy_global_to_shared(k_desc, [t0, hk * K], bar, k_s.index(b), pred=pred)
+    tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_s.index(b), pred=pred)
+    tma.async_copy_global_to_shared(u_desc, [t0, hv * V + v0], bar, u_s.index(b), pred=pred)
+    # (the g_cum tile starts at a column multiple of 4: TMA's 16-byte rule, see _load_chunk_g)
+    tma.async_copy_global_to_shared(g_desc, [t0, hv - hv % G4], bar, g_s.index(b), pred=pred)
+
+
+@gluon.jit
+def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, bos, NCL, hv, hk, v0,
+            K: gl.constexpr, V: gl.constexpr):
+    """One warp: chunk c's tiles into stage c % STAGES once the chain and the output have released the chunk
+    that held it (empty, two arrivals)."""
+    STAGES: gl.constexpr = w_s.shape[0]
+    for c in range(0, NCL):
+        mbarrier.wait(empty.index(c % STAGES), ((c // STAGES) & 1) ^ 1)
+        _load_chunk(w_desc, k_desc, u_desc, g_desc, q_desc, ready, w_s, k_s, u_s, g_s, q_s, c, bos, hv, hk, v0, True,
+                    K, V)
+
+
+@gluon.jit
+def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, h_s, vk_s, vec_s, vs_s, state, state_indices,
+           has_init, scale, n, hv, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM: gl.constexpr):
+    """The default partition (one warpgroup): the state's chain as chunk_state_sm90's, minus its h and v_new
+    stores. Per chunk it hands the output partition, through a RING-slot ring (h_ready / h_free), the state
+    entering the chunk (h_s[j], 16-bit), v_new with the key norms applied (vk_s[j] = v_new * rk, rows past
+    the sequence end zero), the chunk's g_cum in log2 units and its query norms times the scale (vec_s rows
+    2j, 2j + 1, fp32). The norms are taken here, in the shadow of w h, where they cost the chain nothing;
+    the output partition, the busier of the two, then does no reduction over a tile."""
+    STAGES: gl.constexpr = w_s.shape[0]
+    RING: gl.constexpr = h_s.shape[0]
+    BT: gl.constexpr = w_s.shape[1]
+    K: gl.constexpr = w_s.shape[2]
+    BV: gl.constexpr = u_s.shape[2]
+    DT: gl.constexpr = w_s.dtype
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BV, 16])
+    row: gl.constexpr = gl.SliceLayout(1, mma)
+    blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    # g_cum tiles [64, 4]: the 4 columns in registers, rows as the wgmma accumulator has them (`row`)
+    g2: gl.constexpr = gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BT, 4])
+    r = gl.arange(0, BT, layout=row)
+    S = gl.zeros([K, BV], gl.float32, mma)
+    if slot >= 0:
+        S = _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)
+    for c in range(0, NCL):
+        b = c % STAGES
+        j = c % RING
+        t0 = bos + c * BT
+        h_j = h_s.index(j)
+        # slot j is free once the output partition has retired chunk c - RING's MMAs on it
+        mbarrier.wait(h_free.index(j), ((c // RING) & 1) ^ 1)
+        h_j.store(S.to(DT))
+        fence_async_shared()
+        gl.thread_barrier()
+        # every warp is past chunk c - 1's last MMA wait: release its stage (w, k, u, g) on our side
+        mbarrier.arrive(empty.index((c + STAGES - 1) % STAGES), pred=c > 0)
+        mbarrier.wait(ready.index(b), (c // STAGES) & 1)
+        gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, g2)
+        S = S * gl.exp(g_last)
+        w_b = w_s.index(b)
+        k_b = k_s.index(b)
+        acc = warpgroup_mma(w_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
+        # in the shadow of w h: the k tail rows, the key and query norms (the query's for the output partition)
+        valid = t0 + r < eos
+        if t0 + BT > eos:
+            zero_rows_past(k_b, t0, eos, blk)
+        rk = inv_norm(k_b, L2NORM, mma)
+        vec_s.index(2 * j + 1).store(inv_norm(q_s.index(b), L2NORM, mma) * scale)
+        uu = u_s.index(b).load(mma).to(gl.float32)
+        fac = gl.exp(g_last - gc)
+        vec_s.index(2 * j).store(gc * LOG2E)
+        acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, h_j))
+        # rows past the sequence end selected to 0, not multiplied by it: their u and w rows may be NaN
+        vk = gl.where(valid[:, None], (uu - acc) * rk[:, None], 0.0)
+        vs_s.store((vk * fac[:, None]).to(DT))
+        vk_s.index(j).store(vk.to(DT))
+        fence_async_shared()
+        gl.thread_barrier()
+        # h_j, vk_s[j], vec_s[2j:2j+2] and the zeroed k tail rows are visible: the output may take chunk c
+        mbarrier.arrive(h_ready.index(j))
+        kt = k_b.permute((1, 0))
+        S = warpgroup_mma(kt, vs_s, S, is_async=True)
+        S, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(S, kt, vs_s))
+    if slot >= 0:
+        # the slot loaded again (see chunk_state_sm90: the initial load's pointers would stay live)
+        slot2 = gl.load(state_indices + n).to(gl.int64)
+        gl.store(_pool_ptrs(state, slot2, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma),
+                 S.to(state.dtype.element_ty))
+
+
+@gluon.jit
+def _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, c, pred, mma: gl.constexpr, mma_s: gl.constexpr):
+    """Wait (when pred) for chunk c's tiles and hand-over, then issue q h [64, BV] and q k^T [64, 64] on them. Returns (q h, q k^T, and the operands the retiring wait must name)."""
+    STAGES: gl.constexpr = q_s.shape[0]
+    RING: gl.constexpr = h_s.shape[0]
+    BT: gl.constexpr = q_s.shape[1]
+    BV: gl.constexpr = h_s.shape[2]
+    b = c % STAGES
+    j = c % RING
+    mbarrier.wait(h_ready.index(j), (c // RING) & 1, pred=pred)
+    mbarrier.wait(ready.index(b), (c // STAGES) & 1, pred=pred)     # (the TMA'd tiles, seen by this partition)
+    q_b = q_s.index(b)
+    kt = k_s.index(b).permute((1, 0))
+    h_j = h_s.index(j)
+    acc = warpgroup_mma(q_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
+    s_acc = warpgroup_mma(q_b, kt, gl.zeros([BT, BT], gl.float32, mma_s), use_acc=False, is_async=True)
+    return acc, s_acc, q_b, kt, h_j
+
+
+@gluon.jit
+def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC, slot,
+            s_ot, s_oh, V: gl.constexpr):
+    """The output partition (one warpgroup): chunk_output's formula on the chain's hand-over, per chunk
+        o = rq * (exp(g_cum) (q h) + causal(q k^T * exp(gc_i - gc_j)) (v_new * rk))
+    then o's tile by TMA store (whole chunks) or masked stores. The row factor rq (with the scale) goes on
+    after the products and rk is in the hand-over, so each score costs a subtraction, a select, an ex2 and a
+    multiply. Software-pipelined: the next chunk's q h and q k^T are issued before this chunk's scores are
+    formed, so their latency hides behind that math. Past the last chunk the issue repeats this chunk's (its
+    tiles are still held; the result is unused): no branch while a wgmma is in flight (ptxas would make the
+    warps wait for it there, C7517). Rows past the sequence end are never stored, so their scores need no
+    mask (their q rows may be garbage: a row's NaN stays in that row). A skipped sequence: zero rows."""
+    STAGES: gl.constexpr = k_s.shape[0]
+    RING: gl.constexpr = h_s.shape[0]
+    BT: gl.constexpr = k_s.shape[1]
+    BV: gl.constexpr = h_s.shape[2]
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BV, 16])
+    mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
+    row: gl.constexpr = gl.SliceLayout(1, mma)
+    row_s: gl.constexpr = gl.SliceLayout(1, mma_s)
+    col_s: gl.constexpr = gl.SliceLayout(0, mma_s)
+    p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    if slot < 0:
+        for c in range(0, NC):
+            store_rows(gl.zeros([BT, BV], gl.float32, mma), o, bos + c * BT, eos, hv, v0, s_ot, s_oh, mma)
+    elif NC > 0:
+        tri = gl.arange(0, BT, layout=row_s)[:, None] >= gl.arange(0, BT, layout=col_s)[None, :]
+        acc_o, s_acc, q_b, kt, h_j = _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, 0, True, mma, mma_s)
+        acc_o, s_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc_o, s_acc, q_b, kt, h_j))
+        for c in range(0, NC):
+            b = c % STAGES
+            j = c % RING
+            t0 = bos + c * BT
+            nxt = c + 1 < NC
+            acc_n, s_n, q_n, kt_n, h_n = _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, gl.where(nxt, c + 1, c), nxt,
+                                                      mma, mma_s)
+            # this chunk's scores while those run
+            gc = vec_s.index(2 * j)
+            decay = exp2_ftz(gl.where(tri, gc.load(row_s)[:, None] - gc.load(col_s)[None, :], float("-inf")))
+            vk_j = vk_s.index(j)
+            acc_o, pa_hi, pa_lo = split_mma(s_acc * decay, vk_j, acc_o * exp2_ftz(gc.load(row))[:, None], p_op)
+            rq = vec_s.index(2 * j + 1).load(row)
+            acc_o, acc_n, s_n, _, _, _, _, _, _ = warpgroup_mma_wait(
+                num_outstanding=0, deps=(acc_o, acc_n, s_n, vk_j, pa_hi, pa_lo, q_n, kt_n, h_n))
+            # every warp is past its reads of stage b and ring slot j
+            gl.thread_barrier()
+            mbarrier.arrive(h_free.index(j))
+            mbarrier.arrive(empty.index(b))
+            if o_desc is not None:
+                tma.store_wait(0)       # the previous chunk's o_s has been read (store_tile's barrier orders it)
+            store_tile(acc_o * rq[:, None], o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V, mma)
+            acc_o = acc_n
+            s_acc = s_n
+        if o_desc is not None:
+            tma.store_wait(0)
+
+
+@gluon.jit
+def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, state, state_indices, cu, has_init, o,
+                               o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
+                               V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
+                               OUT_REGS: gl.constexpr, num_warps: gl.constexpr):
+    """chunk_state_output_sm90's result (o and the final state; no h, v_new) with the work split over three
+    warp-specialised partitions (one warpgroup each) of one CTA per (sequence, v-head, BV state columns):
+      - the chain (default partition): the state's dependency chain, two MMAs per chunk;
+      - the output (OUT_REGS registers): q h, q k^T, the decayed scores times v_new, the store;
+      - the loader (one warp): TMA of each chunk's w, k, q, u, g_cum tiles into a STAGES-deep ring.
+    Where a narrow batch leaves the chain alone on an SM (its latency bounds the pass), the output's MMAs run
+    beside it instead of in a second kernel that reads h and v_new back from memory (1x32768 tokens, bf16:
+    1.6 GB written and read).
+    mbarriers: per stage s, ready[s] (TMA bytes) and empty[s] (chain and output released it); per ring slot j,
+    h_ready[j] / h_free[j] (the state entering a chunk, its v_new * rk, g_cum and query norms, chain ->
+    output).
+
+    Tried (H100, 1x32768, this kernel alone): the norms of q and k taken by a four-warp loader partition as
+    each chunk lands instead of by the chain: 1.075 ms against 0.73 (the loader then waits for the output's
+    release before each refill, and the chain for its norms: its latency joined the chain's)."""
+    BT: gl.constexpr = w_desc.block_type.shape[0]
+    K: gl.constexpr = w_desc.block_type.shape[1]
+    BV: gl.constexpr = u_desc.block_type.shape[1]
+    DT: gl.constexpr = w_desc.dtype
+    tile: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
+    vec: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+
+    n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
+    NCL = gl.where(slot < 0, 0, NC)         # chunks the loader and the chain walk (none for a skipped sequence)
+
+    w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
+    k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
+    q_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], q_desc.layout)
+    u_s = gl.allocate_shared_memory(DT, [STAGES, BT, BV], u_desc.layout)
+    g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
+    h_s = gl.allocate_shared_memory(DT, [RING, K, BV], gl.NVMMASharedLayout.get_default_for([K, BV], DT))
+    vk_s = gl.allocate_shared_memory(DT, [RING, BT, BV], tile)
+    vec_s = gl.allocate_shared_memory(gl.float32, [2 * RING, BT], vec)
+    vs_s = gl.allocate_shared_memory(DT, [BT, BV], tile)
+    o_s = vs_s          # placeholder when o goes out by plain stores
+    if o_desc is not None:
+        o_s = gl.allocate_shared_memory(o_desc.dtype, o_desc.block_type.shape, o_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    h_ready = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
+    h_free = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)
+    for i in gl.static_range(RING):
+        mbarrier.init(h_ready.index(i), count=1)
+        mbarrier.init(h_free.index(i), count=1)
+
+    gl.warp_specialize([
+        (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, h_s, vk_s, vec_s, vs_s, state, state_indices,
+                  has_init, scale, n, hv, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM)),
+        (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC,
+                   slot, s_ot, s_oh, V)),
+        (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, bos, NCL, hv, hk,
+                   v0, K, V)),
+    ], [4, 1], [OUT_REGS, 24])
