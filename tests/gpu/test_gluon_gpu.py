@@ -254,6 +254,7 @@ FUSED_VARIANTS = [
                  id="vk-fp32-tma-o"),
     # the warp-specialised pass (prefill's "narrow" entry), and with o by plain stores
     pytest.param("vk", torch.float32, (True, False), "narrow", id="vk-fp32-mixinit-ws-table"),
+    pytest.param("kv", torch.float32, None, "narrow-rk", id="kv-fp32-ws-table-key-norms-given"),
     pytest.param("kv", torch.bfloat16, None, dict(BV=32, STAGES=2, num_warps=4, WS=True, RING=2, OUT_REGS=232,
                                                    maxnreg=168),
                  id="kv-bf16-ws-plain-o-2stages"),
@@ -272,7 +273,11 @@ def test_chunk_state_output_fused(lengths, H, HV, K, V, slots, layout, pool_dtyp
                                                                       pool_dtype, init)
     T, N, end = k.shape[0], len(lengths), int(cu[-1])
     NS, scale = PC.num_slots(T, N), K ** -0.5
-    if cfg in (None, "narrow"):
+    rk = None
+    if cfg == "narrow-rk":      # the key norms as prefill's first kernel hands them over (NaN past the end)
+        rk = PC.gcum_empty(T, H, "cuda")
+        rk.copy_(torch.rsqrt((k.float() ** 2).sum(-1) + 1e-6))
+    if cfg in (None, "narrow", "narrow-rk"):
         cfg = GS.fused_config("sm_90", 1 if cfg else 128, 1, K, V)
     res = {}
     for name, st, out_fn, dt in (("ref", RC.chunk_state, RC.chunk_output, torch.float32),
@@ -286,7 +291,7 @@ def test_chunk_state_output_fused(lengths, H, HV, K, V, slots, layout, pool_dtyp
         res[name] = p, o
     p = pool.clone()
     o = torch.full((T, HV, V), NAN, device="cuda", dtype=torch.bfloat16)
-    GS.launch_state_output(k, w, u, q, g_cum, p, idx, cu, has_init, o, scale, True, layout, cfg)
+    GS.launch_state_output(k, w, u, q, g_cum, p, idx, cu, has_init, o, scale, True, layout, cfg, rk)
     assert torch.equal(p[~used].view(torch.int16), pool[~used].view(torch.int16)), "unused pool slots changed"
     assert not _nonfinite_where(o[:end], cu), _nonfinite_where(o[:end], cu)
     assert torch.isnan(o[end:]).all(), "output rows past cu_seqlens[-1] must stay untouched"

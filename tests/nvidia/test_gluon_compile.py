@@ -191,11 +191,12 @@ def test_chunk_state_output_tma_o_compiles():
 
 
 @needs_gluon
-@pytest.mark.parametrize("tma_o", [True, False])
-def test_chunk_state_output_ws_compiles(tma_o):
+@pytest.mark.parametrize("tma_o,rk", [(True, True), (False, False)])
+def test_chunk_state_output_ws_compiles(tma_o, rk):
     """The warp-specialised fused pass (prefill's "narrow" entry): three partitions with their register
     budgets (setmaxnreg), one named barrier each, no spill, no injected wgmma wait; o by TMA store and by
-    plain stores (fp32 out, or a table without TMA_O)."""
+    plain stores (fp32 out, or a table without TMA_O); the key norms from prefill's first kernel (as prefill
+    runs it) and from the k tiles."""
     import torch
 
     from gdn.common import examples
@@ -208,9 +209,11 @@ def test_chunk_state_output_ws_compiles(tma_o):
     assert cfg.get("WS")
     with L.recording("sm_90"), C.recording() as launches:
         GS.launch_state_output(k, w, u, torch.empty_like(k), g_cum, pool, idx, cu, has_init, torch.empty_like(u),
-                               0.1, kw["use_qk_l2norm"], kw["state_layout"], cfg)
+                               0.1, kw["use_qk_l2norm"], kw["state_layout"], cfg,
+                               torch.empty(k.shape[:2], dtype=torch.float32, device="meta") if rk else None)
     (launch,) = launches
     assert launch.kernel.fn.__name__ == "chunk_state_output_ws_sm90"
+    assert launch.signature["rk_desc"].startswith("tensordesc") == rk
     assert launch.options.get("maxnreg") == cfg["maxnreg"]
     assert launch.signature["o_desc"].startswith("tensordesc") == tma_o
     _check_hopper_kernel(f"chunk_state_output_ws_sm90[TMA_O={tma_o}]", launch)

@@ -156,8 +156,8 @@ def _store_rows(acc, desc, ptr, t0, eos, hv, s_t, s_h, blk: gl.constexpr):
 
 
 @gluon.jit
-def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, u, o, N, T, HV, G,
-                    s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh,
+def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, u, o, rkn, N, T, HV, G,
+                    s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh, s_rt,
                     RAW: gl.constexpr, L2NORM: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
     """One CTA (one warpgroup) per (chunk slot, v-head), the v-heads of a slot adjacent (the G v-heads of one
     k tile find it in L2). As the Triton `_prep_kernel` (gdn/common/triton/prefill/prefill.py) without the
@@ -165,7 +165,8 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         gates (raw a, b, A_log, dt_bias or precomputed g, beta), chunk-local cumsum -> g_cum
         A = (I + strict_lower(beta_i rk_i rk_j k_i.k_j exp(gc_i - gc_j)))^-1
         w = A (beta exp(g_cum) rk k),  u = A (beta v)
-    and zero output rows past cu_seqlens[-1].
+    and zero output rows past cu_seqlens[-1]; with rkn (else None) also the key norms rk into rkn [T, H] fp32
+    (row stride s_rt), rows before the sequence end only.
 
     k, v arrive by TMA; K K^T is a wgmma on the shared k tile. The solve inverts growing diagonal blocks:
     the 16x16 ones by doubling, (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), then 32x32 and 64x64 by
@@ -277,6 +278,9 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         kk = warpgroup_mma(k_smem, kt, gl.zeros([BT, BT], gl.float32, mma_s), use_acc=False, is_async=True)
         rk = inv_norm(k_smem, L2NORM, mma_s)
         kk, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(kk, k_smem, kt))
+        if rkn is not None:
+            # the key norms for the state pass, by one v-head of each k head (a mask, not a branch)
+            gl.store(rkn + (t0 + r) * s_rt + hv // G, rk, mask=ok & (hv % G == 0))
 
         c = gl.arange(0, BT, layout=col)
         ok_c = t0 + c < eos

@@ -41,6 +41,16 @@ def _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bar, w_buf, k_buf, u_buf, g_bu
 
 
 @gluon.jit
+def tile_col(buf, col, row: gl.constexpr, g2: gl.constexpr):
+    """Column col % W of a landed [64, W] fp32 tile (W = 4: one 16-byte TMA box of a [T, heads] matrix) as a
+    [64] vector in `row`, read in g2 (a [64, W] layout whose rows sit where `row` has them, all W columns
+    in one thread: the conversion to `row` moves nothing)."""
+    W: gl.constexpr = buf.shape[1]
+    mine = (gl.arange(0, W, layout=gl.SliceLayout(0, g2)) == col % W)[None, :]
+    return gl.convert_layout(row_sum(gl.where(mine, buf.load(g2), 0.0), 1), row)
+
+
+@gluon.jit
 def _decays_tma(g_buf, t0, eos, hv, row: gl.constexpr, g2: gl.constexpr):
     """g_cum of the chunk starting at t0 (rows past eos: 0) and of its last token, from the chunk's landed
     g_cum tile g_buf [64, 4] (column hv % 4 is this head), read in g2: a [64, 4] layout whose rows sit where
@@ -51,8 +61,7 @@ def _decays_tma(g_buf, t0, eos, hv, row: gl.constexpr, g2: gl.constexpr):
     latency sat on the state's chain (ncu on an H100, 1x32768: 27% of the plain pass's stall samples)."""
     BT: gl.constexpr = g_buf.shape[0]
     W: gl.constexpr = g_buf.shape[1]
-    mine = (gl.arange(0, W, layout=gl.SliceLayout(0, g2)) == hv % W)[None, :]
-    gc = gl.convert_layout(row_sum(gl.where(mine, g_buf.load(g2), 0.0), 1), row)
+    gc = tile_col(g_buf, hv, row, g2)
     r = gl.arange(0, BT, layout=row)
     gc = gl.where(t0 + r < eos, gc, 0.0)
     if t0 + BT <= eos:

@@ -6,21 +6,22 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._chunk_state_kernels import _decays_tma, _initial_state, _pass_of, _pool_ptrs
+from gdn.nvidia.gluon._chunk_state_kernels import _decays_tma, _initial_state, _pass_of, _pool_ptrs, tile_col
 from gdn.nvidia.gluon._jit import exp2_ftz, inv_norm, split_mma, store_rows, store_tile, zero_rows_past
 
 LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
 
 
 @gluon.jit
-def _load_chunk(w_desc, k_desc, u_desc, g_desc, q_desc, ready, w_s, k_s, u_s, g_s, q_s, c, bos, hv, hk, v0, pred,
-                K: gl.constexpr, V: gl.constexpr):
-    """TMA of chunk c's w, k, q [64, K], u [64, BV] and g_cum [64, 4] tiles into stage c % STAGES on
-    ready[stage] (nothing when not pred)."""
+def _load_chunk(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, c, bos, hv,
+                hk, v0, pred, K: gl.constexpr, V: gl.constexpr):
+    """TMA of chunk c's w, k, q [64, K], u [64, BV], g_cum [64, 4] and (with rk_desc) key-norm [64, 4] tiles
+    into stage c % STAGES on ready[stage] (nothing when not pred)."""
     STAGES: gl.constexpr = w_s.shape[0]
     BT: gl.constexpr = w_s.shape[1]
     nbytes: gl.constexpr = (w_desc.block_type.nbytes + k_desc.block_type.nbytes + q_desc.block_type.nbytes
-                            + u_desc.block_type.nbytes + g_desc.block_type.nbytes)
+                            + u_desc.block_type.nbytes + g_desc.block_type.nbytes
+                            + (0 if rk_desc is None else rk_desc.block_type.nbytes))
     G4: gl.constexpr = g_desc.block_type.shape[1]
     b = c % STAGES
     bar = ready.index(b)
@@ -32,23 +33,26 @@ def _load_chunk(w_desc, k_desc, u_desc, g_desc, q_desc, ready, w_s, k_s, u_s, g_
     tma.async_copy_global_to_shared(u_desc, [t0, hv * V + v0], bar, u_s.index(b), pred=pred)
     # (the g_cum tile starts at a column multiple of 4: TMA's 16-byte rule, see _load_chunk_g)
     tma.async_copy_global_to_shared(g_desc, [t0, hv - hv % G4], bar, g_s.index(b), pred=pred)
+    if rk_desc is not None:
+        tma.async_copy_global_to_shared(rk_desc, [t0, hk - hk % G4], bar, rk_s.index(b), pred=pred)
 
 
 @gluon.jit
-def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, bos, NCL, hv, hk, v0,
-            K: gl.constexpr, V: gl.constexpr):
+def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s, bos, NCL,
+            hv, hk, v0, K: gl.constexpr, V: gl.constexpr):
     """One warp: chunk c's tiles into stage c % STAGES once the chain and the output have released the chunk
     that held it (empty, two arrivals)."""
     STAGES: gl.constexpr = w_s.shape[0]
     for c in range(0, NCL):
         mbarrier.wait(empty.index(c % STAGES), ((c // STAGES) & 1) ^ 1)
-        _load_chunk(w_desc, k_desc, u_desc, g_desc, q_desc, ready, w_s, k_s, u_s, g_s, q_s, c, bos, hv, hk, v0, True,
-                    K, V)
+        _load_chunk(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, c, bos, hv,
+                    hk, v0, True, K, V)
 
 
 @gluon.jit
-def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, h_s, vk_s, vec_s, vs_s, state, state_indices,
-           has_init, scale, n, hv, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM: gl.constexpr):
+def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, h_s, vk_s, vec_s, vs_s, state,
+           state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv,
+           L2NORM: gl.constexpr):
     """The default partition (one warpgroup): the state's chain as chunk_state_sm90's, minus its h and v_new
     stores. Per chunk it hands the output partition, through a RING-slot ring (h_ready / h_free), the state
     entering the chunk (h_s[j], 16-bit), v_new with the key norms applied (vk_s[j] = v_new * rk, rows past
@@ -94,7 +98,10 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, h_s, vk_s, ve
         valid = t0 + r < eos
         if t0 + BT > eos:
             zero_rows_past(k_b, t0, eos, blk)
-        rk = inv_norm(k_b, L2NORM, mma)
+        if rk_desc is not None:
+            rk = tile_col(rk_s.index(b), hk, row, g2)
+        else:
+            rk = inv_norm(k_b, L2NORM, mma)
         vec_s.index(2 * j + 1).store(inv_norm(q_s.index(b), L2NORM, mma) * scale)
         uu = u_s.index(b).load(mma).to(gl.float32)
         fac = gl.exp(g_last - gc)
@@ -145,9 +152,10 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
     then o's tile by TMA store (whole chunks) or masked stores. The row factor rq (with the scale) goes on
     after the products and rk is in the hand-over, so each score costs a subtraction, a select, an ex2 and a
     multiply. Software-pipelined: the next chunk's q h and q k^T are issued before this chunk's scores are
-    formed, so their latency hides behind that math. Past the last chunk the issue repeats this chunk's (its
-    tiles are still held; the result is unused): no branch while a wgmma is in flight (ptxas would make the
-    warps wait for it there, C7517). Rows past the sequence end are never stored, so their scores need no
+    formed, so their latency hides behind that math, and a chunk's stage (q, k) is released as soon as those
+    MMAs retire. Past the last chunk the issue repeats this chunk's (no later chunk refills its stage; the
+    result is unused): no branch while a wgmma is in flight (ptxas would make the warps wait for it there,
+    C7517). Rows past the sequence end are never stored, so their scores need no
     mask (their q rows may be garbage: a row's NaN stays in that row). A skipped sequence: zero rows."""
     STAGES: gl.constexpr = k_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
@@ -166,8 +174,10 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
         tri = gl.arange(0, BT, layout=row_s)[:, None] >= gl.arange(0, BT, layout=col_s)[None, :]
         acc_o, s_acc, q_b, kt, h_j = _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, 0, True, mma, mma_s)
         acc_o, s_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc_o, s_acc, q_b, kt, h_j))
+        # chunk 0's q and k tiles are read: release its stage on our side (see the loop)
+        gl.thread_barrier()
+        mbarrier.arrive(empty.index(0))
         for c in range(0, NC):
-            b = c % STAGES
             j = c % RING
             t0 = bos + c * BT
             nxt = c + 1 < NC
@@ -181,10 +191,12 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
             rq = vec_s.index(2 * j + 1).load(row)
             acc_o, acc_n, s_n, _, _, _, _, _, _ = warpgroup_mma_wait(
                 num_outstanding=0, deps=(acc_o, acc_n, s_n, vk_j, pa_hi, pa_lo, q_n, kt_n, h_n))
-            # every warp is past its reads of stage b and ring slot j
+            # every warp is past its reads of ring slot j and of the next chunk's stage: the stage goes back to
+            # the loader now, a chunk before this partition is done with the ring slot (with 3 stages the chain
+            # waited for its tiles when stages were released after the whole chunk: 14% of its stall samples)
             gl.thread_barrier()
             mbarrier.arrive(h_free.index(j))
-            mbarrier.arrive(empty.index(b))
+            mbarrier.arrive(empty.index((c + 1) % STAGES), pred=nxt)
             if o_desc is not None:
                 tma.store_wait(0)       # the previous chunk's o_s has been read (store_tile's barrier orders it)
             store_tile(acc_o * rq[:, None], o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V, mma)
@@ -195,8 +207,8 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
 
 
 @gluon.jit
-def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, state, state_indices, cu, has_init, o,
-                               o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
+def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, state, state_indices, cu, has_init,
+                               o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
                                V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
                                OUT_REGS: gl.constexpr, num_warps: gl.constexpr):
     """chunk_state_output_sm90's result (o and the final state; no h, v_new) with the work split over three
@@ -210,6 +222,9 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, state, st
     mbarriers: per stage s, ready[s] (TMA bytes) and empty[s] (chain and output released it); per ring slot j,
     h_ready[j] / h_free[j] (the state entering a chunk, its v_new * rk, g_cum and query norms, chain ->
     output).
+
+    rk_desc (or None): the key norms [T, H] as prefill's first kernel writes them, as [64, 4] TMA tiles on
+    each stage; without it the chain takes them from the k tiles.
 
     Tried (H100, 1x32768, this kernel alone): the norms of q and k taken by a four-warp loader partition as
     each chunk lands instead of by the chain: 1.075 ms against 0.73 (the loader then waits for the output's
@@ -229,6 +244,9 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, state, st
     q_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], q_desc.layout)
     u_s = gl.allocate_shared_memory(DT, [STAGES, BT, BV], u_desc.layout)
     g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
+    rk_s = g_s          # placeholder without rk_desc
+    if rk_desc is not None:
+        rk_s = gl.allocate_shared_memory(rk_desc.dtype, [STAGES] + rk_desc.block_type.shape, rk_desc.layout)
     h_s = gl.allocate_shared_memory(DT, [RING, K, BV], gl.NVMMASharedLayout.get_default_for([K, BV], DT))
     vk_s = gl.allocate_shared_memory(DT, [RING, BT, BV], tile)
     vec_s = gl.allocate_shared_memory(gl.float32, [2 * RING, BT], vec)
@@ -248,10 +266,10 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, state, st
         mbarrier.init(h_free.index(i), count=1)
 
     gl.warp_specialize([
-        (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, h_s, vk_s, vec_s, vs_s, state, state_indices,
-                  has_init, scale, n, hv, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM)),
+        (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, h_s, vk_s, vec_s, vs_s, state,
+                  state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM)),
         (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC,
                    slot, s_ot, s_oh, V)),
-        (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, bos, NCL, hv, hk,
-                   v0, K, V)),
+        (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s, bos,
+                   NCL, hv, hk, v0, K, V)),
     ], [4, 1], [OUT_REGS, 24])

@@ -29,7 +29,8 @@ def prep_ok(q, k, v, w, u) -> bool:
             and C.tma_ok(w) and C.tma_ok(u))
 
 
-def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, use_qk_l2norm):
+def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, use_qk_l2norm, rk=None):
+    """rk (or None): [T, H] fp32 to receive the key norms (unit column stride), for the narrow state pass."""
     from gdn.nvidia.gluon._chunk_prep_kernels import chunk_prep_sm90
     T, H, _ = k.shape
     HV = v.shape[1]
@@ -41,9 +42,10 @@ def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, ou
     k, v = C.tma_ready(k), C.tma_ready(v)
     C.launch(chunk_prep_sm90, (PC.num_slots(T, N) * HV,), C.head_matrix(k, C.BT), C.head_matrix(v, C.BT),
              C.head_matrix(w, C.BT), C.head_matrix(u, C.BT),
-             a, b, A_log, dt_bias, g, beta, cu_seqlens, g_cum, w, u, out, N, T, HV, HV // H,
+             a, b, A_log, dt_bias, g, beta, cu_seqlens, g_cum, w, u, out, rk, N, T, HV, HV // H,
              gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0), g_cum.stride(1),
              w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
+             0 if rk is None else rk.stride(0),
              RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), num_warps=NUM_WARPS, maxnreg=MAXNREG)
 
 
@@ -60,7 +62,8 @@ def example_launches(arch: str) -> list:
         gates = (None, None, m(T, HV), m(T, HV), m(HV, dt=torch.float32), m(HV, dt=torch.float32)) if raw else \
             (m(T, HV, dt=torch.float32), m(T, HV, dt=torch.float32), None, None, None, None)
         with L.recording(arch), C.recording() as rec:
+            # (with raw gates also the key norms' store, as for prefill's warp-specialised narrow pass)
             launch_prep(m(T, H, K), m(T, HV, V), *gates, cu, m(T, HV, dt=torch.float32), m(T, HV, K), m(T, HV, V),
-                        m(T, HV, V), True)
-        out += [(f"chunk_prep_sm90[raw={raw}]", r) for r in rec]
+                        m(T, HV, V), True, m(T, H, dt=torch.float32) if raw else None)
+        out += [(f"chunk_prep_sm90[raw={raw}{',rk' if raw else ''}]", r) for r in rec]
     return out

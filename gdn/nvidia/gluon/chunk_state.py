@@ -121,6 +121,10 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # 1.18 ms (this kernel 0.75 against 0.56 + 0.44), 2x8192 0.753 -> 0.617, 1x4096 0.204 -> 0.166, 3x1000
 # 0.130 -> 0.108. A 2-slot ring: 1x32768 0.80 ms. Tried on the way (1x32768, this kernel): two output
 # warpgroups on alternate chunks (16 warps, 176 registers each, the chain 136) 1.31 ms against 0.73 for one.
+# Then (same method, 19:20 UTC): the output releasing a stage once its q h / q k^T retire, and the key norms
+# from prefill's first kernel (`rk`; ncu: the kernel is bound by instruction issue, 0.5 per scheduler-cycle,
+# and the norms were a fifth of the chain's instructions): 1x32768 0.75 -> 0.70 ms (prefill 1.15), 1x4096
+# 0.103 -> 0.096, 2x8192 0.38 -> 0.36. The norms' tiles read in 16-byte row vectors instead: slower (0.82).
 _FUSED = {("sm_90", "wide"): dict(BV=128, STAGES=2, num_warps=8, TMA_O=True),
           ("sm_90", "narrow"): dict(BV=32, STAGES=3, num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=232,
                                       maxnreg=168)}
@@ -139,9 +143,11 @@ def fused_config(arch: str, N: int, HV: int, K: int, V: int) -> dict | None:
 
 
 def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale,
-                        use_qk_l2norm, state_layout, cfg):
+                        use_qk_l2norm, state_layout, cfg, rk=None):
     """The state pass with the output fused: as `launch_state`, but writes out [T,HV,V] (unit last stride)
-    instead of h and v_new. q [T,H,K] of k's dtype."""
+    instead of h and v_new. q [T,H,K] of k's dtype. rk (or None): the key norms [T, H] fp32 as prefill's
+    first kernel writes them (`PC.gcum_empty` rows), for the warp-specialised pass (else it takes them
+    from the k tiles)."""
     from gdn.nvidia.gluon._chunk_state_kernels import chunk_state_output_sm90
     T, H, K = k.shape
     HV, V = u.shape[1], u.shape[2]
@@ -166,7 +172,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                              "must both be >= 2")
         C.launch(chunk_state_output_ws_sm90, (N * HV * NV,),
                  C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
-                 C.head_matrix(q, C.BT), state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H,
+                 C.head_matrix(q, C.BT), None if rk is None else gcum_desc(rk), state, state_indices, cu_seqlens,
+                 has_initial_state, out, o_desc, HV, HV // H,
                  NV, float(scale), *TS.pool_strides(state, state_layout), out.stride(0), out.stride(1), V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
                  num_warps=4, maxnreg=cfg["maxnreg"])

@@ -155,10 +155,15 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     gluon_prep = False
     rq = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
     rk = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
+    rk_ws = None
     if not norms and state_impl.backend == "gluon" and L.pick(_GLUON_PREP, arch, "any", False):
         from gdn.nvidia.gluon import chunk_prep
         if chunk_prep.prep_ok(q, k, v, w, u):
-            chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2)
+            # the warp-specialised state pass takes the key norms from the first kernel (instruction issue
+            # bounds it; they are a by-product there)
+            if fused_gluon is not None and fused_gluon.get("WS") and l2:
+                rk_ws = C.gcum_empty(T, H, dev)
+            chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2, rk_ws)
             gluon_prep = True
     if not gluon_prep:
         L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
@@ -170,7 +175,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     if fused_gluon is not None:
         # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip)
         gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out,
-                                        scale, l2, state_layout, fused_gluon)
+                                        scale, l2, state_layout, fused_gluon, rk_ws)
         return
     # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
     # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
