@@ -125,6 +125,8 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # from prefill's first kernel (`rk`; ncu: the kernel is bound by instruction issue, 0.5 per scheduler-cycle,
 # and the norms were a fifth of the chain's instructions): 1x32768 0.75 -> 0.70 ms (prefill 1.15), 1x4096
 # 0.103 -> 0.096, 2x8192 0.38 -> 0.36. The norms' tiles read in 16-byte row vectors instead: slower (0.82).
+# The query norms from the first kernel too (it then loads q): this kernel unchanged (0.69-0.70 ms), the first
+# kernel 0.44 -> 0.48 ms at 1x32768 (its spill 16 -> 36 bytes); not kept.
 _FUSED = {("sm_90", "wide"): dict(BV=128, STAGES=2, num_warps=8, TMA_O=True),
           ("sm_90", "narrow"): dict(BV=32, STAGES=3, num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=232,
                                       maxnreg=168)}
