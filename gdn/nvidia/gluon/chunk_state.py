@@ -126,7 +126,10 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # and the norms were a fifth of the chain's instructions): 1x32768 0.75 -> 0.70 ms (prefill 1.15), 1x4096
 # 0.103 -> 0.096, 2x8192 0.38 -> 0.36. The norms' tiles read in 16-byte row vectors instead: slower (0.82).
 # The query norms from the first kernel too (it then loads q): this kernel unchanged (0.69-0.70 ms), the first
-# kernel 0.44 -> 0.48 ms at 1x32768 (its spill 16 -> 36 bytes); not kept.
+# kernel 0.44 -> 0.48 ms at 1x32768 (its spill 16 -> 36 bytes); not kept. The scores times v_new as one bf16
+# product instead of the hi + lo split (as FLA and FlashInfer round them): this kernel 0.701 -> 0.638 ms at
+# 1x32768, 0.096 -> 0.089 at 1x4096, but the output's error against the float64 recurrence 3.0e-3 -> 3.4e-3
+# (1x4096); the split is kept (every gdn kernel keeps such factors at ~16 bits).
 _FUSED = {("sm_90", "wide"): dict(BV=128, STAGES=2, num_warps=8, TMA_O=True),
           ("sm_90", "narrow"): dict(BV=32, STAGES=3, num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=232,
                                       maxnreg=168)}
