@@ -113,7 +113,7 @@ def _injected_waits(info: str | None) -> list[str]:
 
 def _check_hopper_kernel(name, launch, max_spill=0):
     """Compile a recorded launch for sm_90: wgmma and TMA in the PTX, every async wgmma operand retired by a
-    wait, no wgmma wait injected by ptxas, ptxas spills within max_spill bytes."""
+    wait, no wgmma wait injected by ptxas, ptxas spills within max_spill bytes. Returns the compiled kernel."""
     from gdn.nvidia.gluon import _common as C
     kernel = C.compile_launch(launch, "sm_90")
     assert "wgmma.mma_async" in kernel.asm["ptx"] and "cp.async.bulk.tensor" in kernel.asm["ptx"], name
@@ -122,6 +122,7 @@ def _check_hopper_kernel(name, launch, max_spill=0):
     assert _injected_waits(info) == [], name
     spill = _spill_bytes(info)
     assert spill is None or spill <= max_spill, (name, spill)
+    return kernel
 
 
 @needs_gluon
@@ -216,8 +217,7 @@ def test_chunk_state_output_ws_compiles(tma_o, rk):
     assert launch.signature["rk_desc"].startswith("tensordesc") == rk
     assert launch.options.get("maxnreg") == cfg["maxnreg"]
     assert launch.signature["o_desc"].startswith("tensordesc") == tma_o
-    _check_hopper_kernel(f"chunk_state_output_ws_sm90[TMA_O={tma_o}]", launch)
-    ptx = C.compile_launch(launch, "sm_90").asm["ptx"]
+    ptx = _check_hopper_kernel(f"chunk_state_output_ws_sm90[TMA_O={tma_o}]", launch).asm["ptx"]
     assert f"setmaxnreg.inc.sync.aligned.u32 \t{cfg['OUT_REGS']}" in ptx
     assert "bar.sync \t0, 128" in ptx and "mbarrier.arrive" in ptx
 

@@ -7,6 +7,13 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from gdn.nvidia.gluon._jit import inv_norm, row_sum, split_mma, store_rows, store_tile, zero_rows_past
 
 
+# The layout g_cum's (and the key norms') [64, 4] fp32 tiles are read in by a warpgroup: the 4 columns in
+# registers, the rows where the wgmma accumulator layouts' row slices have them (`tile_col`).
+G_TILE: gl.constexpr = gl.constexpr(gl.DistributedLinearLayout(
+    reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
+    warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[64, 4]))
+
+
 @gluon.jit
 def _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred,
                 K: gl.constexpr, V: gl.constexpr, EXTRA: gl.constexpr = 0):
@@ -31,12 +38,12 @@ def _decays(gcum, t0, eos, hv, s_gt, s_gh, BT: gl.constexpr, row: gl.constexpr):
 
 @gluon.jit
 def _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bar, w_buf, k_buf, u_buf, g_buf, t0, hv, hk, v0, pred,
-                  K: gl.constexpr, V: gl.constexpr):
-    """_load_chunk plus the chunk's g_cum rows [64, 4], all on one mbarrier. The g_cum tile starts at column
-    hv - hv % 4: TMA faults on an innermost coordinate that is not a multiple of 16 bytes (illegal
-    instruction, seen on an H100)."""
+                  K: gl.constexpr, V: gl.constexpr, EXTRA: gl.constexpr = 0):
+    """_load_chunk plus the chunk's g_cum rows [64, 4], all on one mbarrier (EXTRA: as _load_chunk's). The
+    g_cum tile starts at column hv - hv % 4: TMA faults on an innermost coordinate that is not a multiple of
+    16 bytes (illegal instruction, seen on an H100)."""
     _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred, K, V,
-                g_desc.block_type.nbytes)
+                g_desc.block_type.nbytes + EXTRA)
     tma.async_copy_global_to_shared(g_desc, [t0, hv - hv % g_desc.block_type.shape[1]], bar, g_buf, pred=pred)
 
 
@@ -150,10 +157,7 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
     row: gl.constexpr = gl.SliceLayout(1, mma)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     vs_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
-    # g_cum tiles [64, 4]: the 4 columns in registers, rows as the wgmma accumulator has them (`row`)
-    g2: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
-        warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BT, 4])
+    g2: gl.constexpr = G_TILE
 
     n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
     s0 = bos // BT + n                          # the sequence's first chunk slot

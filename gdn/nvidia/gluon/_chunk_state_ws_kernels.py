@@ -6,35 +6,29 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._chunk_state_kernels import _decays_tma, _initial_state, _pass_of, _pool_ptrs, tile_col
+from gdn.nvidia.gluon._chunk_state_kernels import (G_TILE, _decays_tma, _initial_state, _load_chunk_g, _pass_of,
+                                                    _pool_ptrs, tile_col)
 from gdn.nvidia.gluon._jit import exp2_ftz, inv_norm, split_mma, store_rows, store_tile, zero_rows_past
 
 LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
 
 
 @gluon.jit
-def _load_chunk(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, c, bos, hv,
-                hk, v0, pred, K: gl.constexpr, V: gl.constexpr):
+def _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, c, bos, hv,
+                hk, v0, K: gl.constexpr, V: gl.constexpr):
     """TMA of chunk c's w, k, q [64, K], u [64, BV], g_cum [64, 4] and (with rk_desc) key-norm [64, 4] tiles
-    into stage c % STAGES on ready[stage] (nothing when not pred)."""
+    into stage c % STAGES on ready[stage]."""
     STAGES: gl.constexpr = w_s.shape[0]
     BT: gl.constexpr = w_s.shape[1]
-    nbytes: gl.constexpr = (w_desc.block_type.nbytes + k_desc.block_type.nbytes + q_desc.block_type.nbytes
-                            + u_desc.block_type.nbytes + g_desc.block_type.nbytes
-                            + (0 if rk_desc is None else rk_desc.block_type.nbytes))
-    G4: gl.constexpr = g_desc.block_type.shape[1]
+    extra: gl.constexpr = q_desc.block_type.nbytes + (0 if rk_desc is None else rk_desc.block_type.nbytes)
     b = c % STAGES
     bar = ready.index(b)
     t0 = bos + c * BT
-    mbarrier.expect(bar, nbytes, pred=pred)
-    tma.async_copy_global_to_shared(w_desc, [t0, hv * K], bar, w_s.index(b), pred=pred)
-    tma.async_copy_global_to_shared(k_desc, [t0, hk * K], bar, k_s.index(b), pred=pred)
-    tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_s.index(b), pred=pred)
-    tma.async_copy_global_to_shared(u_desc, [t0, hv * V + v0], bar, u_s.index(b), pred=pred)
-    # (the g_cum tile starts at a column multiple of 4: TMA's 16-byte rule, see _load_chunk_g)
-    tma.async_copy_global_to_shared(g_desc, [t0, hv - hv % G4], bar, g_s.index(b), pred=pred)
-    if rk_desc is not None:
-        tma.async_copy_global_to_shared(rk_desc, [t0, hk - hk % G4], bar, rk_s.index(b), pred=pred)
+    _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bar, w_s.index(b), k_s.index(b), u_s.index(b), g_s.index(b), t0,
+                  hv, hk, v0, True, K, V, extra)
+    tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_s.index(b))
+    if rk_desc is not None:      # (16-byte column offsets, as g_cum's)
+        tma.async_copy_global_to_shared(rk_desc, [t0, hk - hk % rk_desc.block_type.shape[1]], bar, rk_s.index(b))
 
 
 @gluon.jit
@@ -45,8 +39,8 @@ def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, empty, w_s, 
     STAGES: gl.constexpr = w_s.shape[0]
     for c in range(0, NCL):
         mbarrier.wait(empty.index(c % STAGES), ((c // STAGES) & 1) ^ 1)
-        _load_chunk(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, c, bos, hv,
-                    hk, v0, True, K, V)
+        _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, c, bos, hv,
+                    hk, v0, K, V)
 
 
 @gluon.jit
@@ -68,10 +62,7 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BV, 16])
     row: gl.constexpr = gl.SliceLayout(1, mma)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
-    # g_cum tiles [64, 4]: the 4 columns in registers, rows as the wgmma accumulator has them (`row`)
-    g2: gl.constexpr = gl.DistributedLinearLayout(
-        reg_bases=[[0, 1], [0, 2], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
-        warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BT, 4])
+    g2: gl.constexpr = G_TILE
     r = gl.arange(0, BT, layout=row)
     S = gl.zeros([K, BV], gl.float32, mma)
     if slot >= 0:
@@ -127,7 +118,8 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
 
 @gluon.jit
 def _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, c, pred, mma: gl.constexpr, mma_s: gl.constexpr):
-    """Wait (when pred) for chunk c's tiles and hand-over, then issue q h [64, BV] and q k^T [64, 64] on them. Returns (q h, q k^T, and the operands the retiring wait must name)."""
+    """Wait (when pred) for chunk c's tiles and hand-over, then issue q h [64, BV] and q k^T [64, 64] on them.
+    Returns (q h, q k^T, and the operands the retiring wait must name)."""
     STAGES: gl.constexpr = q_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = q_s.shape[1]
@@ -155,8 +147,8 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
     formed, so their latency hides behind that math, and a chunk's stage (q, k) is released as soon as those
     MMAs retire. Past the last chunk the issue repeats this chunk's (no later chunk refills its stage; the
     result is unused): no branch while a wgmma is in flight (ptxas would make the warps wait for it there,
-    C7517). Rows past the sequence end are never stored, so their scores need no
-    mask (their q rows may be garbage: a row's NaN stays in that row). A skipped sequence: zero rows."""
+    C7517). Rows past the sequence end are never stored, so their scores need no mask (their q rows may be
+    garbage: a row's NaN stays in that row). A skipped sequence: zero rows."""
     STAGES: gl.constexpr = k_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = k_s.shape[1]
