@@ -44,8 +44,9 @@ def _cu(lengths, dev):
     return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=dev)
 
 
-def _output_inputs(lengths, H, HV, K, V, slots, dtype, pad_tokens=0):
-    """chunk_output's inputs; `pad_tokens` rows past cu_seqlens[-1] (a fixed token budget) hold NaN."""
+def _output_inputs(lengths, H, HV, K, V, slots, dtype, pad_tokens=0, strong=False):
+    """chunk_output's inputs; `pad_tokens` rows past cu_seqlens[-1] (a fixed token budget) hold NaN. `strong`:
+    the v-heads' A_log cycle through [-4, -1], 0.5 and 2.5 (chunk decays from a few to hundreds of nats)."""
     dev = "cuda"
     N = len(lengths)
     T = sum(lengths) + pad_tokens
@@ -54,8 +55,10 @@ def _output_inputs(lengths, H, HV, K, V, slots, dtype, pad_tokens=0):
     qk = torch.randn(T, 2 * H * K + 8, device=dev).to(dtype)
     q = qk[:, :H * K].view(T, H, K)
     k = qk[:, H * K:2 * H * K].view(T, H, K)
-    g, _ = R.gates(torch.randn(T, HV, device=dev), torch.randn(T, HV, device=dev),
-                   torch.empty(HV, device=dev).uniform_(-4, -1), torch.zeros(HV, device=dev))
+    A_log = torch.empty(HV, device=dev).uniform_(-4, -1)
+    if strong:
+        A_log[1::3], A_log[2::3] = 0.5, 2.5
+    g, _ = R.gates(torch.randn(T, HV, device=dev), torch.randn(T, HV, device=dev), A_log, torch.zeros(HV, device=dev))
     g_cum = torch.zeros(T, HV, device=dev)
     R.chunk_cumsum(g, cu, g_cum, chunk_size=64)
     v_new = torch.randn(T, HV, V, device=dev).to(dtype)
@@ -166,11 +169,12 @@ def _state_pool(S, HV, K, V, layout, dtype):
     return base[:, :M].view(S, HV, *((V, K) if layout == "vk" else (K, V)))
 
 
-def _state_inputs(lengths, H, HV, K, V, slots, layout, pool_dtype, init):
+def _state_inputs(lengths, H, HV, K, V, slots, layout, pool_dtype, init, strong=False):
     """chunk_state's inputs: q, k (strided views) and bf16 w, u from the reference WY solve, NaN rows past
     cu_seqlens[-1] in all four; has_initial_state from the `init` pattern (None: all True); a pool with two
     slots no sequence uses, and the mask of the used ones."""
-    q, k, _, _, g_cum, idx, cu = _output_inputs(lengths, H, HV, K, V, slots, torch.bfloat16, pad_tokens=37)
+    q, k, _, _, g_cum, idx, cu = _output_inputs(lengths, H, HV, K, V, slots, torch.bfloat16, pad_tokens=37,
+                                                strong=strong)
     T, N, end = k.shape[0], len(lengths), int(cu[-1])
     v = torch.randn(T, HV, V, device="cuda").bfloat16()
     beta = torch.rand(T, HV, device="cuda")
@@ -258,6 +262,8 @@ FUSED_VARIANTS = [
     pytest.param("kv", torch.bfloat16, None, dict(BV=32, STAGES=2, num_warps=4, WS=True, RING=2, OUT_REGS=232,
                                                    maxnreg=168),
                  id="kv-bf16-ws-plain-o-2stages"),
+    # strong decays on some heads (chunks decaying by hundreds of nats: scores and states underflow to zero)
+    pytest.param("vk", torch.float32, (True, False), "narrow-strong", id="vk-fp32-ws-strong-decays"),
 ]
 
 
@@ -270,14 +276,14 @@ def test_chunk_state_output_fused(lengths, H, HV, K, V, slots, layout, pool_dtyp
     a padding sequence's rows zero. q, k are strided views with NaN rows past the end, as are w and u."""
     from gdn.nvidia.gluon import chunk_state as GS
     q, k, w, u, g_cum, idx, cu, has_init, pool, used = _state_inputs(lengths, H, HV, K, V, slots, layout,
-                                                                      pool_dtype, init)
+                                                                      pool_dtype, init, strong=cfg == "narrow-strong")
     T, N, end = k.shape[0], len(lengths), int(cu[-1])
     NS, scale = PC.num_slots(T, N), K ** -0.5
     rk = None
     if cfg == "narrow-rk":      # the key norms as prefill's first kernel hands them over (NaN past the end)
         rk = PC.gcum_empty(T, H, "cuda")
         rk.copy_(torch.rsqrt((k.float() ** 2).sum(-1) + 1e-6))
-    if cfg in (None, "narrow", "narrow-rk"):
+    if cfg in (None, "narrow", "narrow-rk", "narrow-strong"):
         cfg = GS.fused_config("sm_90", 1 if cfg else 128, 1, K, V)
     res = {}
     for name, st, out_fn, dt in (("ref", RC.chunk_state, RC.chunk_output, torch.float32),

@@ -130,8 +130,18 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # product instead of the hi + lo split (as FLA and FlashInfer round them): this kernel 0.701 -> 0.638 ms at
 # 1x32768, 0.096 -> 0.089 at 1x4096, but the output's error against the float64 recurrence 3.0e-3 -> 3.4e-3
 # (1x4096); the split is kept (every gdn kernel keeps such factors at ~16 bits).
+# Later the same day (H100, this kernel's profiler time in one process; 1x4096 / 1x32768 / 2x8192 in us):
+# OUT_REGS 232 -> 248 (the chain then gets 232): 94.6 / 688 / 359 -> 91.5 / 653 / 338 (240 and 256 in between);
+# a 4-slot ring with it (217 KB): no better (90.7 / 652 / 343). At 232: 2 stages 99.1 / 714, o by plain stores
+# 106 / 779. Where the time goes at 1x4096 (one partition's math switched off at a time, wrong numbers): the
+# chain alone 68 us (the output only waiting and releasing), the output alone 86 (the chain's MMAs skipped),
+# both 95: the output bounds it, and in it the scores path (q k^T, the decays, the hi + lo split) is 23 us of
+# the 95 (72 with the scores zero; 89 without the decays' ex2, 92 without the split). Folding the decays into
+# v_new and the row factors (exp(gc_i - gc_j) = exp(gc_i - r) exp(r - gc_j), with a per-chunk range check
+# and the exact path past it) moved work onto the chain, which then bounded the kernel: 102 us with the fold
+# and without it; not kept.
 _FUSED = {("sm_90", "wide"): dict(BV=128, STAGES=2, num_warps=8, TMA_O=True),
-          ("sm_90", "narrow"): dict(BV=32, STAGES=3, num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=232,
+          ("sm_90", "narrow"): dict(BV=32, STAGES=3, num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248,
                                       maxnreg=168)}
 
 
