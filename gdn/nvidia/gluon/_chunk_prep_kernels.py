@@ -303,7 +303,11 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         d_st = _cols(nm, blk3, mma_q, 0, True)
         xi_st = eye_st - d_st
         # a loop, not unrolled: ncu put 15% of the stall samples on instruction fetch (H100, same run: 8x4096
-        # 0.469 -> 0.458 ms, 1x32768 0.467 -> 0.443, at the cost of a 16-byte spill)
+        # 0.469 -> 0.458 ms, 1x32768 0.467 -> 0.443, at the cost of a 16-byte spill). The loop is ~15% of the
+        # kernel (one iteration fewer, wrong numbers: 8x4096 0.458 -> 0.436 ms). Tried: the same six products in
+        # four levels instead of six (D^2; D D^2 with D^2 D^2; D^4 D^4 with X4 D^4; X8 D^8, each level's pair of
+        # products in flight together against one stored B): 152 bytes of spill at 168 registers, and slower
+        # (H100, 2026-11-22: 8x4096 0.458 -> 0.523 ms, 1x4096 0.064 -> 0.070).
         for i in range(3):
             d_st = _bd_mm(d_st, d_st, zh.index(0), zl.index(0), a_q, mma_q)
             xi_st = _bd_mm(xi_st, eye_st + d_st, zh.index(1), zl.index(1), a_q, mma_q)
