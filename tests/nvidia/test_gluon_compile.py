@@ -183,7 +183,7 @@ def test_chunk_state_output_tma_o_compiles():
     from gdn.nvidia.gluon import chunk_state as GS
     ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
     (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **variants[0])
-    cfg = dict(GS.fused_config("sm_90", 128, 1, k.shape[2], u.shape[2]), TMA_O=True)
+    cfg = dict(GS.TWO_WG, BV=min(GS.TWO_WG["BV"], u.shape[2]))
     with L.recording("sm_90"), C.recording() as launches:
         GS.launch_state_output(k, w, u, torch.empty_like(k), g_cum, pool, idx, cu, has_init, torch.empty_like(u),
                                0.1, kw["use_qk_l2norm"], kw["state_layout"], cfg)
@@ -192,12 +192,12 @@ def test_chunk_state_output_tma_o_compiles():
 
 
 @needs_gluon
-@pytest.mark.parametrize("tma_o,rk", [(True, True), (False, False)])
-def test_chunk_state_output_ws_compiles(tma_o, rk):
-    """The warp-specialised fused pass (prefill's "narrow" entry): three partitions with their register
-    budgets (setmaxnreg), one named barrier each, no spill, no injected wgmma wait; o by TMA store and by
-    plain stores (fp32 out, or a table without TMA_O); the key norms from prefill's first kernel (as prefill
-    runs it) and from the k tiles."""
+@pytest.mark.parametrize("tma_o,rk,pairs", [(True, True, 1), (False, False, 1), (True, True, 128)])
+def test_chunk_state_output_ws_compiles(tma_o, rk, pairs):
+    """The warp-specialised fused pass (prefill's entries: 32 state columns per CTA for narrow batches, 64 for
+    the rest): three partitions with their register budgets (setmaxnreg), one named barrier each, no spill,
+    no injected wgmma wait; o by TMA store and by plain stores (fp32 out, or a table without TMA_O); the key
+    norms from prefill's first kernel (as prefill runs it) and from the k tiles."""
     import torch
 
     from gdn.common import examples
@@ -206,7 +206,7 @@ def test_chunk_state_output_ws_compiles(tma_o, rk):
     from gdn.nvidia.gluon import chunk_state as GS
     ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
     (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **variants[0])
-    cfg = dict(GS.fused_config("sm_90", 1, 1, k.shape[2], u.shape[2]), TMA_O=tma_o)
+    cfg = dict(GS.fused_config("sm_90", pairs, 1, k.shape[2], u.shape[2]), TMA_O=tma_o)
     assert cfg.get("WS")
     with L.recording("sm_90"), C.recording() as launches:
         GS.launch_state_output(k, w, u, torch.empty_like(k), g_cum, pool, idx, cu, has_init, torch.empty_like(u),
@@ -237,11 +237,13 @@ def test_chunk_prep_compiles():
 
 
 def test_fused_config_table():
-    """The fused pass: two warpgroups on shared tiles for wide batches, the warp-specialised one for narrow
-    ones; at K <= 128, with >= 16 state columns per warpgroup."""
+    """The fused pass: warp-specialised, 32 state columns per CTA up to 32 (sequence, v-head) pairs (four CTAs
+    a pair fill one wave), 64 past them; at K <= 128, with >= 16 state columns per warpgroup."""
     from gdn.nvidia.gluon import chunk_state as GS
-    assert GS.fused_config("sm_90", 8, 32, 128, 128) == dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)  # 8x4096
-    assert GS.fused_config("sm_90", 1, 32, 128, 128)["WS"]                                      # 1x32768
+    for N, BV, stages in ((1, 32, 3), (2, 64, 2), (8, 64, 2), (64, 64, 2)):    # 1x32768, 2x8192, 8x4096, 64x512
+        cfg = GS.fused_config("sm_90", N, 32, 128, 128)
+        assert cfg["WS"] and (cfg["BV"], cfg["STAGES"]) == (BV, stages), (N, cfg)
+    assert GS.fused_config("sm_90", 1, 33, 128, 128)["BV"] == 64
     assert GS.fused_config("sm_90", 8, 32, 256, 128) is None
     assert GS.fused_config("sm_80", 8, 32, 128, 128) is None
     cfg = GS.fused_config("sm_90", 64, 4, 64, 64)

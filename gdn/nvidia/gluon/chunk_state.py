@@ -14,10 +14,10 @@ bf16/fp16 k, w, u of one dtype (wgmma operands); fp32 is declined (the Triton ke
 k, w, u may have any 16-byte aligned row stride with packed heads; h is written as a dense
 [slots * HV * K, V] matrix by TMA (it must be contiguous).
 
-`launch_state_output` (prefill's path when the (sequence, head) pairs fill the GPU) runs the same pass with
-chunk_output's formula evaluated in it and writes o instead of h and v_new: chunk_state_output_sm90 for
-wide batches, and for narrow ones chunk_state_output_ws_sm90 (warp-specialised: the state's chain, the output
-and a TMA loader in separate partitions; _chunk_state_ws_kernels.py).
+`launch_state_output` (prefill's path) runs the same pass with chunk_output's formula evaluated in it and
+writes o instead of h and v_new: chunk_state_output_ws_sm90 (warp-specialised: the state's chain, the output
+and a TMA loader in separate partitions; _chunk_state_ws_kernels.py) with 32 or 64 state columns per CTA by
+batch width (`fused_config`), or chunk_state_output_sm90 (two warpgroups splitting the columns; TWO_WG).
 """
 from __future__ import annotations
 
@@ -140,14 +140,32 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # v_new and the row factors (exp(gc_i - gc_j) = exp(gc_i - r) exp(r - gc_j), with a per-chunk range check
 # and the exact path past it) moved work onto the chain, which then bounded the kernel: 102 us with the fold
 # and without it; not kept.
-_FUSED = {("sm_90", "wide"): dict(BV=128, STAGES=2, num_warps=8, TMA_O=True),
-          ("sm_90", "narrow"): dict(BV=32, STAGES=3, num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248,
-                                      maxnreg=168)}
+# Then the warp-specialised pass with 64 state columns per CTA (2 stages: 211 KB) for every batch past 32 pairs,
+# against the table of the time (same process, prefill's profiler time in us; this kernel in brackets):
+#   2x4096 (64 pairs, WS at 32 columns: 256 CTAs, two waves)  304.5 (180) -> 252.4 (128)
+#   4x4096 (128 pairs, two warpgroups at 128 columns)         505.8 -> 473.4 (241)
+#   8x4096 (256 pairs, two warpgroups)                         1005.7 (544) -> 929.4 (473)
+#   64x512 (2048 pairs, two warpgroups)                        1113.1 (638) -> 1071.6 (596)
+#   1x32768 (32 pairs): 32 columns stay (1099 against 1274 at 64: 64 CTAs leave half the SMs idle).
+# A chunk step at 64 columns costs ~1.4x one at 32 (2x4096: 2.0 us, 1x4096: 1.4), so 32 columns pay only
+# while 4 CTAs per pair fit in one wave (H100/H200: 132 SMs, 33 pairs): FUSED_NARROW_PAIRS.
+# The two-warpgroup pass (chunk_state_output_sm90, TWO_WG) is kept, tested and compiled, but no table
+# entry takes it on sm_90 since.
+FUSED_NARROW_PAIRS = 32
+TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
+_WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168)
+_FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
+          ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3)}
+
+
+def fused_bucket(N: int, HV: int) -> str:
+    """"narrow" while four CTAs of 32 state columns per (sequence, v-head) pair fill at most one wave."""
+    return "narrow" if N * HV <= FUSED_NARROW_PAIRS else "wide"
 
 
 def fused_config(arch: str, N: int, HV: int, K: int, V: int) -> dict | None:
     """Config of the fused pass for these sizes, or None where the plain pass + chunk_output is faster."""
-    cfg = L.pick(_FUSED, arch, TS.bucket(N, HV), None)
+    cfg = L.pick(_FUSED, arch, fused_bucket(N, HV), None)
     if cfg is None or K > 128:
         return None
     cfg = dict(cfg)
@@ -226,7 +244,7 @@ def chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_st
 def _fused_example_launches(arch: str) -> list:
     """The fused passes' launches (recorded) for the chunk_state examples, with q and out beside them: the
     table's wide config (output by TMA store) for each, and for the first also the output by plain stores (the
-    kernel's other branch: a fp32 out, or a table without TMA_O) and the narrow (warp-specialised) entry."""
+    kernel's other branch: a fp32 out, or a table without TMA_O), the narrow entry and the two-warpgroup pass."""
     from gdn.common import examples
     ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
     launches = []
@@ -237,7 +255,8 @@ def _fused_example_launches(arch: str) -> list:
         q, out = torch.empty_like(k), torch.empty_like(u)
         wide = fused_config(arch, 128, 1, k.shape[2], u.shape[2])
         narrow = fused_config(arch, 1, 1, k.shape[2], u.shape[2])
-        cfgs = [("", wide)] + ([(",TMA_O=0", dict(wide, TMA_O=False)), (",narrow", narrow)] if i == 0 else [])
+        cfgs = [("", wide)] + ([(",TMA_O=0", dict(wide, TMA_O=False)), (",narrow", narrow),
+                                (",two_wg", dict(TWO_WG, BV=min(TWO_WG["BV"], u.shape[2])))] if i == 0 else [])
         for suffix, cfg in cfgs:
             if cfg is None:
                 continue

@@ -16,9 +16,9 @@ Kernel-level signature: gdn/common/reference.py `prefill` (the token-by-token or
     on sm_90 the Gluon ones (TMA + wgmma, gdn/nvidia/gluon/), else the Triton kernels of this package.
     With both on Gluon, step 1 is Gluon's too (gdn/nvidia/gluon/chunk_prep.py: the same work with every
     product a wgmma; `_GLUON_PREP`), step 2 is Gluon's pass with the output fused and step 3 goes
-    (gdn/nvidia/gluon/chunk_state.py `_FUSED`): for a "wide" batch one CTA of two warpgroups per
-    (sequence, v-head) at V=128; for a "narrow" one (a long prompt) a warp-specialised CTA per (sequence,
-    v-head, 32 state columns), the output's work in its own warpgroup beside the state's chain.
+    (gdn/nvidia/gluon/chunk_state.py `_FUSED`): a warp-specialised CTA per (sequence, v-head, 64 state
+    columns), or 32 for a "narrow" batch (at most 32 (sequence, v-head) pairs: a long prompt), the output's
+    work in its own warpgroup beside the state's chain.
 
 q and k are l2-normalised where they are loaded (no separate pass). Nothing is read back to the host:
 the grid of steps 1 and 3 is the static bound T // 64 + N chunk slots (see _common), so prefill can be
@@ -217,5 +217,5 @@ register(Impl(op="prefill", backend="triton", fn=prefill, archs=C.ARCHS, priorit
               layouts=("vk", "kv"), check=C.head_dim_reasons, interpretable=True, validated_on=("sm_90",),
               notes="chunked (64): fused gates+cumsum+kkt+solve+wy, state pass split over V (output fused "
                     "when wide), no host sync; state pass and output through the registry's chunk_state / "
-                    "chunk_output choice (sm_90: Gluon, then also the first kernel and, when wide, the state "
+                    "chunk_output choice (sm_90: Gluon, then also the first kernel and a warp-specialised state "
                     "pass with the output fused)"))
