@@ -183,7 +183,7 @@ def test_chunk_state_output_tma_o_compiles():
     from gdn.nvidia.gluon import chunk_state as GS
     ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
     (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **variants[0])
-    cfg = dict(GS.TWO_WG, BV=min(GS.TWO_WG["BV"], u.shape[2]))
+    cfg = GS.fit_config(GS.TWO_WG, u.shape[2])
     with L.recording("sm_90"), C.recording() as launches:
         GS.launch_state_output(k, w, u, torch.empty_like(k), g_cum, pool, idx, cu, has_init, torch.empty_like(u),
                                0.1, kw["use_qk_l2norm"], kw["state_layout"], cfg)

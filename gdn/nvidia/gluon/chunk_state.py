@@ -168,8 +168,13 @@ def fused_config(arch: str, N: int, HV: int, K: int, V: int) -> dict | None:
     cfg = L.pick(_FUSED, arch, fused_bucket(N, HV), None)
     if cfg is None or K > 128:
         return None
-    cfg = dict(cfg)
-    cfg["BV"] = min(cfg["BV"], V)
+    return fit_config(cfg, V)
+
+
+def fit_config(cfg: dict, V: int) -> dict:
+    """A fused-pass config (a table entry or TWO_WG) for V state columns: BV at most V, and one warpgroup when
+    two would get fewer than 16 columns each."""
+    cfg = dict(cfg, BV=min(cfg["BV"], V))
     if cfg["BV"] // (cfg["num_warps"] // 4) < 16:
         cfg["num_warps"] = 4
     return cfg
@@ -256,7 +261,7 @@ def _fused_example_launches(arch: str) -> list:
         wide = fused_config(arch, 128, 1, k.shape[2], u.shape[2])
         narrow = fused_config(arch, 1, 1, k.shape[2], u.shape[2])
         cfgs = [("", wide)] + ([(",TMA_O=0", dict(wide, TMA_O=False)), (",narrow", narrow),
-                                (",two_wg", dict(TWO_WG, BV=min(TWO_WG["BV"], u.shape[2])))] if i == 0 else [])
+                                (",two_wg", fit_config(TWO_WG, u.shape[2]))] if i == 0 else [])
         for suffix, cfg in cfgs:
             if cfg is None:
                 continue
