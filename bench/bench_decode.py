@@ -8,7 +8,9 @@ per call. The floor is the state traffic at the measured copy bandwidth (large D
 bytes): decode reads and writes every active state; MTP verify reads it once and writes T intermediate
 states (fp32). Peers (FLA 0.6 fused_recurrent_gated_delta_rule, FlashInfer 0.7.2 gdn_decode) join when
 importable; every implementation's output is checked against gdn's fp32 reference before its time is
-printed. Where gdn launches with PDL (sm_90+, gdn/common/launch.py `pdl_ok`) the main table also has
+printed. gdn's slots are a random permutation of the pool; FLA takes no state indices and reads call c's
+contiguous slice, so with FLA the table also has gdn-triton-fla-slots: gdn on those same slots. Where gdn
+launches with PDL (sm_90+, gdn/common/launch.py `pdl_ok`) the main table also has
 gdn-triton-nopdl: the same kernels and configs launched without it (GDN_PDL=0). `--sweep` times the
 Triton kernel over a grid of (BV, num_warps, num_stages) per batch and prints the best configs as
 entries for gdn/common/triton/decode.py's CONFIGS table.
@@ -20,6 +22,7 @@ import contextlib
 import csv
 import datetime
 import math
+import statistics
 import os
 import sys
 import time
@@ -37,6 +40,9 @@ ESZ = {torch.float32: 4, torch.bfloat16: 2}
 
 # ---------------------------------------------------------------------------------------------------
 # measurement
+
+SWEEP_ROUNDS = 3    # --sweep: each config timed this many times, interleaved with the others; median kept
+
 
 def n_rot(per_call_bytes: int, l2: int, lo=2, hi=128) -> int:
     return max(lo, min(hi, math.ceil(8 * l2 / max(per_call_bytes, 1))))
@@ -125,6 +131,19 @@ def gdn_impl(p: Decode, cfg=None, backend="triton"):
 
 def gdn_triton(p: Decode, cfg=None):
     return gdn_impl(p, cfg)
+
+
+def on_fla_slots(p: Decode) -> Decode:
+    """The same problem with call c on the contiguous slots c*B .. c*B + B - 1: the slots FLA reads (it takes
+    no state indices), so gdn-triton-fla-slots against fla-0.6 compares the kernels on one access pattern."""
+    import copy
+    q = copy.copy(p)
+    q.idx = [torch.arange(c * p.B, (c + 1) * p.B, dtype=torch.int32, device=DEV) for c in range(p.n)]
+    return q
+
+
+def gdn_triton_fla_slots(p: Decode):
+    return None if p.T is not None else gdn_triton(on_fla_slots(p))
 
 
 def pdl_off():
@@ -238,7 +257,9 @@ def checked(name, p, make):
         if res is None:
             return None, "n/a"
         calls, check = res
-        if name.startswith("gdn-"):
+        if name == "gdn-triton-fla-slots":
+            got, ref = check(), on_fla_slots(p).reference(0)
+        elif name.startswith("gdn-"):
             got, ref = check(), p.reference(0)
         else:
             got, ref = check()
@@ -322,7 +343,9 @@ def main():
     def bench_problem(kind, p):
         out = []
         others = {} if args.no_peers else other_backends(p)
-        for name, make in triton_rows + list(others.items()) + list(peers.items()):
+        # with FLA, gdn once more on FLA's slots (contiguous; the main row's are a random permutation)
+        fla_slots = [("gdn-triton-fla-slots", gdn_triton_fla_slots)] if "fla-0.6" in peers else []
+        for name, make in triton_rows + list(others.items()) + list(peers.items()) + fla_slots:
             with pdl_off() if name == "gdn-triton-nopdl" else contextlib.nullcontext():
                 calls, err = checked(name, p, make)
                 if err == "n/a":
@@ -392,18 +415,26 @@ def main():
             res = []
             pool0 = p.pool.clone()
             ref = p.reference(0)
+            runs = {}
             for cfg in sweep_grid(T):
                 try:
-                    p.pool.copy_(pool0)         # every config is checked and timed from the same states
+                    p.pool.copy_(pool0)         # every config is checked from the same states
                     calls, check = gdn_triton(p, cfg)
                     got = check()
                     e = max(rel(got[0], ref[0]), rel(got[1], ref[1]))
                     if not e < p.tol():
                         res.append((cfg, None, f"WRONG {e:.1e}"))
                         continue
-                    res.append((cfg, graph_time_us(calls, max(5, replays // 2)), ""))
+                    runs[cfg] = calls
                 except Exception as ex:
                     res.append((cfg, None, f"{type(ex).__name__}"))
+            # timed in interleaved rounds, each config's median kept: a kernel's time drifts by more than the
+            # configs differ, so configs timed one after another can rank by when they ran
+            times = {cfg: [] for cfg in runs}
+            for _ in range(SWEEP_ROUNDS):
+                for cfg, calls in runs.items():
+                    times[cfg].append(graph_time_us(calls, max(5, replays // 2)))
+            res += [(cfg, statistics.median(ts), "") for cfg, ts in times.items()]
             ok = [r for r in res if r[1]]
             top = min(ok, key=lambda r: r[1]) if ok else None
             floor = p.floor_bytes / bw * 1e6
