@@ -151,6 +151,16 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # while 4 CTAs per pair fit in one wave (H100/H200: 132 SMs, 33 pairs): FUSED_NARROW_PAIRS.
 # The two-warpgroup pass (chunk_state_output_sm90, TWO_WG) is kept, tested and compiled, but no table
 # entry takes it on sm_90 since.
+# Later (H100, 22:00 UTC, one process; ncu at 1x4096: the output waits on the chain's hand-over for 11% of its
+# stall samples, the chain on its tiles or a ring slot for 6%, and 30% of the chain's loop is the query norms):
+# - the causal mask as an additive bias and the hand-over vectors loaded a chunk ahead (30 fewer instructions
+#   per output chunk): each alone no change at 32 columns (1x4096 92 us, 1x32768 660), both together slower
+#   there (96, 705) and 1-2% faster at 64 (8x4096 474 -> 464): latency, not instruction issue, bounds it;
+# - the chunks' decayed scores P = causal(q k^T exp(gc_i - gc_j)) from the first kernel (hi + lo bf16, [T, HV,
+#   64] each), the output then three MMAs per chunk (q h, P_hi v_new, P_lo v_new) and its own query norms, a
+#   second ring (q, P) with its own loader warp: this kernel 93.3 -> 80.0 us at 1x4096, 654 -> 552 at 1x32768,
+#   but the first kernel 64 -> 86 and 442 -> 621 (P is as many bytes as w, written and read back), prefill
+#   157 -> 166 and 1110 -> 1170 us. Not kept.
 FUSED_NARROW_PAIRS = 32
 TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168)
