@@ -3,15 +3,16 @@
     python bench/bench_decode.py [--quick] [--sweep] [--out results.csv]
 
 Qwen3-Next shape (H=16, HV=32, K=V=128), bf16 inputs. Each row times CUDA-graph replays of many calls
-over rotated pools (working set > 4x L2, so state traffic comes from HBM), median over replays,
-per call. The floor is the state traffic at the measured copy bandwidth (large D2D copy, read+write
-bytes): decode reads and writes every active state; MTP verify reads it once and writes T intermediate
-states (fp32). Peers (FLA 0.6 fused_recurrent_gated_delta_rule, FlashInfer 0.7.2 gdn_decode) join when
-importable; every implementation's output is checked against gdn's fp32 reference before its time is
-printed. gdn's slots are a random permutation of the pool; FLA takes no state indices and reads call c's
-contiguous slice, so with FLA the table also has gdn-triton-fla-slots: gdn on those same slots. Where gdn
-launches with PDL (sm_90+, gdn/common/launch.py `pdl_ok`) the main table also has
-gdn-triton-nopdl: the same kernels and configs launched without it (GDN_PDL=0). `--sweep` times the
+over rotated pools (working set > 4x L2, so state traffic comes from HBM), median over replays, per
+call, after a warm-up (gdn/common/timing.py); the implementations of one problem are timed in ROUNDS
+interleaved rounds and each keeps its median. The floor is the state traffic at the measured copy
+bandwidth (large D2D copy, read+write bytes): decode reads and writes every active state; MTP verify reads
+it once and writes T intermediate states (fp32). Peers (FLA 0.6 fused_recurrent_gated_delta_rule,
+FlashInfer 0.7.2 gdn_decode) join when importable; every implementation's output is checked against gdn's
+fp32 reference before it is timed. gdn's slots are a random permutation of the pool; FLA takes no state
+indices and reads call c's contiguous slice, so with FLA the table also has gdn-triton-fla-slots: gdn on
+those same slots. Where gdn launches with PDL (sm_90+, gdn/common/launch.py `pdl_ok`) the main table also
+has gdn-triton-nopdl: the same kernels and configs launched without it (GDN_PDL=0). `--sweep` times the
 Triton kernel over a grid of (BV, num_warps, num_stages) per batch and prints the best configs as
 entries for gdn/common/triton/decode.py's CONFIGS table.
 """
@@ -41,7 +42,7 @@ ESZ = {torch.float32: 4, torch.bfloat16: 2}
 # ---------------------------------------------------------------------------------------------------
 # measurement
 
-SWEEP_ROUNDS = 3    # --sweep: each config timed this many times, interleaved with the others; median kept
+ROUNDS = 3    # each implementation (and --sweep config) timed this many times, interleaved; median kept
 
 
 def n_rot(per_call_bytes: int, l2: int, lo=2, hi=128) -> int:
@@ -326,7 +327,8 @@ def main():
           f"(read+write), torch {torch.__version__}, triton {probe.package_version('triton')}, "
           f"fla-core {probe.package_version('fla-core')}, flashinfer {probe.package_version('flashinfer-python')}, "
           f"{datetime.date.today()}")
-    print(f"# H={H} HV={HV} K=V={K}, bf16 inputs, CUDA-graph replay over rotated pools, median of {replays}; "
+    print(f"# H={H} HV={HV} K=V={K}, bf16 inputs, CUDA-graph replay over rotated pools, median of {replays} "
+          f"replays, median of {ROUNDS} interleaved rounds; "
           f"PDL {'on' if L.pdl_ok(info.arch) else 'off'}\n")
     triton_rows = [("gdn-triton", gdn_triton)] + ([("gdn-triton-nopdl", gdn_triton)] if L.pdl_ok(info.arch) else [])
     rows = []
@@ -345,12 +347,22 @@ def main():
         others = {} if args.no_peers else other_backends(p)
         # with FLA, gdn once more on FLA's slots (contiguous; the main row's are a random permutation)
         fla_slots = [("gdn-triton-fla-slots", gdn_triton_fla_slots)] if "fla-0.6" in peers else []
+        runs = []
         for name, make in triton_rows + list(others.items()) + list(peers.items()) + fla_slots:
             with pdl_off() if name == "gdn-triton-nopdl" else contextlib.nullcontext():
                 calls, err = checked(name, p, make)
-                if err == "n/a":
-                    continue
-                us = graph_time_us(calls, replays) if calls else None
+            if err != "n/a":
+                runs.append((name, calls, err))
+        # every implementation timed in ROUNDS interleaved rounds, its median kept: a row timed once, first
+        # after the checks, read 212.6 us where the same kernel read 189.7 a row later (fp32 B=128, H100)
+        times = {name: [] for name, calls, _ in runs if calls}
+        for _ in range(ROUNDS):
+            for name, calls, _ in runs:
+                if calls:
+                    with pdl_off() if name == "gdn-triton-nopdl" else contextlib.nullcontext():
+                        times[name].append(graph_time_us(calls, replays))
+        for name, calls, err in runs:
+            us = statistics.median(times[name]) if calls else None
             cfg = ""
             if name.startswith("gdn-triton"):
                 cfg = str(D.config(D.table_key_of(torch.device(DEV)), p.layout, p.sd, p.B * HV, K, V, p.T or 1))
@@ -431,7 +443,7 @@ def main():
             # timed in interleaved rounds, each config's median kept: a kernel's time drifts by more than the
             # configs differ, so configs timed one after another can rank by when they ran
             times = {cfg: [] for cfg in runs}
-            for _ in range(SWEEP_ROUNDS):
+            for _ in range(ROUNDS):
                 for cfg, calls in runs.items():
                     times[cfg].append(graph_time_us(calls, max(5, replays // 2)))
             res += [(cfg, statistics.median(ts), "") for cfg, ts in times.items()]

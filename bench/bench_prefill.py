@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gdn import ops  # noqa: E402
 from gdn.common import probe  # noqa: E402
 from gdn.common import reference as R  # noqa: E402
+from gdn.common.timing import warm_up  # noqa: E402
 from gdn.common.triton.prefill import chunk_output as CO  # noqa: E402
 from gdn.common.triton.prefill import chunk_state as CS  # noqa: E402
 from gdn.common.triton.prefill import prefill as P  # noqa: E402
@@ -174,8 +175,7 @@ def gpu_time(call, iters):
     if not GPU:
         return float("nan"), {}
     from torch.profiler import ProfilerActivity, profile
-    call()
-    torch.cuda.synchronize()
+    warm_up(call)           # (gdn/common/timing.py: a kernel runs slow for ~10 ms after other heavy work)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             call()
@@ -188,9 +188,10 @@ def gpu_time(call, iters):
 
 
 def wall_time(call, iters):
-    call()
     if GPU:
-        torch.cuda.synchronize()
+        warm_up(call)
+    else:
+        call()
     t0 = time.perf_counter()
     for _ in range(iters):
         call()

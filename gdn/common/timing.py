@@ -3,6 +3,7 @@ relative error. Method: ../shared/device METHOD (events around the region, media
 from __future__ import annotations
 
 import statistics
+import time
 
 import torch
 
@@ -11,8 +12,7 @@ def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20, device="cuda") -> floa
     """Bytes/s of a large device-to-device copy, counting read + write (the roofline's denominator)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
+    warm_up(lambda: dst.copy_(src))
     ts = []
     for _ in range(reps):
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -26,8 +26,26 @@ def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20, device="cuda") -> floa
     return 2 * nbytes / statistics.median(ts)
 
 
+# Right after other heavy GPU work (a reference check, another implementation's run) a memory-bound kernel
+# ran up to 16% slower for about 10 ms on an H100 (decode fp32 B=256: 430 us per call for the first replays,
+# 371 from the 20th on; bf16 B=256: 221 for 15 replays, 191 after a 20 ms warm-up). Timed regions start
+# after this much warm-up.
+WARMUP_MS = 50.0
+
+
+def warm_up(step, ms: float = WARMUP_MS):
+    """Run step() (then synchronise) until `ms` milliseconds have passed, at least once."""
+    t0 = time.perf_counter()
+    while True:
+        step()
+        torch.cuda.synchronize()
+        if (time.perf_counter() - t0) * 1e3 >= ms:
+            return
+
+
 def graph_time_us(calls, replays: int = 20) -> float:
-    """Median per-call time (us) of a CUDA graph holding `calls` (warmed up on a side stream first)."""
+    """Median per-call time (us) of a CUDA graph holding `calls` (warmed up on a side stream first, then the
+    graph replayed for WARMUP_MS before the timed replays)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -39,8 +57,7 @@ def graph_time_us(calls, replays: int = 20) -> float:
     with torch.cuda.graph(g):
         for c in calls:
             c()
-    g.replay()
-    torch.cuda.synchronize()
+    warm_up(g.replay)
     ts = []
     for _ in range(replays):
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
