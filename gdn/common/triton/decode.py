@@ -245,16 +245,18 @@ CONFIGS: dict = {
     ('sm_90', ('mtp', 'vk', 'fp32', 256)): (16, 2, 1),
     ('sm_90', ('mtp', 'vk', 'fp32', 1024)): (16, 1, 1),
     ('sm_90', ('mtp', 'vk', 'fp32', 4096)): (32, 2, 1),
-    # H200 (same sm_90, 4.19 TB/s copy): bench_decode.py --sweep-only on an NVIDIA H200, 2026-11-22
-    # (bench/results/decode_sweep_h200_2026-11-22.csv); the H100 rows above ran there at 80-89% (fp32) and
-    # 72-74% (bf16) of copy bandwidth for B >= 128, these at 86-90% and 80-84%.
+    # H200 (same sm_90): bench_decode.py --sweep-only on an NVIDIA H200, 2026-11-22 22:25 UTC, every config timed
+    # in three interleaved rounds (bench/results/decode_sweep_h200_2026-11-22_2225.csv; the morning's sweep,
+    # decode_sweep_h200_2026-11-22.csv, timed each once). Against the morning's entries where they differ:
+    # fp32 B=256 (16, 1, 1) 280.6 -> (8, 1, 1) 273.4 us, B=512 555.7 -> 539.1, B=64 (8, 1, 1) 73.5 ->
+    # (16, 1, 1) 72.8; MTP B=128 T=2 (16, 2, 1) 212.0 -> (4, 1, 1) 206.4.
     ('sm_90:h200', ('vk', 'fp32', 32)): (4, 1, 1),
-    ('sm_90:h200', ('vk', 'fp32', 256)): (8, 2, 1),
+    ('sm_90:h200', ('vk', 'fp32', 256)): (4, 1, 1),
     ('sm_90:h200', ('vk', 'fp32', 1024)): (8, 1, 1),
-    ('sm_90:h200', ('vk', 'fp32', 2048)): (8, 1, 1),
+    ('sm_90:h200', ('vk', 'fp32', 2048)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'fp32', 4096)): (8, 1, 1),
-    ('sm_90:h200', ('vk', 'fp32', 8192)): (16, 1, 1),
-    ('sm_90:h200', ('vk', 'fp32', 16384)): (16, 1, 1),
+    ('sm_90:h200', ('vk', 'fp32', 8192)): (8, 1, 1),
+    ('sm_90:h200', ('vk', 'fp32', 16384)): (8, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 32)): (4, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 256)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 1024)): (16, 1, 1),
@@ -262,10 +264,10 @@ CONFIGS: dict = {
     ('sm_90:h200', ('vk', 'bf16', 4096)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 8192)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 16384)): (16, 1, 1),
-    # kv: the H200 sweep chose the H100 rows above (they apply through the arch fallback of `config`)
+    # kv: the H200 sweeps chose the H100 rows above (they apply through the arch fallback of `config`)
     ('sm_90:h200', ('mtp', 'vk', 'fp32', 256)): (4, 1, 1),
-    ('sm_90:h200', ('mtp', 'vk', 'fp32', 1024)): (8, 1, 1),
-    ('sm_90:h200', ('mtp', 'vk', 'fp32', 4096)): (16, 2, 1),
+    ('sm_90:h200', ('mtp', 'vk', 'fp32', 1024)): (4, 1, 1),
+    ('sm_90:h200', ('mtp', 'vk', 'fp32', 4096)): (4, 1, 1),
 }
 
 
