@@ -152,7 +152,7 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # The two-warpgroup pass (chunk_state_output_sm90, TWO_WG) is kept, tested and compiled, but no table
 # entry takes it on sm_90 since.
 # Later (H100, 22:00 UTC, one process; ncu at 1x4096: the output waits on the chain's hand-over for 11% of its
-# stall samples, the chain on its tiles or a ring slot for 6%, and 30% of the chain's loop is the query norms):
+# stall samples, the chain on its tiles or a ring slot for 6%; the query norms are a fifth of the chain's loop):
 # - the causal mask as an additive bias and the hand-over vectors loaded a chunk ahead (30 fewer instructions
 #   per output chunk): each alone no change at 32 columns (1x4096 92 us, 1x32768 660), both together slower
 #   there (96, 705) and 1-2% faster at 64 (8x4096 474 -> 464): latency, not instruction issue, bounds it;
