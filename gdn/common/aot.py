@@ -48,7 +48,7 @@ def _compile(l: launch.Launch, arch: str):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    src = ASTSource(l.kernel, l.signature, l.constexprs)
+    src = ASTSource(l.kernel, l.signature, l.constexprs, l.attrs)
     return triton.compile(src, target=GPUTarget(*TARGETS[arch]), options=l.options)
 
 

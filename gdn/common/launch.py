@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,6 +38,7 @@ class Launch:
     signature: dict
     constexprs: dict
     options: dict
+    attrs: dict = field(default_factory=dict)     # ASTSource attrs: {(arg index,): [["tt.divisibility", 16]]}
 
 
 _RECORD: contextvars.ContextVar[tuple[str, list] | None] = contextvars.ContextVar("gdn_record", default=None)
@@ -138,19 +139,53 @@ def launch(kernel, grid, *args, num_warps: int = 4, num_stages: int = 2, pdl: bo
         else:
             kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs)
         return
-    names = kernel.arg_names
-    sig, cexp = {}, {}
-    for name, v in zip(names, args):
-        sig[name] = _arg_type(v)
-        if v is None:
-            cexp[name] = None
+    sig, cexp, attrs = _specialized(kernel, rec[0], args)
     for name, v in constexprs.items():
         sig[name] = "constexpr"
         cexp[name] = v
     options = {"num_warps": num_warps, "num_stages": num_stages}
     if pdl:
         options["launch_pdl"] = True      # a compile option: the launcher reads it from the kernel metadata
-    rec[1].append(Launch(kernel, sig, cexp, options))
+    rec[1].append(Launch(kernel, sig, cexp, options, attrs))
+
+
+def _backend_class(arch: str):
+    """Triton's compiler backend class for `arch` (its argument specialisation rules)."""
+    if is_amd(arch):
+        from triton.backends.amd.compiler import HIPBackend
+        return HIPBackend
+    from triton.backends.nvidia.compiler import CUDABackend
+    return CUDABackend
+
+
+def _specialized(kernel, arch: str, args) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) of a launch's positional args as Triton's JIT specialises them on `arch`:
+    an int equal to 1 becomes the constant 1, ints divisible by 16 and 16-byte aligned pointers (meta tensors
+    count as aligned, as real allocations are) get tt.divisibility 16. Recording them so, the AOT matrix
+    compiles the variant the GPU runs (with aligned, vectorised loads), not a less specialised one."""
+    sig, cexp, attrs = {}, {}, {}
+    if not hasattr(kernel, "params"):       # TRITON_INTERPRET=1: an InterpretedFunction, typed plainly
+        for name, v in zip(kernel.arg_names, args):
+            sig[name] = _arg_type(v)
+            if v is None:
+                cexp[name] = None
+        return sig, cexp, attrs
+    from triton._C.libtriton import native_specialize_impl
+    backend = _backend_class(arch)
+    for i, (p, v) in enumerate(zip(kernel.params, args)):
+        if p.annotation_type or isinstance(v, (bool, float)) or v is None:
+            sig[p.name] = _arg_type(v)          # (not specialised by the JIT either)
+            if v is None:
+                cexp[p.name] = None
+            continue
+        ty, attr = native_specialize_impl(backend, v, p.is_const, not p.do_not_specialize,
+                                          not p.do_not_specialize_on_alignment)
+        sig[p.name] = ty
+        if ty == "constexpr":
+            cexp[p.name] = attr
+        elif isinstance(attr, str) and attr:
+            attrs[(i,)] = backend.parse_attr(attr)
+    return sig, cexp, attrs
 
 
 def cdiv(a: int, b: int) -> int:

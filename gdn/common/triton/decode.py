@@ -437,7 +437,7 @@ def compile_recorded(launches, arch: str) -> list:
     target = GPUTarget(*TARGETS[arch])
     built = []
     for l in launches:
-        src = triton.compiler.ASTSource(l.kernel, l.signature, l.constexprs)
+        src = triton.compiler.ASTSource(l.kernel, l.signature, l.constexprs, l.attrs)
         triton.compile(src, target=target, options=l.options)
         built.append(f"{l.kernel.__name__}[{', '.join(f'{k}={v}' for k, v in l.constexprs.items() if v is not None)}]")
     return built
