@@ -139,7 +139,7 @@ def launch(kernel, grid, *args, num_warps: int = 4, num_stages: int = 2, pdl: bo
         else:
             kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs)
         return
-    sig, cexp, attrs = _specialized(kernel, rec[0], args)
+    sig, cexp, attrs = specialized(kernel, rec[0], args)
     for name, v in constexprs.items():
         sig[name] = "constexpr"
         cexp[name] = v
@@ -158,7 +158,7 @@ def _backend_class(arch: str):
     return CUDABackend
 
 
-def _specialized(kernel, arch: str, args) -> tuple[dict, dict, dict]:
+def specialized(kernel, arch: str, args) -> tuple[dict, dict, dict]:
     """(signature, constexprs, attrs) of a launch's positional args as Triton's JIT specialises them on `arch`:
     an int equal to 1 becomes the constant 1, ints divisible by 16 and 16-byte aligned pointers (meta tensors
     count as aligned, as real allocations are) get tt.divisibility 16. Recording them so, the AOT matrix

@@ -111,23 +111,25 @@ def launch(kernel, grid, *args, num_warps: int = 4, maxnreg: int | None = None, 
     if rec is None:
         kernel[grid](*(a.build() if isinstance(a, Desc) else a for a in args), **opts, **constexprs)
         return
-    sig, cexp = {}, {}
+    # the JIT's specialisation of the plain arguments (L.specialized), the descriptors' own signatures
+    rec_arch = L._RECORD.get()[0] if L.is_recording() else "sm_90"
+    sig, cexp, attrs = L.specialized(kernel, rec_arch, [None if isinstance(v, Desc) else v for v in args])
     for name, v in zip(kernel.arg_names, args):
-        sig[name] = v.signature() if isinstance(v, Desc) else L._arg_type(v)
-        if v is None:
-            cexp[name] = None
+        if isinstance(v, Desc):
+            sig[name] = v.signature()
+            cexp.pop(name)
     if "num_warps" in kernel.arg_names:     # a kernel parameter as well as a compile option
         constexprs = {**constexprs, "num_warps": num_warps}
     for name, v in constexprs.items():
         sig[name], cexp[name] = "constexpr", v
-    rec.append(L.Launch(kernel, sig, cexp, opts))
+    rec.append(L.Launch(kernel, sig, cexp, opts, attrs))
 
 
 def compile_launch(l: L.Launch, arch: str):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
-    src = GluonASTSource(l.kernel, l.signature, l.constexprs)
+    src = GluonASTSource(l.kernel, l.signature, l.constexprs, l.attrs)
     return triton.compile(src, target=GPUTarget(*aot.TARGETS[arch]), options=l.options)
 
 
