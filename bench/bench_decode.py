@@ -23,8 +23,8 @@ import contextlib
 import csv
 import datetime
 import math
-import statistics
 import os
+import statistics
 import sys
 import time
 
@@ -43,6 +43,19 @@ ESZ = {torch.float32: 4, torch.bfloat16: 2}
 # measurement
 
 ROUNDS = 3    # each implementation (and --sweep config) timed this many times, interleaved; median kept
+
+
+def interleaved_us(runs: dict, replays: int, context=lambda key: contextlib.nullcontext()) -> dict:
+    """{key: median per-call us} of each key's calls, all timed in ROUNDS interleaved rounds (graph_time_us each
+    time, inside context(key)): a kernel's time drifts by more than configs or implementations differ, so
+    ones timed one after another can rank by when they ran (a row timed once, first after the checks, read
+    212.6 us where the same kernel read 189.7 a row later: fp32 B=128, H100)."""
+    times = {key: [] for key in runs}
+    for _ in range(ROUNDS):
+        for key, calls in runs.items():
+            with context(key):
+                times[key].append(graph_time_us(calls, replays))
+    return {key: statistics.median(ts) for key, ts in times.items()}
 
 
 def n_rot(per_call_bytes: int, l2: int, lo=2, hi=128) -> int:
@@ -151,6 +164,11 @@ def pdl_off():
     """gdn's launchers without PDL inside (GDN_PDL=0): warm-up and CUDA-graph capture both happen inside."""
     from gdn.common import launch as L
     return L.pdl_switched(False)
+
+
+def row_context(name: str):
+    """The launch context of a table row: PDL off for gdn-triton-nopdl, else as launched by default."""
+    return pdl_off() if name == "gdn-triton-nopdl" else contextlib.nullcontext()
 
 
 def other_backends(p: Decode) -> dict:
@@ -349,20 +367,13 @@ def main():
         fla_slots = [("gdn-triton-fla-slots", gdn_triton_fla_slots)] if "fla-0.6" in peers else []
         runs = []
         for name, make in triton_rows + list(others.items()) + list(peers.items()) + fla_slots:
-            with pdl_off() if name == "gdn-triton-nopdl" else contextlib.nullcontext():
+            with row_context(name):
                 calls, err = checked(name, p, make)
             if err != "n/a":
                 runs.append((name, calls, err))
-        # every implementation timed in ROUNDS interleaved rounds, its median kept: a row timed once, first
-        # after the checks, read 212.6 us where the same kernel read 189.7 a row later (fp32 B=128, H100)
-        times = {name: [] for name, calls, _ in runs if calls}
-        for _ in range(ROUNDS):
-            for name, calls, _ in runs:
-                if calls:
-                    with pdl_off() if name == "gdn-triton-nopdl" else contextlib.nullcontext():
-                        times[name].append(graph_time_us(calls, replays))
+        us_of = interleaved_us({name: calls for name, calls, _ in runs if calls}, replays, row_context)
         for name, calls, err in runs:
-            us = statistics.median(times[name]) if calls else None
+            us = us_of.get(name)
             cfg = ""
             if name.startswith("gdn-triton"):
                 cfg = str(D.config(D.table_key_of(torch.device(DEV)), p.layout, p.sd, p.B * HV, K, V, p.T or 1))
@@ -440,13 +451,7 @@ def main():
                     runs[cfg] = calls
                 except Exception as ex:
                     res.append((cfg, None, f"{type(ex).__name__}"))
-            # timed in interleaved rounds, each config's median kept: a kernel's time drifts by more than the
-            # configs differ, so configs timed one after another can rank by when they ran
-            times = {cfg: [] for cfg in runs}
-            for _ in range(ROUNDS):
-                for cfg, calls in runs.items():
-                    times[cfg].append(graph_time_us(calls, max(5, replays // 2)))
-            res += [(cfg, statistics.median(ts), "") for cfg, ts in times.items()]
+            res += [(cfg, us, "") for cfg, us in interleaved_us(runs, max(5, replays // 2)).items()]
             ok = [r for r in res if r[1]]
             top = min(ok, key=lambda r: r[1]) if ok else None
             floor = p.floor_bytes / bw * 1e6

@@ -60,6 +60,12 @@ def is_recording() -> bool:
     return _RECORD.get() is not None
 
 
+def recording_arch() -> str | None:
+    """The arch of the enclosing `recording(arch)`, or None outside one."""
+    rec = _RECORD.get()
+    return None if rec is None else rec[0]
+
+
 def current_arch(device: torch.device) -> str:
     rec = _RECORD.get()
     if rec is not None:
@@ -174,7 +180,9 @@ def specialized(kernel, arch: str, args) -> tuple[dict, dict, dict]:
     backend = _backend_class(arch)
     for i, (p, v) in enumerate(zip(kernel.params, args)):
         if p.annotation_type or isinstance(v, (bool, float)) or v is None:
-            sig[p.name] = _arg_type(v)          # (not specialised by the JIT either)
+            # typed as before: None is a constexpr, floats and bools get no specialisation from the JIT either
+            # (no gdn kernel annotates a runtime parameter)
+            sig[p.name] = _arg_type(v)
             if v is None:
                 cexp[p.name] = None
             continue

@@ -112,8 +112,8 @@ def launch(kernel, grid, *args, num_warps: int = 4, maxnreg: int | None = None, 
         kernel[grid](*(a.build() if isinstance(a, Desc) else a for a in args), **opts, **constexprs)
         return
     # the JIT's specialisation of the plain arguments (L.specialized), the descriptors' own signatures
-    rec_arch = L._RECORD.get()[0] if L.is_recording() else "sm_90"
-    sig, cexp, attrs = L.specialized(kernel, rec_arch, [None if isinstance(v, Desc) else v for v in args])
+    sig, cexp, attrs = L.specialized(kernel, L.recording_arch() or "sm_90",
+                                     [None if isinstance(v, Desc) else v for v in args])
     for name, v in zip(kernel.arg_names, args):
         if isinstance(v, Desc):
             sig[name] = v.signature()
