@@ -12,7 +12,8 @@ FlashInfer 0.7.2 gdn_decode) join when importable; every implementation's output
 fp32 reference before it is timed. gdn's slots are a random permutation of the pool; FLA takes no state
 indices and reads call c's contiguous slice, so with FLA the table also has gdn-triton-fla-slots: gdn on
 those same slots. Where gdn launches with PDL (sm_90+, gdn/common/launch.py `pdl_ok`) the main table also
-has gdn-triton-nopdl: the same kernels and configs launched without it (GDN_PDL=0). `--sweep` times the
+has gdn-triton-nopdl: the same kernels and configs launched without it (GDN_PDL=0), and gdn-triton-noprefetch:
+with PDL but without the state tile's L2 prefetch before the wait (GDN_DECODE_PREFETCH=0). `--sweep` times the
 Triton kernel over a grid of (BV, num_warps, num_stages) per batch and prints the best configs as
 entries for gdn/common/triton/decode.py's CONFIGS table.
 """
@@ -167,8 +168,14 @@ def pdl_off():
 
 
 def row_context(name: str):
-    """The launch context of a table row: PDL off for gdn-triton-nopdl, else as launched by default."""
-    return pdl_off() if name == "gdn-triton-nopdl" else contextlib.nullcontext()
+    """The launch context of a table row: PDL off for gdn-triton-nopdl, the state's L2 prefetch before the PDL
+    wait off for gdn-triton-noprefetch (GDN_DECODE_PREFETCH=0), else as launched by default."""
+    from gdn.common import probe
+    if name == "gdn-triton-nopdl":
+        return pdl_off()
+    if name == "gdn-triton-noprefetch":
+        return probe.env_switched("GDN_DECODE_PREFETCH", "0")
+    return contextlib.nullcontext()
 
 
 def other_backends(p: Decode) -> dict:
@@ -294,7 +301,9 @@ def checked(name, p, make):
 
 # ---------------------------------------------------------------------------------------------------
 
-def sweep_grid(T):
+def sweep_grid(T, B=None, pdl=False):
+    """Configs to time: (BV, num_warps, num_stages), and with PDL at B <= 32 each once more without the state's
+    L2 prefetch (a fourth entry 0: decode.py's CONFIGS), which pays only where the grid is resident early."""
     out = []
     for BV in (4, 8, 16, 32, 64):
         for nw in (1, 2, 4, 8):
@@ -304,7 +313,13 @@ def sweep_grid(T):
             if T is not None and (BV > 32 or nw > 4):
                 continue
             out.append((BV, nw, 1))
+    if pdl and B is not None and B <= 32:
+        out += [c + (0,) for c in out]
     return out
+
+
+def cfg_name(c) -> str:
+    return f"{c[0]}/{c[1]}" + ("/nopf" if len(c) > 3 and not c[3] else "")
 
 
 def main():
@@ -348,7 +363,8 @@ def main():
     print(f"# H={H} HV={HV} K=V={K}, bf16 inputs, CUDA-graph replay over rotated pools, median of {replays} "
           f"replays, median of {ROUNDS} interleaved rounds; "
           f"PDL {'on' if L.pdl_ok(info.arch) else 'off'}\n")
-    triton_rows = [("gdn-triton", gdn_triton)] + ([("gdn-triton-nopdl", gdn_triton)] if L.pdl_ok(info.arch) else [])
+    triton_rows = [("gdn-triton", gdn_triton)] + ([("gdn-triton-nopdl", gdn_triton),
+                                                   ("gdn-triton-noprefetch", gdn_triton)] if L.pdl_ok(info.arch) else [])
     rows = []
     t_start = time.time()
 
@@ -439,7 +455,7 @@ def main():
             pool0 = p.pool.clone()
             ref = p.reference(0)
             runs = {}
-            for cfg in sweep_grid(T):
+            for cfg in sweep_grid(T, B, L.pdl_ok(info.arch)):
                 try:
                     p.pool.copy_(pool0)         # every config is checked from the same states
                     calls, check = gdn_triton(p, cfg)
@@ -455,13 +471,13 @@ def main():
             ok = [r for r in res if r[1]]
             top = min(ok, key=lambda r: r[1]) if ok else None
             floor = p.floor_bytes / bw * 1e6
-            cells = " ".join(f"{c[0]}/{c[1]}{'*' if top and c == top else ''}:{t:.1f}" if t else f"{c[0]}/{c[1]}:{n}"
+            cells = " ".join(f"{cfg_name(c)}{'*' if top and c == top else ''}:{t:.1f}" if t else f"{cfg_name(c)}:{n}"
                              for c, t, n in res)
             tag = f"{kind} {'fp32' if sd == torch.float32 else 'bf16'} {layout} B={B}" + (f" T={T}" if T else "")
             if not top:
                 print(f"- {tag}: no config ran  [{cells}]", flush=True)
             else:
-                print(f"- {tag}: best BV={top[0][0]} warps={top[0][1]} stages={top[0][2]} {top[1]:.2f} us "
+                print(f"- {tag}: best {cfg_name(top[0])} (BV/warps) {top[1]:.2f} us "
                       f"({100 * floor / top[1]:.0f}% of floor)  [{cells}]", flush=True)
                 for c, t, n in res:
                     sweep_rows.append(dict(kind="sweep-" + kind, impl="gdn-triton", state="fp32" if sd == torch.float32

@@ -71,8 +71,10 @@ PLAN = {"sm_90": DECODE_STEP_OPS, "sm_100": ("decode",), "sm_80": ("decode",), "
 
 
 def compile_report(plan=PLAN):
-    """{arch: {op: [launch_pdl option, PDL constexpr, griddepcontrol.wait index, first ld.global index]}} of
-    the compiled kernels (PTX line indices, -1 = absent; AMD: griddepcontrol anywhere in the asm)."""
+    """{arch: {op: [launch_pdl option, PDL constexpr, griddepcontrol.wait index, first ld.global index,
+    [loads and prefetches before the wait]]}} of the compiled kernels (PTX line indices, -1 = absent; the
+    first ld.global not counting the decode family's speculative L2-only ld.global.cg of its slot index;
+    AMD: griddepcontrol anywhere in the asm)."""
     from gdn.common.aot import _compile
     rep = {}
     for arch, ops in plan.items():
@@ -84,11 +86,13 @@ def compile_report(plan=PLAN):
             if "ptx" in c.asm:
                 lines = c.asm["ptx"].splitlines()
                 wait = next((i for i, s in enumerate(lines) if "griddepcontrol.wait" in s), -1)
-                load = next((i for i, s in enumerate(lines) if "ld.global" in s), -1)
+                load = next((i for i, s in enumerate(lines) if "ld.global" in s and "ld.global.cg" not in s), -1)
+                early = sorted({s.split()[0] if not s.lstrip().startswith("{") else "prefetch.global.L2"
+                                for s in lines[:max(wait, 0)] if "ld.global" in s or "prefetch" in s})
             else:
                 wait = 0 if any("griddepcontrol" in a for a in c.asm.values() if isinstance(a, str)) else -1
-                load = -1
-            rep[arch][op] = [l.options.get("launch_pdl", False), l.constexprs["PDL"], wait, load]
+                load, early = -1, []
+            rep[arch][op] = [l.options.get("launch_pdl", False), l.constexprs["PDL"], wait, load, early]
     return rep
 
 
@@ -159,10 +163,12 @@ def test_ptx_waits_before_the_first_load():
                  "rep['sm_90, GDN_PDL=0'] = t.compile_report({'sm_90': ('decode',)})['sm_90']\n"
                  "print(json.dumps(rep))")
     assert sorted(rep["sm_90"]) == sorted(DECODE_STEP_OPS)
+    speculative = ["ld.global.cg.b32", "prefetch.global.L2"]     # decode's slot guess and its tile's L2 prefetch
     for arch in ("sm_90", "sm_100"):
-        for op, (opt, pdl, wait, load) in rep[arch].items():
+        for op, (opt, pdl, wait, load, early) in rep[arch].items():
             assert opt and pdl, (arch, op)
             assert 0 <= wait < load, f"{arch} {op}: griddepcontrol.wait (PTX line {wait}) not before ld.global ({load})"
+            assert early == (speculative if op.startswith("decode") else []), (arch, op, early)
     for arch in ("sm_80", "gfx942", "sm_90, GDN_PDL=0"):
-        for op, (opt, pdl, wait, _) in rep[arch].items():
-            assert not opt and not pdl and wait == -1, (arch, op)
+        for op, (opt, pdl, wait, _, early) in rep[arch].items():
+            assert not opt and not pdl and wait == -1 and not early, (arch, op)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -101,22 +100,10 @@ def pdl_ok(arch: str) -> bool:
 probe._ON_RELOAD.append(pdl_ok.cache_clear)
 
 
-@contextlib.contextmanager
 def pdl_switched(on: bool):
-    """Launches inside use PDL (where pdl_ok allows) or not: sets GDN_PDL and re-reads the environment, and
-    restores both after. Launch choices are made when a call runs, so warm-up and CUDA-graph capture of
-    the calls to compare must both happen inside (benchmarks and tests of PDL against no PDL)."""
-    saved = os.environ.get("GDN_PDL")
-    os.environ["GDN_PDL"] = "1" if on else "0"
-    probe.reload_env()
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["GDN_PDL"]
-        else:
-            os.environ["GDN_PDL"] = saved
-        probe.reload_env()
+    """Launches inside use PDL (where pdl_ok allows) or not (GDN_PDL; see probe.env_switched: warm-up and
+    CUDA-graph capture of the calls to compare must both happen inside)."""
+    return probe.env_switched("GDN_PDL", "1" if on else "0")
 
 
 # PDL pays where a launch is latency bound (small grids). Past this many programs it does not, and with very

@@ -11,6 +11,7 @@ call, at ~1-2 us each through os.environ); `reload_env()` makes a changed enviro
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -67,6 +68,24 @@ def reload_env() -> None:
     _ENV.clear()
     for clear in _ON_RELOAD:
         clear()
+
+
+@contextlib.contextmanager
+def env_switched(name: str, value: str):
+    """os.environ[name] = value inside (the cached reads re-read), restored after: for benchmarks and tests
+    that compare a launch choice made from the environment (GDN_PDL, GDN_DECODE_PREFETCH). Choices are made
+    when a call runs, so warm-up and CUDA-graph capture of the calls to compare must happen inside."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    reload_env()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = saved
+        reload_env()
 
 
 def interpreter_on() -> bool:

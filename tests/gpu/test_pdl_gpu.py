@@ -137,6 +137,56 @@ def test_decode_back_to_back_in_graph(B, layout, state_dtype):
     assert_steps_match(out, pool, o_ref, p_ref, idx, used, pool0, state_dtype)
 
 
+@pytest.mark.parametrize("B", [1, 8, 64])
+@pytest.mark.parametrize("layout,state_dtype", [("vk", torch.float32), ("vk", torch.bfloat16), ("kv", torch.float32)],
+                         ids=["vk-fp32", "vk-bf16", "kv-fp32"])
+def test_decode_follows_indices_the_previous_kernel_wrote(B, layout, state_dtype):
+    """Before its wait a PDL decode reads its slot index speculatively (to prefetch the state tile into L2):
+    here the kernel right before each decode call moves state_indices to other slots (and back), so a stale
+    guess is the rule. Each call must read and write the slots of the indices that kernel wrote."""
+    N, S = 6, 2 * B + 8
+    g = torch.Generator(device=DEV).manual_seed(100 + B)
+    inner = (HV, V, K) if layout == "vk" else (HV, K, V)
+    perm = torch.randperm(S, generator=g, device=DEV)
+    idx_a, idx_b = perm[:B].to(torch.int32), perm[B:2 * B].to(torch.int32)
+    if B > 1:
+        idx_a[1::5] = -1
+        idx_b[2::5] = -1
+    used = torch.cat([idx_a[idx_a >= 0], idx_b[idx_b >= 0]]).long()
+    pool0 = torch.full((S, *inner), NAN, dtype=state_dtype, device=DEV)
+    pool0[used] = randn(used.numel(), *inner, g=g, dtype=state_dtype, scale=0.3)
+    q, k = randn(N, B, H, K, g=g), randn(N, B, H, K, g=g)
+    v, a, b = randn(N, B, HV, V, g=g), randn(N, B, HV, g=g), randn(N, B, HV, g=g)
+    A_log = torch.empty(HV, device=DEV).uniform_(-4, -1, generator=g)
+    dt_bias = torch.randn(HV, generator=g, device=DEV) * 0.5
+    kw = dict(scale=K ** -0.5, use_qk_l2norm=True, state_layout=layout)
+    step_idx = [idx_b if t % 2 == 0 else idx_a for t in range(N)]
+    delta = (idx_b - idx_a).to(torch.int32)
+    sign = [1 if t % 2 == 0 else -1 for t in range(N)]
+
+    def calls(f, pool, out, idx):
+        for t in range(N):
+            idx.add_(sign[t] * delta)            # an elementwise kernel: the launch just before decode's
+            f(q[t], k[t], v[t], a[t], b[t], A_log, dt_bias, pool, idx, out[t], **kw)
+
+    pool, out, idx = pool0.clone(), torch.full((N, B, HV, V), NAN, dtype=torch.bfloat16, device=DEV), idx_a.clone()
+    scratch, sout, sidx = pool0.clone(), out.clone(), idx_a.clone()
+    with pdl(True):
+        in_graph(lambda warmup: calls(fn("decode"), scratch, sout, sidx) if warmup else calls(fn("decode"), pool, out,
+                                                                                               idx))
+    p_ref, o_ref = pool0.clone(), torch.empty_like(out)
+    ref = fn("decode", "reference")
+    for t in range(N):
+        ref(q[t], k[t], v[t], a[t], b[t], A_log, dt_bias, p_ref, step_idx[t], o_ref[t], **kw)
+    tol = 1e-2 if state_dtype == torch.bfloat16 else 5e-3
+    for t in range(N):
+        live = step_idx[t] >= 0
+        assert rel(out[t][live], o_ref[t][live]) < tol, f"step {t}"
+        assert (out[t][~live] == 0).all(), f"step {t}"
+    assert rel(pool[used], p_ref[used]) < tol
+    assert bits_equal(unused_rows(pool, used), unused_rows(pool0, used))
+
+
 # ---------------------------------------------------------------------------------------------------
 # a layer's decode step over several tokens, every buffer reused
 

@@ -238,11 +238,11 @@ def test_config_table_key_by_gpu_model(monkeypatch):
         monkeypatch.setattr(D, "_TABLE_KEY", {})
         assert D.table_key_of(dev) == want, name
     big = (torch.float32, 512 * 32, 128, 128)
-    assert D.config("sm_90:h200", "vk", *big) == D.CONFIGS[("sm_90:h200", ("vk", "fp32", 16384))]
-    assert D.config("sm_90", "vk", *big) == D.CONFIGS[("sm_90", ("vk", "fp32", 16384))]
+    assert D.config("sm_90:h200", "vk", *big) == D.full_config(D.CONFIGS[("sm_90:h200", ("vk", "fp32", 16384))])
+    assert D.config("sm_90", "vk", *big) == D.full_config(D.CONFIGS[("sm_90", ("vk", "fp32", 16384))])
     # a model key without a row for this bucket (the H200 has no kv rows: its sweep chose the H100 ones)
     # falls back to the arch's row
     assert ("sm_90:h200", ("kv", "fp32", 16384)) not in D.CONFIGS
     D.config.cache_clear()
-    assert D.config("sm_90:h200", "kv", *big) == D.CONFIGS[("sm_90", ("kv", "fp32", 16384))]
+    assert D.config("sm_90:h200", "kv", *big) == D.full_config(D.CONFIGS[("sm_90", ("kv", "fp32", 16384))])
     D.config.cache_clear()

@@ -13,7 +13,9 @@ Memory bound: every active state is read once and written once per call. Slot of
 hints on the state's load and store, evict_first and .cs, measured within +-2% with no consistent sign on an
 H200, 2026-11-22: fp32 B=512 538.5 us plain, 542-550 with hints; not used.)
 A negative slot index is padding: no state traffic, zero output. On sm_90+ the kernel is launched with
-PDL (gdn/common/triton/_pdl.py), so at small batch (launch-bound) its launch overlaps the previous kernel.
+PDL (gdn/common/triton/_pdl.py), so at small batch (launch-bound) its launch overlaps the previous kernel,
+and (where the config table says so) it prefetches its state tile into L2 before waiting for that kernel
+(`_prefetch_tile`): at B=1 the tile's DRAM latency then overlaps the previous kernel too.
 """
 from __future__ import annotations
 
@@ -99,10 +101,44 @@ def _replay(h0, p, parent_row, s_pt, q, k, v, a, b, row, i_h, i_hv, o_k, m_k, o_
 
 
 @triton.jit
+def _prefetch_l2(ptrs, pred):
+    """prefetch.global.L2 of the lines at `ptrs` where `pred` (int32, non-zero). A hint: it reads nothing into
+    registers or L1, and L2 is the GPU's point of coherence, so a line that another kernel writes later is
+    simply fetched again."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+        "=r,l,r", [ptrs, pred], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_tile(state, state_indices, row, n_slots, i_hv, i_v, s_ss, s_sh, s_sr,
+                   BK: tl.constexpr, BV: tl.constexpr, VK: tl.constexpr):
+    """Before griddepcontrol.wait: guess this program's slot and prefetch its state tile into L2, so the tile's
+    DRAM latency overlaps the previous kernel instead of following it. The index is read with .cg (L2 only:
+    no L1 line that the real read after the wait could hit stale) and may be stale itself (the previous kernel
+    may be writing it); a guess outside [0, n_slots) prefetches nothing. One prefetch per 128-byte line."""
+    guess = tl.load(state_indices + row, cache_modifier=".cg").to(tl.int64)
+    ok = ((guess >= 0) & (guess < n_slots)).to(tl.int32)
+    E: tl.constexpr = state.dtype.element_ty.primitive_bitwidth // 8
+    base = state + guess * s_ss + i_hv * s_sh
+    if VK:      # BV rows of K contiguous elements
+        LN: tl.constexpr = max(1, BK * E // 128)
+        o_r = i_v * BV + tl.arange(0, BV)
+        o_l = tl.arange(0, LN) * (128 // E)
+        ptrs = base + o_r[:, None] * s_sr + o_l[None, :]
+    else:       # BK rows of BV contiguous elements from column i_v * BV
+        LN: tl.constexpr = max(1, BV * E // 128)
+        o_r = tl.arange(0, BK)
+        o_l = tl.arange(0, LN) * tl.minimum(128 // E, BV)
+        ptrs = base + o_r[:, None] * s_sr + i_v * BV + o_l[None, :]
+    _prefetch_l2(ptrs, ok + tl.zeros(ptrs.shape, tl.int32))
+
+
+@triton.jit
 def gdn_decode_kernel(
     q, k, v, a, b, A_log, dt_bias, state, state_indices, o,
     inter, inter_indices, parent,
-    scale,
+    scale, n_slots,
     s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh,
     s_ab, s_at, s_ah, s_bb, s_bt, s_bh, s_ob, s_ot, s_oh,
     s_ss, s_sh, s_sr,
@@ -112,9 +148,8 @@ def gdn_decode_kernel(
     BK: tl.constexpr, BV: tl.constexpr,
     VK: tl.constexpr, L2NORM: tl.constexpr, PACKED: tl.constexpr,
     HAS_INTER: tl.constexpr, HAS_INTER_IDX: tl.constexpr, HAS_PARENT: tl.constexpr,
-    UPDATE_STATE: tl.constexpr, PDL: tl.constexpr,
+    UPDATE_STATE: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
 ):
-    pdl_prologue(PDL)                       # before any global access, state_indices included
     NV: tl.constexpr = (V + BV - 1) // BV
     pid = tl.program_id(0)
     i_v = pid % NV
@@ -122,6 +157,9 @@ def gdn_decode_kernel(
     row = (i_bh // HV).to(tl.int64)
     i_hv = i_bh % HV
     i_h = i_hv // (HV // H)
+    if PDL and PREFETCH:
+        _prefetch_tile(state, state_indices, row, n_slots, i_hv, i_v, s_ss, s_sh, s_sr, BK, BV, VK)
+    pdl_prologue(PDL)                       # before any global access that counts, state_indices included
     if PACKED:
         # mixed_qkv row = [q_all | k_all | v_all]: q, k, v are offsets into one buffer
         k = q + H * K
@@ -210,7 +248,13 @@ def gdn_decode_kernel(
 
 
 # ---------------------------------------------------------------------------------------------------
-# configs: (BV, num_warps, num_stages) by (arch, (layout, state dtype, B*HV bucket)); never autotuned
+# configs: (BV, num_warps, num_stages[, prefetch]) by (arch, (layout, state dtype, B*HV bucket)); never
+# autotuned. prefetch (default 1): with PDL, the state tile's L2 prefetch before the wait (`_prefetch_tile`).
+# It pays where the whole grid is resident while the previous kernel still runs (H200, 2026-11-23, one
+# process, interleaved rounds: fp32 VK B=1 2.79 -> 2.36 us, bf16 B=1 at (16, 1, 1) 2.14 -> 1.89, KV B=1
+# 2.86 -> 2.61). With two waves of programs it may cost: at B=8 on the H200 2-8% in every fp32 config (KV
+# too), while on the H100 fp32 VK gained (13.52 -> 13.00 us at (4, 1, 1)); so each B <= 8 row is chosen from
+# a sweep with and without it, and the rows without it say 0.
 
 NH_BUCKETS = (32, 256, 1024, 2048, 4096, 8192, 16384)
 
@@ -222,29 +266,33 @@ NH_BUCKETS = (32, 256, 1024, 2048, 4096, 8192, 16384)
 #   bf16 4096 / 8192 / 16384: (16, 1, 1) 98.2 / 190.1 / 373.8 against the sweep's (64, 4, 1) 100.5,
 #   (64, 8, 1) 202.0 and (4, 1, 1) 400.4;  fp32 16384: (32, 2, 1) 730.0 against (16, 8, 1) 752.3.
 # (The other fp32 entries at 4096 and 8192 were within 0.5% of the best there.)
+# B <= 8 rows re-chosen with the prefetch on an H100, 2026-11-23 00:29 UTC (every config with and without it,
+# interleaved rounds): fp32 B=8 (16, 8, 1) 15.01 -> (4, 1, 1) 13.00 us, bf16 B=1 (4, 1, 1) 2.28 -> (16, 1, 1)
+# 2.04, KV B=1 (16, 1, 1) 2.93 -> (32, 4, 1) 2.83, KV B=8 without it 15.38 -> 13.96, MTP B=8 T=2 / 4 (16, 2, 1)
+# 19.96 / 33.48 -> (4, 1, 1) without it 19.40 / 32.59.
 CONFIGS: dict = {
     ('sm_90', ('vk', 'fp32', 32)): (4, 1, 1),
-    ('sm_90', ('vk', 'fp32', 256)): (16, 8, 1),
+    ('sm_90', ('vk', 'fp32', 256)): (4, 1, 1),
     ('sm_90', ('vk', 'fp32', 1024)): (32, 8, 1),
     ('sm_90', ('vk', 'fp32', 2048)): (32, 8, 1),
     ('sm_90', ('vk', 'fp32', 4096)): (8, 2, 1),
     ('sm_90', ('vk', 'fp32', 8192)): (32, 2, 1),
     ('sm_90', ('vk', 'fp32', 16384)): (32, 2, 1),
-    ('sm_90', ('vk', 'bf16', 32)): (4, 1, 1),
+    ('sm_90', ('vk', 'bf16', 32)): (16, 1, 1),
     ('sm_90', ('vk', 'bf16', 256)): (16, 1, 1),
     ('sm_90', ('vk', 'bf16', 1024)): (16, 1, 1),
     ('sm_90', ('vk', 'bf16', 2048)): (16, 1, 1),
     ('sm_90', ('vk', 'bf16', 4096)): (16, 1, 1),
     ('sm_90', ('vk', 'bf16', 8192)): (16, 1, 1),
     ('sm_90', ('vk', 'bf16', 16384)): (16, 1, 1),
-    ('sm_90', ('kv', 'fp32', 32)): (16, 1, 1),
-    ('sm_90', ('kv', 'fp32', 256)): (32, 1, 1),
+    ('sm_90', ('kv', 'fp32', 32)): (32, 4, 1),
+    ('sm_90', ('kv', 'fp32', 256)): (32, 1, 1, 0),
     ('sm_90', ('kv', 'fp32', 1024)): (64, 4, 1),
     ('sm_90', ('kv', 'fp32', 2048)): (64, 4, 1),
     ('sm_90', ('kv', 'fp32', 4096)): (64, 4, 1),
     ('sm_90', ('kv', 'fp32', 8192)): (64, 4, 1),
     ('sm_90', ('kv', 'fp32', 16384)): (64, 4, 1),
-    ('sm_90', ('mtp', 'vk', 'fp32', 256)): (16, 2, 1),
+    ('sm_90', ('mtp', 'vk', 'fp32', 256)): (4, 1, 1, 0),
     ('sm_90', ('mtp', 'vk', 'fp32', 1024)): (16, 1, 1),
     ('sm_90', ('mtp', 'vk', 'fp32', 4096)): (32, 2, 1),
     # H200 (same sm_90): bench_decode.py --sweep-only on an NVIDIA H200, 2026-11-22 22:25 UTC, every config timed
@@ -252,22 +300,28 @@ CONFIGS: dict = {
     # decode_sweep_h200_2026-11-22.csv, timed each once). Against the morning's entries where they differ:
     # fp32 B=256 (16, 1, 1) 280.6 -> (8, 1, 1) 273.4 us, B=512 555.7 -> 539.1, B=64 (8, 1, 1) 73.5 ->
     # (16, 1, 1) 72.8; MTP B=128 T=2 (16, 2, 1) 212.0 -> (4, 1, 1) 206.4.
+    # With the prefetch (one process, interleaved rounds, 2026-11-23 00:20 UTC; scratch sweep of every config
+    # with the prefetch on and off at B = 1, 8, 32): fp32 B=8 (4, 1, 1) 11.20 -> (8, 2, 1) without it 10.53 us,
+    # bf16 B=1 (4, 1, 1) 2.19 -> (16, 1, 1) 1.89, KV B=1 (16, 1, 1) 2.70 -> (32, 4, 1) 2.61, KV B=8 (32, 1, 1)
+    # 11.97 -> 11.06 without it; MTP B=8 without it: T = 2 / 4 / 8 15.37 / 25.23 / 44.08 -> 15.13 / 24.69 /
+    # 43.66 (a table run at 00:16).
     ('sm_90:h200', ('vk', 'fp32', 32)): (4, 1, 1),
-    ('sm_90:h200', ('vk', 'fp32', 256)): (4, 1, 1),
+    ('sm_90:h200', ('vk', 'fp32', 256)): (8, 2, 1, 0),
     ('sm_90:h200', ('vk', 'fp32', 1024)): (8, 1, 1),
     ('sm_90:h200', ('vk', 'fp32', 2048)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'fp32', 4096)): (8, 1, 1),
     ('sm_90:h200', ('vk', 'fp32', 8192)): (8, 1, 1),
     ('sm_90:h200', ('vk', 'fp32', 16384)): (8, 1, 1),
-    ('sm_90:h200', ('vk', 'bf16', 32)): (4, 1, 1),
+    ('sm_90:h200', ('vk', 'bf16', 32)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 256)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 1024)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 2048)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 4096)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 8192)): (16, 1, 1),
     ('sm_90:h200', ('vk', 'bf16', 16384)): (16, 1, 1),
-    # kv: the H200 sweeps chose the H100 rows above (they apply through the arch fallback of `config`)
-    ('sm_90:h200', ('mtp', 'vk', 'fp32', 256)): (4, 1, 1),
+    # kv: the H200 sweeps chose the H100 rows above (they apply through the arch fallback of `config`); with the
+    # prefetch its B <= 8 sweep chose the H100's new rows too
+    ('sm_90:h200', ('mtp', 'vk', 'fp32', 256)): (4, 1, 1, 0),
     ('sm_90:h200', ('mtp', 'vk', 'fp32', 1024)): (4, 1, 1),
     ('sm_90:h200', ('mtp', 'vk', 'fp32', 4096)): (4, 1, 1),
 }
@@ -286,8 +340,8 @@ def _dtype_name(dt: torch.dtype) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def config(arch: str, layout: str, state_dtype: torch.dtype, nh: int, K: int, V: int, T: int = 1):
-    """(BV, num_warps, num_stages) for B*HV = nh heads. `arch` is a table key (`table_key_of`): an arch,
-    or "<arch>:<model>" whose own entries come first, then the arch's."""
+    """(BV, num_warps, num_stages, prefetch) for B*HV = nh heads. `arch` is a table key (`table_key_of`): an
+    arch, or "<arch>:<model>" whose own entries come first, then the arch's."""
     bucket = (layout, _dtype_name(state_dtype), nh_bucket(nh))
     key = ("mtp",) + bucket if T > 1 else bucket
     hit = CONFIGS.get((arch, key))
@@ -297,11 +351,11 @@ def config(arch: str, layout: str, state_dtype: torch.dtype, nh: int, K: int, V:
     BK = L.next_pow2(K)
     BVmax = L.next_pow2(V)
     if hit is not None:
-        BV, nw, ns = hit
-        return min(BV, BVmax), nw, ns
+        BV, nw, ns, pf = full_config(hit)
+        return min(BV, BVmax), nw, ns, pf
     if arch == "cpu":
         # interpreter: few large programs are fastest, but keep >1 v-block to exercise the tiling
-        return max(1, min(BVmax // 2, 16)), 1, 1
+        return max(1, min(BVmax // 2, 16)), 1, 1, 1
     # enough programs to fill the machine at small batch, bigger tiles once there are plenty of heads
     if nh <= 64:
         BV = 4
@@ -317,7 +371,12 @@ def config(arch: str, layout: str, state_dtype: torch.dtype, nh: int, K: int, V:
     lanes = 64 if L.is_amd(arch) else 32
     elems = BV * BK
     nw = max(1, min(8, elems // (lanes * 16)))
-    return BV, nw, 1
+    return BV, nw, 1, 1
+
+
+def full_config(cfg: tuple) -> tuple:
+    """A table entry or forced config, (BV, num_warps, num_stages) or with prefetch, as all four."""
+    return tuple(cfg) if len(cfg) == 4 else (*cfg, 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -366,6 +425,12 @@ def table_key_of(device) -> str:
     return key
 
 
+def prefetch_on() -> bool:
+    """Whether PDL launches prefetch their state tile into L2 before griddepcontrol.wait (`_prefetch_tile`);
+    GDN_DECODE_PREFETCH=0 turns it off (read once, as GDN_PDL)."""
+    return probe.env("GDN_DECODE_PREFETCH") != "0"
+
+
 def launch_decode_kernel(q, k, v, a, b, A_log, dt_bias, state, state_indices, o, *, scale, use_qk_l2norm,
                          state_layout, T, strides, H, K, V, packed=False, inter=None, inter_indices=None,
                          parent=None, update_state=True, cfg=None):
@@ -386,17 +451,19 @@ def launch_decode_kernel(q, k, v, a, b, A_log, dt_bias, state, state_indices, o,
         S_i = (0, 0, 0, 0)
     S_p = parent.stride() if parent is not None else (0, 0)
     arch = arch_of(state.device)
-    BV, nw, ns = cfg or config(table_key_of(state.device), state_layout, state.dtype, B * HV, K, V, T)
+    BV, nw, ns, pf = full_config(cfg) if cfg else config(table_key_of(state.device), state_layout, state.dtype,
+                                                         B * HV, K, V, T)
     grid = (B * HV * ((V + BV - 1) // BV),)
     pdl = L.use_pdl(arch, grid)
     L.launch(gdn_decode_kernel, grid,
              q, k, v, a, b, A_log, dt_bias, state, state_indices, o, inter, inter_indices, parent,
-             float(scale), *strides, S_s[0], S_s[1], S_s[2], *S_i, *S_p,
+             float(scale), state.shape[0], *strides, S_s[0], S_s[1], S_s[2], *S_i, *S_p,
              num_warps=nw, num_stages=ns, pdl=pdl,
              T=T, H=H, HV=HV, K=K, V=V, BK=L.next_pow2(K), BV=BV,
              VK=state_layout == "vk", L2NORM=bool(use_qk_l2norm), PACKED=packed,
              HAS_INTER=inter is not None, HAS_INTER_IDX=inter_indices is not None,
-             HAS_PARENT=parent is not None, UPDATE_STATE=bool(update_state), PDL=pdl)
+             HAS_PARENT=parent is not None, UPDATE_STATE=bool(update_state), PDL=pdl,
+             PREFETCH=pdl and bool(pf) and prefetch_on())
 
 
 def decode(q, k, v, a, b, A_log, dt_bias, state, state_indices, out, *, scale, use_qk_l2norm, state_layout,
