@@ -254,7 +254,9 @@ def gdn_decode_kernel(
 # process, interleaved rounds: fp32 VK B=1 2.79 -> 2.36 us, bf16 B=1 at (16, 1, 1) 2.14 -> 1.89, KV B=1
 # 2.86 -> 2.61). With two waves of programs it may cost: at B=8 on the H200 2-8% in every fp32 config (KV
 # too), while on the H100 fp32 VK gained (13.52 -> 13.00 us at (4, 1, 1)); so each B <= 8 row is chosen from
-# a sweep with and without it, and the rows without it say 0.
+# a sweep with and without it, and the rows without it say 0. Tried at large B, where programs start only as
+# others retire: program p prefetching the tile of program p + D (D = 2048 .. 16384) was 9-37% slower on the
+# H200 (fp32 B=128 138.7 us -> 151.2 at D=2048; 2026-11-23, one process, interleaved rounds); not used.
 
 NH_BUCKETS = (32, 256, 1024, 2048, 4096, 8192, 16384)
 
