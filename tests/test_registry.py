@@ -69,6 +69,32 @@ def test_reasons_on_gpu_arch(fake_op, monkeypatch):
     assert registry.select("toy", props()).backend == "faster"
 
 
+def test_arch_priority_reorders_on_that_arch_only(fake_op, monkeypatch):
+    registry.register(Impl(op="toy", backend="arch_ranked", fn=lambda: fake_op.append("arch_ranked"),
+                           archs=("sm_90", "sm_100"), priority=40, arch_priority={"sm_90": 5}))
+    for arch, want in (("sm_90", "faster"), ("sm_100", "arch_ranked")):
+        info = probe.DeviceInfo("cuda", "nvidia", arch, "fake", 132, 0)
+        monkeypatch.setattr(probe, "device_info", lambda d=None, info=info: info)
+        registry.clear_cache()
+        assert registry.select("toy", props()).backend == want, arch
+        rows = registry.explain("toy", props())
+        assert [r["priority"] for r in rows] == sorted((r["priority"] for r in rows), reverse=True), arch
+    monkeypatch.setenv("GDN_BACKEND_TOY", "arch_ranked")        # still selectable by name
+    probe.reload_env()
+    assert registry.select("toy", props()).backend == "arch_ranked"
+
+
+def test_decode_family_dispatch_on_hopper_prefers_triton():
+    """The CuTeDSL decode family ranks below the Triton one on sm_90 (measured slower there at every point of
+    the 2026-11-23 H100 and H200 tables) and first on sm_100."""
+    import gdn.common.triton  # noqa: F401  (registers the Triton backends)
+    import gdn.nvidia.cutedsl  # noqa: F401
+    for op in ("decode", "decode_mtp", "decode_packed"):
+        cute, tri = registry.get(op, "cutedsl"), registry.get(op, "triton")
+        assert cute.priority_on("sm_90") < tri.priority_on("sm_90"), op
+        assert cute.priority_on("sm_100") > tri.priority_on("sm_100"), op
+
+
 def test_dispatch_log_once(fake_op, monkeypatch, caplog):
     info = probe.DeviceInfo("cuda", "nvidia", "sm_90", "fake", 132, 0)
     monkeypatch.setattr(probe, "device_info", lambda d=None: info)

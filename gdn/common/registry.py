@@ -53,6 +53,8 @@ class Impl:
         outputs pre-allocated, defaults resolved). It writes outputs / pools in place and returns None.
     archs: archs served ("sm_90", "gfx942", "cpu", ...; "*" = any). The vendor follows from the arch.
     priority: higher is tried first.
+    arch_priority: {arch: priority} where measurements on that arch rank this backend differently (a kernel
+        slower than another one there); `priority` elsewhere.
     requires: pip requirement strings checked against installed versions ("triton>=3.6").
     dtypes / state_dtypes / layouts / head_dims: accepted values (None = any).
     check: extra `not_supported_reasons(props) -> list[str]`.
@@ -67,6 +69,7 @@ class Impl:
     fn: Callable
     archs: tuple[str, ...]
     priority: int = 0
+    arch_priority: dict | None = None
     requires: tuple[str, ...] = ()
     dtypes: frozenset | None = None
     state_dtypes: frozenset | None = None
@@ -81,6 +84,9 @@ class Impl:
 
     def __post_init__(self):
         self.name = self.backend
+
+    def priority_on(self, arch: str) -> int:
+        return (self.arch_priority or {}).get(arch, self.priority)
 
     def serves(self, arch: str) -> bool:
         return "*" in self.archs or arch in self.archs
@@ -177,6 +183,8 @@ def _ordered(op: str, info: probe.DeviceInfo) -> list[Impl]:
     if info.device_type == "cpu":
         # On CPU tensors the reference is the real backend; interpreted kernels are for testing.
         cands.sort(key=lambda i: (i.backend != "reference", -i.priority))
+    else:
+        cands.sort(key=lambda i: -i.priority_on(info.arch))
     return cands
 
 
@@ -204,7 +212,7 @@ def explain(op: str, props: Props, backend: str | None = None) -> list[dict]:
         status = "unavailable" if reasons else ("chosen" if chosen is None else "available")
         if status == "chosen":
             chosen = impl
-        rows.append({"backend": impl.backend, "status": status, "priority": impl.priority,
+        rows.append({"backend": impl.backend, "status": status, "priority": impl.priority_on(info.arch),
                      "reasons": reasons, "validated_on": impl.validated_on,
                      "validated_here": info.arch in impl.validated_on, "selfcheck": check})
     return rows
@@ -242,7 +250,7 @@ def select(op: str, props: Props, backend: str | None = None) -> Impl:
     if probe.env("GDN_LOG_DISPATCH") not in (None, "", "0") and key not in _LOGGED:
         _LOGGED.add(key)
         skipped = [f"{r['backend']} ({'; '.join(r['reasons'])})" for r in rows
-                   if r["status"] == "unavailable" and r["priority"] > impl.priority]
+                   if r["status"] == "unavailable" and r["priority"] > impl.priority_on(info.arch)]
         log.warning("gdn.%s on %s -> %s%s", op, info.arch, impl.backend,
                     f"; skipped {', '.join(skipped)}" if skipped else "")
     if cacheable:

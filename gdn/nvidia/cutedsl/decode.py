@@ -65,8 +65,9 @@ def _aot(arch: str) -> list:
     return C.aot_compile(arch, aot_specs(arch))
 
 
-register(Impl(op="decode", backend="cutedsl", fn=decode, archs=C.ARCHS, priority=40, requires=C.REQUIRES,
+register(Impl(op="decode", backend="cutedsl", fn=decode, archs=C.ARCHS, priority=C.PRIORITY,
+              arch_priority=C.ARCH_PRIORITY, requires=C.REQUIRES,
               dtypes=IN_DTYPES, state_dtypes=STATE_DTYPES, layouts=("vk", "kv"), head_dims=C.HEAD_DIMS,
               validated_on=("sm_90",), interpretable=False, aot=_aot,
               notes="CuTeDSL; state tile in registers, V split over CTAs by a (arch, batch) table, "
-                    "symbolic batch, raw-pointer launch on the current stream"))
+                    "symbolic batch, raw-pointer launch on the current stream" + C.SM90_NOTE))

@@ -82,8 +82,9 @@ def _aot(arch: str) -> list:
     return C.aot_compile(arch, aot_specs(arch))
 
 
-register(Impl(op="decode_mtp", backend="cutedsl", fn=decode_mtp, archs=C.ARCHS, priority=40,
+register(Impl(op="decode_mtp", backend="cutedsl", fn=decode_mtp, archs=C.ARCHS, priority=C.PRIORITY,
+              arch_priority=C.ARCH_PRIORITY,
               requires=C.REQUIRES, dtypes=IN_DTYPES, state_dtypes=STATE_DTYPES, layouts=("vk", "kv"),
               head_dims=C.HEAD_DIMS, check=_check, validated_on=("sm_90",), interpretable=False, aot=_aot,
               notes="the CuTeDSL decode kernel with compile-time T <= 16; tree verify reads back (fp32 "
-                    "buffer) or recomputes parents"))
+                    "buffer) or recomputes parents" + C.SM90_NOTE))

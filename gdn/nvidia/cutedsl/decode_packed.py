@@ -43,7 +43,8 @@ def _aot(arch: str) -> list:
     return C.aot_compile(arch, aot_specs(arch))
 
 
-register(Impl(op="decode_packed", backend="cutedsl", fn=decode_packed, archs=C.ARCHS, priority=40,
+register(Impl(op="decode_packed", backend="cutedsl", fn=decode_packed, archs=C.ARCHS, priority=C.PRIORITY,
+              arch_priority=C.ARCH_PRIORITY,
               requires=C.REQUIRES, dtypes=IN_DTYPES, state_dtypes=STATE_DTYPES, layouts=("vk", "kv"),
               head_dims=C.HEAD_DIMS, validated_on=("sm_90",), interpretable=False, aot=_aot,
-              notes="the CuTeDSL decode kernel addressing q/k/v inside mixed_qkv (pointer arithmetic)"))
+              notes="the CuTeDSL decode kernel addressing q/k/v inside mixed_qkv (pointer arithmetic)" + C.SM90_NOTE))
