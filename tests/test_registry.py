@@ -85,7 +85,7 @@ def test_arch_priority_reorders_on_that_arch_only(fake_op, monkeypatch):
 
 
 def test_decode_family_dispatch_on_hopper_prefers_triton():
-    """The CuTeDSL decode family ranks below the Triton one on sm_90 (measured slower there at every point of
+    """The CuTeDSL decode family ranks below the Triton one on sm_90 (measured slower there at most points of
     the 2026-11-23 H100 and H200 tables) and first on sm_100."""
     import gdn.common.triton  # noqa: F401  (registers the Triton backends)
     import gdn.nvidia.cutedsl  # noqa: F401

@@ -1,7 +1,8 @@
 """Programmatic dependent launch (PDL) of the CuTeDSL decode family, on the CPU.
 
 A `Spec(pdl=True)` variant compiled for sm_90a / sm_100a issues griddepcontrol.wait (then launch_dependents)
-before its first global access and its host code launches it with the programmatic-stream-serialization
+before its first global access (but for a hint: its slot index read L2-only and its state rows prefetched
+into L2) and its host code launches it with the programmatic-stream-serialization
 attribute set; the variant without PDL has neither. run() launches the PDL twin exactly when
 `launch.use_pdl(arch, grid)` says so (same policy and GDN_PDL as the Triton kernels), the fast argument
 packing is unchanged by it, and the AOT lists compile the PDL variants. On a GPU:
@@ -36,14 +37,20 @@ def launch_attributes(host: str) -> dict:
     return {int(const[a]): int(const[b]) for a, b in pairs if a in const and b in const}
 
 
+SPECULATIVE = re.compile(r"ld\.global\.cg|prefetch\.global\.L2")   # the slot guess and its L2 prefetch
+
+
 def ptx_report(ptx: str) -> dict:
     """Line indices in the PTX of griddepcontrol.wait / launch_dependents (every occurrence) and of the first
-    global memory access (-1: none)."""
+    global memory access (-1: none) other than the PDL variant's hint (its slot index read L2-only and the
+    state prefetched into L2 before the wait), and the kinds of global access before the first wait."""
     lines = ptx.splitlines()
-    first = next((i for i, l in enumerate(lines) if GLOBAL_ACCESS.search(l)), -1)
-    return dict(wait=[i for i, l in enumerate(lines) if "griddepcontrol.wait" in l],
-                launch=[i for i, l in enumerate(lines) if "griddepcontrol.launch_dependents" in l],
-                any_gdc=any("griddepcontrol" in l for l in lines), first_global=first)
+    first = next((i for i, l in enumerate(lines) if GLOBAL_ACCESS.search(l) and not SPECULATIVE.search(l)), -1)
+    wait = [i for i, l in enumerate(lines) if "griddepcontrol.wait" in l]
+    early = sorted({SPECULATIVE.search(l).group(0) if SPECULATIVE.search(l) else l.split()[0]
+                    for l in lines[:wait[0] if wait else 0] if GLOBAL_ACCESS.search(l)})
+    return dict(wait=wait, launch=[i for i, l in enumerate(lines) if "griddepcontrol.launch_dependents" in l],
+                any_gdc=any("griddepcontrol" in l for l in lines), first_global=first, early=early)
 
 
 def _cases(C):
@@ -73,6 +80,7 @@ def test_pdl_variant_waits_before_any_global_access(case):
     print(f"[{twin.name()}] {wait_lines}, first global access at PTX line {rep['first_global']}")
     assert len(rep["wait"]) == 1 and len(rep["launch"]) == 1, rep
     assert rep["first_global"] > rep["launch"][0] > rep["wait"][0], rep
+    assert rep["early"] == ["ld.global.cg", "prefetch.global.L2"], rep
     assert launch_attributes(host).get(PROGRAMMATIC_STREAM_SERIALIZATION) == 1, launch_attributes(host)
 
     ptx, host = C.compile_text(spec)

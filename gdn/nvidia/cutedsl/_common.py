@@ -35,10 +35,11 @@ from gdn.common import launch as L
 REQUIRES = ("nvidia-cutlass-dsl>=4.8.1",)
 ARCHS = ("sm_90", "sm_100")
 # Dispatch order per arch (registry.Impl.arch_priority): first on sm_100 (issue #6), but below the Triton decode
-# family (priority 10) on sm_90, where that one measured faster at every point of the decode tables: H100 and
-# H200, 2026-11-23 (bench/results/decode_h100_2026-11-23_0032.md, decode_h200_2026-11-23_0025.md; fp32 VK B=1
-# 3.40 against 2.35 us on the H200, B=512 551.7 against 534.4, MTP B=32 T=8 192.9 against 163.7). GDN_BACKEND
-# =cutedsl still selects it.
+# family (priority 10) on sm_90, where that one measured faster at most points: H100 and H200, 2026-11-23
+# (bench/results/decode_h100_2026-11-23_0032.md: at every point; decode_h200_2026-11-23_0051.md, with this
+# family's L2 prefetch: fp32 VK B=1 2.38 against 3.11 us, B=8 10.69 / 11.58, B=512 538.4 / 557.3, bf16 B=512
+# 282.9 / 312.7, KV and MTP slower too; this family 1-2% faster at B = 128 and 256, fp32 and bf16). The
+# dispatch ranks backends per op and arch, not per batch. GDN_BACKEND=cutedsl still selects it.
 PRIORITY = 40
 ARCH_PRIORITY = {"sm_90": 5}
 SM90_NOTE = " (on sm_90 dispatch prefers the Triton decode family, measured faster there)"

@@ -33,10 +33,12 @@ The host function takes raw device pointers and scalars (no DLPack on the hot pa
 the batch/step/slot strides are runtime values, so one compiled variant serves every batch size.
 
 PDL (`Spec.pdl`, sm_90+): the kernel is launched with `use_pdl` (programmatic stream serialization) and may
-start while the previous kernel on the stream still runs, so its first statement is griddepcontrol.wait
-(that kernel finished, its writes visible) before any global access, the slot index included: we cannot
-know what the previous kernel wrote nor whether it still reads the pool we write. launch_dependents then
-lets the next PDL kernel be scheduled once all our CTAs have started (it waits for us in its own prologue).
+start while the previous kernel on the stream still runs, so it waits (griddepcontrol.wait: that kernel
+finished, its writes visible) before any global access that counts, the slot index included: we cannot
+know what the previous kernel wrote nor whether it still reads the pool we write. Before the wait it only
+takes a hint: the slot index read L2-only (it may be stale) and its state rows prefetched into L2
+(`_prefetch_state`), so their DRAM latency overlaps the previous kernel. launch_dependents then lets the
+next PDL kernel be scheduled once all our CTAs have started (it waits for us in its own prologue).
 """
 from __future__ import annotations
 
@@ -350,14 +352,29 @@ class DecodeKernel:
                     w[j] = mO.element_type(outs[j])
                 cute.autovec_copy(w, cute.local_tile(mO[(c["b"], t, c["hv"], None)], (self.VEC,), (c["vc"],)))
 
+    @cute.jit
+    def _prefetch_state(self, mS, mIdx):
+        """prefetch.global.L2 of the first element of each register row of this thread (a 16-byte vector:
+        every 128-byte line of the tile is some thread's) at the guessed slot; nothing for a guess outside
+        [0, pool size). L2 is coherent, so a line the previous kernel writes later is fetched again."""
+        c = self._coords()
+        guess = Int64(cute.arch.load(mIdx.iterator + c["b"], mIdx.element_type, cop="cg"))
+        if guess >= 0 and guess < mS.shape[0]:
+            gS = mS[(guess, c["hv"], None, None)]
+            for r in cutlass.range_constexpr(self.NROW):
+                cute.arch.prefetch(self._tile(gS, r, c).iterator, cache_level="L2")
+
     @cute.kernel
     def kernel(self, mQ: cute.Tensor, mK: cute.Tensor, mV: cute.Tensor, mA: cute.Tensor, mB: cute.Tensor,
                mAlog: cute.Tensor, mDtb: cute.Tensor, mS: cute.Tensor, mIdx: cute.Tensor, mO: cute.Tensor,
                mI: cute.Tensor, mII: cute.Tensor, mP: cute.Tensor, scale: Float32):
         T, NROW, NCOL = self.T, self.NROW, self.NCOL
         if cutlass.const_expr(self.pdl):
-            # before any global access (module docstring): wait for the previous kernel, then let the next
-            # one be scheduled
+            # before any global access that counts (module docstring): a hint first, as the Triton decode's
+            # _prefetch_tile: the slot index read speculatively (L2 only, it may be stale) and this thread's
+            # state rows prefetched into L2, so their DRAM latency overlaps the previous kernel; then wait for
+            # that kernel and let the next one be scheduled
+            self._prefetch_state(mS, mIdx)
             cute.arch.griddepcontrol_wait()
             cute.arch.griddepcontrol_launch_dependents()
         c = self._coords()
