@@ -35,11 +35,12 @@ from gdn.common import launch as L
 REQUIRES = ("nvidia-cutlass-dsl>=4.8.1",)
 ARCHS = ("sm_90", "sm_100")
 # Dispatch order per arch (registry.Impl.arch_priority): first on sm_100 (issue #6), but below the Triton decode
-# family (priority 10) on sm_90, where that one measured faster at most points: H100 and H200, 2026-11-23
-# (bench/results/decode_h100_2026-11-23_0032.md: at every point; decode_h200_2026-11-23_0051.md, with this
-# family's L2 prefetch: fp32 VK B=1 2.38 against 3.11 us, B=8 10.69 / 11.58, B=512 538.4 / 557.3, bf16 B=512
-# 282.9 / 312.7, KV and MTP slower too; this family 1-2% faster at B = 128 and 256, fp32 and bf16). The
-# dispatch ranks backends per op and arch, not per batch. GDN_BACKEND=cutedsl still selects it.
+# family (priority 10) on sm_90, where that one measured faster at most points (2026-11-23, with this family's
+# L2 prefetch; bench/results/decode_h100_2026-11-23_0101.md and decode_h200_2026-11-23_0051.md): this family
+# was 1-2% faster at 4 (H100) and 5 (H200) of 30 points (fp32 / bf16 at B = 64..256, MTP at B = 32, 128) and
+# slower at the rest, by up to 34% (KV B=1; fp32 VK B=1: H100 3.15 against 2.60 us, H200 3.11 against 2.38;
+# B=8: 14.49 against 13.04 and 11.58 against 10.69).
+# The dispatch ranks backends per op and arch, not per batch. GDN_BACKEND=cutedsl still selects it.
 PRIORITY = 40
 ARCH_PRIORITY = {"sm_90": 5}
 SM90_NOTE = " (on sm_90 dispatch prefers the Triton decode family, measured faster there)"
