@@ -77,6 +77,15 @@ def slots(B, S, g):
     return idx.to(torch.int32), idx[idx >= 0].long()
 
 
+def step_inputs(N, B, g):
+    """q, k, v, a, b for N decode steps of B sequences ([N, B, ...]), and A_log, dt_bias."""
+    q, k = randn(N, B, H, K, g=g), randn(N, B, H, K, g=g)
+    v, a, b = randn(N, B, HV, V, g=g), randn(N, B, HV, g=g), randn(N, B, HV, g=g)
+    A_log = torch.empty(HV, device=DEV).uniform_(-4, -1, generator=g)
+    dt_bias = torch.randn(HV, generator=g, device=DEV) * 0.5
+    return q, k, v, a, b, A_log, dt_bias
+
+
 def in_graph(run):
     """run() captured in a CUDA graph (warmed up on a side stream first: compiles), replayed once."""
     s = torch.cuda.Stream()
@@ -111,10 +120,7 @@ def test_decode_back_to_back_in_graph(B, layout, state_dtype):
     pool0 = torch.full((S, *inner), NAN, dtype=state_dtype, device=DEV)       # unused slots stay NaN
     idx, used = slots(B, S, g)
     pool0[used] = randn(used.numel(), *inner, g=g, dtype=state_dtype, scale=0.3)
-    q, k = randn(N, B, H, K, g=g), randn(N, B, H, K, g=g)
-    v, a, b = randn(N, B, HV, V, g=g), randn(N, B, HV, g=g), randn(N, B, HV, g=g)
-    A_log = torch.empty(HV, device=DEV).uniform_(-4, -1, generator=g)
-    dt_bias = torch.randn(HV, generator=g, device=DEV) * 0.5
+    q, k, v, a, b, A_log, dt_bias = step_inputs(N, B, g)
     kw = dict(scale=K ** -0.5, use_qk_l2norm=True, state_layout=layout)
 
     def calls(f, pool, out):
@@ -159,10 +165,7 @@ def test_decode_follows_indices_the_previous_kernel_wrote(B, layout, state_dtype
     used = torch.cat([idx_a[idx_a >= 0], idx_b[idx_b >= 0]]).long()
     pool0 = torch.full((S, *inner), NAN, dtype=state_dtype, device=DEV)
     pool0[used] = randn(used.numel(), *inner, g=g, dtype=state_dtype, scale=0.3)
-    q, k = randn(N, B, H, K, g=g), randn(N, B, H, K, g=g)
-    v, a, b = randn(N, B, HV, V, g=g), randn(N, B, HV, g=g), randn(N, B, HV, g=g)
-    A_log = torch.empty(HV, device=DEV).uniform_(-4, -1, generator=g)
-    dt_bias = torch.randn(HV, generator=g, device=DEV) * 0.5
+    q, k, v, a, b, A_log, dt_bias = step_inputs(N, B, g)
     kw = dict(scale=K ** -0.5, use_qk_l2norm=True, state_layout=layout)
     step_idx = [idx_b if t % 2 == 0 else idx_a for t in range(N)]
     delta = (idx_b - idx_a).to(torch.int32)
