@@ -246,3 +246,64 @@ def test_config_table_key_by_gpu_model(monkeypatch):
     D.config.cache_clear()
     assert D.config("sm_90:h200", "kv", *big) == D.full_config(D.CONFIGS[("sm_90", ("kv", "fp32", 16384))])
     D.config.cache_clear()
+
+
+def test_config_entries_and_prefetch_flag(monkeypatch):
+    """CONFIGS rows are (BV, warps, stages) or with a fourth prefetch flag 0/1; config() always returns four, a
+    forced 3-tuple means prefetch on, and the flag reaches an sm_90 launch (with PDL) as the PREFETCH constexpr;
+    GDN_DECODE_PREFETCH=0 turns it off."""
+    from gdn.common import launch as L
+    from gdn.common import probe
+    from gdn.common.triton import decode as D
+    monkeypatch.setattr(probe, "interpreter_on", lambda: False)     # launches as on a GPU host (recorded)
+    monkeypatch.delenv("GDN_PDL", raising=False)
+    probe.reload_env()
+    for key, cfg in D.CONFIGS.items():
+        assert len(cfg) in (3, 4) and (len(cfg) == 3 or cfg[3] in (0, 1)), (key, cfg)
+        assert D.full_config(cfg)[:3] == tuple(cfg[:3]) and len(D.full_config(cfg)) == 4
+    D.config.cache_clear()
+    off = next(k for k, c in D.CONFIGS.items() if len(c) == 4 and c[3] == 0)
+    (arch, (layout, sd, nh)) = off if len(off[1]) == 3 else (off[0], off[1][1:])
+    got = D.config(arch, layout, {"fp32": torch.float32, "bf16": torch.bfloat16}[sd], nh, 128, 128,
+                   2 if len(off[1]) == 4 else 1)
+    assert got[3] == 0, (off, got)
+    args, kw = D.meta_decode_args(B=1)
+    for cfg, env, want in (((4, 1, 1), None, True), ((4, 1, 1, 0), None, False), ((4, 1, 1), "0", False)):
+        if env is not None:
+            monkeypatch.setenv("GDN_DECODE_PREFETCH", env)
+        probe.reload_env()
+        with L.recording("sm_90") as launches:
+            D.decode(*args, **kw, _cfg=cfg)
+        assert launches[0].constexprs["PDL"] is True
+        assert launches[0].constexprs["PREFETCH"] is want, (cfg, env)
+    monkeypatch.delenv("GDN_DECODE_PREFETCH")
+    monkeypatch.undo()
+    probe.reload_env()
+
+
+def test_bench_sweep_grid_adds_prefetch_off_where_it_may_pay():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_decode.py"
+    spec = importlib.util.spec_from_file_location("bench_decode_for_test", path)
+    bd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bd)
+    base = bd.sweep_grid(None)
+    assert all(len(c) == 3 for c in base)
+    assert bd.sweep_grid(None, 8, pdl=True) == base + [c + (0,) for c in base]
+    assert bd.sweep_grid(None, 64, pdl=True) == base and bd.sweep_grid(None, 8, pdl=False) == base
+    assert bd.cfg_name((8, 2, 1, 0)) == "8/2/nopf" and bd.cfg_name((8, 2, 1)) == "8/2"
+
+
+def test_env_switched_restores():
+    import os
+
+    from gdn.common import probe
+    name = "GDN_TEST_ENV_SWITCHED"
+    os.environ.pop(name, None)
+    with probe.env_switched(name, "0"):
+        assert probe.env(name) == "0"
+        with probe.env_switched(name, "1"):
+            assert probe.env(name) == "1"
+        assert probe.env(name) == "0"
+    assert name not in os.environ and probe.env(name) is None
