@@ -55,17 +55,20 @@ def ptx_report(ptx: str) -> dict:
 
 def _cases(C):
     """Variants whose first global access differs: plain vk decode; early loads + streamed rows (the slot
-    index and q/k/v go out first); kv tree verify (shared-memory reduction, parent loads); sm_100a."""
+    index and q/k/v go out first); kv tree verify (shared-memory reduction, parent loads); sm_100a; a tile
+    without the L2 prefetch before the wait ("n")."""
     return [
         C.base_spec("sm_90", tile=(4, 4)),
         C.base_spec("sm_90", state="bf16", tile=(4, 4, "es")),
         C.base_spec("sm_90", layout="kv", T=4, inter="fp32", parent="i32", update_state=False, tile=(32, 4)),
         C.base_spec("sm_100", tile=(4, 4)),
+        C.base_spec("sm_90", tile=(16, 4, "n")),
     ]
 
 
 @needs_cutlass
-@pytest.mark.parametrize("case", range(4), ids=["vk-sm90", "vk-bf16-es-sm90", "kv-tree-sm90", "vk-sm100"])
+@pytest.mark.parametrize("case", range(5), ids=["vk-sm90", "vk-bf16-es-sm90", "kv-tree-sm90", "vk-sm100",
+                                                 "vk-no-prefetch-sm90"])
 def test_pdl_variant_waits_before_any_global_access(case):
     import dataclasses
 
@@ -80,7 +83,8 @@ def test_pdl_variant_waits_before_any_global_access(case):
     print(f"[{twin.name()}] {wait_lines}, first global access at PTX line {rep['first_global']}")
     assert len(rep["wait"]) == 1 and len(rep["launch"]) == 1, rep
     assert rep["first_global"] > rep["launch"][0] > rep["wait"][0], rep
-    assert rep["early"] == ["ld.global.cg", "prefetch.global.L2"], rep
+    no_prefetch = "n" in C.split_tile(spec.tile)[2]
+    assert rep["early"] == ([] if no_prefetch else ["ld.global.cg", "prefetch.global.L2"]), rep
     assert launch_attributes(host).get(PROGRAMMATIC_STREAM_SERIALIZATION) == 1, launch_attributes(host)
 
     ptx, host = C.compile_text(spec)

@@ -121,15 +121,21 @@ TILES: dict = {
     ('sm_90', 'vk', 'bf16', 'decode', 8192): (16, 8, 'es'),
     ('sm_90', 'vk', 'bf16', 'decode', 16384): (4, 4, 'e'),
     ('sm_90', 'vk', 'fp32', 'decode', 32): (1, 8, 'e'),
-    ('sm_90', 'vk', 'fp32', 'decode', 256): (16, 4),
+    ('sm_90', 'vk', 'fp32', 'decode', 256): (16, 4, 'n'),
     ('sm_90', 'vk', 'fp32', 'decode', 1024): (16, 4),
     ('sm_90', 'vk', 'fp32', 'decode', 2048): (4, 8, 'e'),
     ('sm_90', 'vk', 'fp32', 'decode', 4096): (16, 4),
     ('sm_90', 'vk', 'fp32', 'decode', 8192): (16, 4),
     ('sm_90', 'vk', 'fp32', 'decode', 16384): (4, 4),
-    ('sm_90', 'vk', 'fp32', 'mtp', 256): (4, 8),
+    ('sm_90', 'vk', 'fp32', 'mtp', 256): (4, 8, 'n'),
     ('sm_90', 'vk', 'fp32', 'mtp', 1024): (2, 4),
     ('sm_90', 'vk', 'fp32', 'mtp', 4096): (16, 4),
+    # "n" (no prefetch before the PDL wait) where the prefetch measured slower on both an H100 and an H200,
+    # 2026-11-23 (decode tables 00:32 -> 01:01 and 00:25 -> 00:51): fp32 VK B=8 +8.5 / +9.0%, KV B=1 +5.3 /
+    # +4.2% (the default tile), MTP B=8 +1-3 / +3-4%. Checked on the H200 at 01:25 UTC (same tile with and
+    # without "n", interleaved rounds): VK B=8 11.46 -> 10.46 us, KV B=1 3.48 -> 3.36, MTP B=8 T=2 / 4
+    # 16.14 / 26.99 -> 15.88 / 25.94.
+    ('sm_90', 'kv', 'fp32', 'decode', 32): (8, 4, 'n'),
 }
 
 
@@ -161,7 +167,9 @@ def geometry(layout: str, state: str, K: int, vec_bytes: int = 16):
 #   "s"  streamed rows (vk, T = 1): the state tile stays in registers in the pool dtype and each row is
 #        widened, updated and stored on its own, so a bf16 tile costs half the registers per byte and a
 #        thread can keep twice the bytes in flight
-TILE_OPTS = "es"
+#   "n"  no L2 prefetch of the state before the PDL wait (the PDL twin prefetches by default, _kernel.py
+#        `_prefetch_state`); where that measured slower
+TILE_OPTS = "esn"
 
 
 def split_tile(tile) -> tuple:

@@ -95,6 +95,7 @@ class DecodeKernel:
         tile_a, nw, opts = split_tile(s.tile)
         self.early = "e" in opts                        # loads independent of the slot index go out first
         self.stream = "s" in opts                       # rows widened, updated and stored one at a time
+        self.prefetch = s.pdl and "n" not in opts        # the state's L2 prefetch before the PDL wait
         assert not self.stream or (self.vk and s.T == 1), ("streamed rows need vk and T = 1", s.tile, s.T)
         if self.vk:
             rw = tile_a
@@ -374,7 +375,8 @@ class DecodeKernel:
             # _prefetch_tile: the slot index read speculatively (L2 only, it may be stale) and this thread's
             # state rows prefetched into L2, so their DRAM latency overlaps the previous kernel; then wait for
             # that kernel and let the next one be scheduled
-            self._prefetch_state(mS, mIdx)
+            if cutlass.const_expr(self.prefetch):
+                self._prefetch_state(mS, mIdx)
             cute.arch.griddepcontrol_wait()
             cute.arch.griddepcontrol_launch_dependents()
         c = self._coords()
