@@ -38,9 +38,10 @@ ARCHS = ("sm_90", "sm_100")
 # family (priority 10) on sm_90, where that one measured faster at most points (2026-11-23, with this family's
 # L2 prefetch; bench/results/decode_h100_2026-11-23_0101.md and decode_h200_2026-11-23_0051.md): this family
 # was 1-2% faster at 4 (H100) and 5 (H200) of 30 points (fp32 / bf16 at B = 64..256, MTP at B = 32, 128) and
-# slower at the rest, by up to 34% (KV B=1; fp32 VK B=1: H100 3.15 against 2.60 us, H200 3.11 against 2.38;
-# B=8: 14.49 against 13.04 and 11.58 against 10.69).
-# The dispatch ranks backends per op and arch, not per batch. GDN_BACKEND=cutedsl still selects it.
+# slower at the rest, by up to 34% (KV B=1; fp32 VK B=1: H100 3.15 against 2.60 us, H200 3.11 against 2.38).
+# (Its B=8 rows lost the prefetch after those tables ("n" in TILES): H200 fp32 VK B=8 10.46 us at 01:25 UTC,
+# where the Triton one read 10.59-10.69 in the day's tables.) The dispatch ranks backends per op and arch, not
+# per batch. GDN_BACKEND=cutedsl still selects it.
 PRIORITY = 40
 ARCH_PRIORITY = {"sm_90": 5}
 SM90_NOTE = " (on sm_90 dispatch prefers the Triton decode family, measured faster there)"
