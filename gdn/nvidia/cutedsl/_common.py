@@ -39,7 +39,7 @@ ARCHS = ("sm_90", "sm_100")
 # L2 prefetch; bench/results/decode_h100_2026-11-23_0101.md and decode_h200_2026-11-23_0051.md): this family
 # was 1-2% faster at 4 (H100) and 5 (H200) of 30 points (fp32 / bf16 at B = 64..256, MTP at B = 32, 128) and
 # slower at the rest, by up to 34% (KV B=1; fp32 VK B=1: H100 3.15 against 2.60 us, H200 3.11 against 2.38).
-# (Its B=8 rows lost the prefetch after those tables ("n" in TILES): H200 fp32 VK B=8 10.46 us at 01:25 UTC,
+# (Its B=8 rows lost the prefetch after those tables ("n" in TILES): H200 fp32 VK B=8 10.46 us at 01:21 UTC,
 # where the Triton one read 10.59-10.69 in the day's tables.) The dispatch ranks backends per op and arch, not
 # per batch. GDN_BACKEND=cutedsl still selects it.
 PRIORITY = 40
@@ -133,7 +133,7 @@ TILES: dict = {
     ('sm_90', 'vk', 'fp32', 'mtp', 4096): (16, 4),
     # "n" (no prefetch before the PDL wait) where the prefetch measured slower on both an H100 and an H200,
     # 2026-11-23 (decode tables 00:32 -> 01:01 and 00:25 -> 00:51): fp32 VK B=8 +8.5 / +9.0%, KV B=1 +5.3 /
-    # +4.2% (the default tile), MTP B=8 +1-3 / +3-4%. Checked on the H200 at 01:25 UTC (same tile with and
+    # +4.2% (the default tile), MTP B=8 +1-3 / +3-4%. Checked on the H200 at 01:21 UTC (same tile with and
     # without "n", interleaved rounds): VK B=8 11.46 -> 10.46 us, KV B=1 3.48 -> 3.36, MTP B=8 T=2 / 4
     # 16.14 / 26.99 -> 15.88 / 25.94.
     ('sm_90', 'kv', 'fp32', 'decode', 32): (8, 4, 'n'),

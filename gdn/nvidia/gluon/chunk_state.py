@@ -161,7 +161,7 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 #   second ring (q, P) with its own loader warp: this kernel 93.3 -> 80.0 us at 1x4096, 654 -> 552 at 1x32768,
 #   but the first kernel 64 -> 86 and 442 -> 621 (P is as many bytes as w, written and read back), prefill
 #   157 -> 166 and 1110 -> 1170 us. Not kept.
-# Then (H100, 2026-11-23 00:55 UTC, CUDA-graph replay, one process, interleaved rounds): this pass launched with
+# Then (H100, 2026-11-23 about 00:42 UTC, CUDA-graph replay, one process, interleaved rounds): this pass launched with
 # PDL after prefill's first kernel (that kernel's CTAs triggering as they start; this one's loader waiting,
 # its other partitions' prologue, the pool's initial state included, running beside the first kernel's last
 # wave): 1x4096 154.4 us against 154.5 without, 8x4096 999 / 1001, 2x8192 502 / 496, 1x32768 1222 / 1214. A
