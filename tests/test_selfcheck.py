@@ -197,3 +197,14 @@ def test_internal_sub_op_uses_its_kernel_example(monkeypatch, caplog):
         chosen = registry.select("chunk_output", props).backend
     assert chosen == "reference" and "chunk_output" in caplog.text and "rel err 1.0e-02 > 1e-05" in caplog.text
     registry.clear_cache()
+
+
+def test_trusted_follows_the_arch_order(fake):
+    """The implementation a compile-only kernel is checked against is the first validated one in the registry's
+    order for the device's arch, arch_priority included."""
+    noop = lambda *a, **k: None  # noqa: E731
+    registry.register(Impl(op="decode", backend="ranked_down", fn=noop, archs=("sm_100",), priority=50,
+                           arch_priority={"sm_100": 1}, validated_on=("sm_100",)))
+    registry.register(Impl(op="decode", backend="ranked_up", fn=noop, archs=("sm_100",), priority=20,
+                           validated_on=("sm_100",)))
+    assert selfcheck._trusted(registry.get("decode", "bad"), {}, SM100).backend == "ranked_up"

@@ -214,9 +214,10 @@ def _match(op: str, bound: dict, props: dict) -> None:
 
 
 def _trusted(impl, props: dict, info: probe.DeviceInfo):
-    """The highest-priority other implementation validated on this arch that accepts `props`."""
+    """The highest-priority other implementation validated on this arch that accepts `props` (in the
+    registry's order for this arch: arch_priority counts)."""
     from gdn.common import registry
-    for c in registry.impls(impl.op):
+    for c in registry._ordered(impl.op, info):
         if c is not impl and (info.arch in c.validated_on or "*" in c.validated_on) \
                 and not c.not_supported_reasons(props, info):
             return c
