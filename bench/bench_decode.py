@@ -161,18 +161,13 @@ def gdn_triton_fla_slots(p: Decode):
     return None if p.T is not None else gdn_triton(on_fla_slots(p))
 
 
-def pdl_off():
-    """gdn's launchers without PDL inside (GDN_PDL=0): warm-up and CUDA-graph capture both happen inside."""
-    from gdn.common import launch as L
-    return L.pdl_switched(False)
-
-
 def row_context(name: str):
-    """The launch context of a table row: PDL off for gdn-triton-nopdl, the state's L2 prefetch before the PDL
-    wait off for gdn-triton-noprefetch (GDN_DECODE_PREFETCH=0), else as launched by default."""
-    from gdn.common import probe
+    """The launch context of a table row: PDL off for gdn-triton-nopdl (GDN_PDL=0), the state's L2 prefetch
+    before the PDL wait off for gdn-triton-noprefetch (GDN_DECODE_PREFETCH=0), else as launched by default.
+    Warm-up and CUDA-graph capture of the row's calls both happen inside."""
+    from gdn.common import launch as L, probe
     if name == "gdn-triton-nopdl":
-        return pdl_off()
+        return L.pdl_switched(False)
     if name == "gdn-triton-noprefetch":
         return probe.env_switched("GDN_DECODE_PREFETCH", "0")
     return contextlib.nullcontext()
