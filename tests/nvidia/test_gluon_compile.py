@@ -192,12 +192,14 @@ def test_chunk_state_output_tma_o_compiles():
 
 
 @needs_gluon
-@pytest.mark.parametrize("tma_o,rk,pairs", [(True, True, 1), (False, False, 1), (True, True, 128)])
-def test_chunk_state_output_ws_compiles(tma_o, rk, pairs):
+@pytest.mark.parametrize("tma_o,rk,pairs,p_split", [(True, True, 1, False), (False, False, 1, True),
+                                                    (True, True, 128, False)])
+def test_chunk_state_output_ws_compiles(tma_o, rk, pairs, p_split):
     """The warp-specialised fused pass (prefill's entries: 32 state columns per CTA for narrow batches, 64 for
     the rest): three partitions with their register budgets (setmaxnreg), one named barrier each, no spill,
     no injected wgmma wait; o by TMA store and by plain stores (fp32 out, or a table without TMA_O); the key
-    norms from prefill's first kernel (as prefill runs it) and from the k tiles."""
+    norms from prefill's first kernel (as prefill runs it) and from the k tiles; the scores times v_new as
+    one MMA (the table) and as hi + lo parts (P_SPLIT: one wgmma more per chunk)."""
     import torch
 
     from gdn.common import examples
@@ -206,8 +208,9 @@ def test_chunk_state_output_ws_compiles(tma_o, rk, pairs):
     from gdn.nvidia.gluon import chunk_state as GS
     ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
     (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **variants[0])
-    cfg = dict(GS.fused_config("sm_90", pairs, 1, k.shape[2], u.shape[2]), TMA_O=tma_o)
-    assert cfg.get("WS")
+    cfg = GS.fused_config("sm_90", pairs, 1, k.shape[2], u.shape[2])
+    assert cfg.get("WS") and cfg["P_SPLIT"] is False
+    cfg = dict(cfg, TMA_O=tma_o, P_SPLIT=p_split)
     with L.recording("sm_90"), C.recording() as launches:
         GS.launch_state_output(k, w, u, torch.empty_like(k), g_cum, pool, idx, cu, has_init, torch.empty_like(u),
                                0.1, kw["use_qk_l2norm"], kw["state_layout"], cfg,
@@ -217,7 +220,8 @@ def test_chunk_state_output_ws_compiles(tma_o, rk, pairs):
     assert launch.signature["rk_desc"].startswith("tensordesc") == rk
     assert launch.options.get("maxnreg") == cfg["maxnreg"]
     assert launch.signature["o_desc"].startswith("tensordesc") == tma_o
-    ptx = _check_hopper_kernel(f"chunk_state_output_ws_sm90[TMA_O={tma_o}]", launch).asm["ptx"]
+    assert launch.constexprs["P_SPLIT"] == p_split
+    ptx = _check_hopper_kernel(f"chunk_state_output_ws_sm90[TMA_O={tma_o},P_SPLIT={p_split}]", launch).asm["ptx"]
     assert f"setmaxnreg.inc.sync.aligned.u32 \t{cfg['OUT_REGS']}" in ptx
     assert "bar.sync \t0, 128" in ptx and "mbarrier.arrive" in ptx
 

@@ -139,7 +139,7 @@ def _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, c, pred, mma: gl.constexpr, mma_
 
 @gluon.jit
 def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC, slot,
-            s_ot, s_oh, V: gl.constexpr):
+            s_ot, s_oh, V: gl.constexpr, P_SPLIT: gl.constexpr):
     """The output partition (one warpgroup): chunk_output's formula on the chain's hand-over, per chunk
         o = rq * (exp(g_cum) (q h) + causal(q k^T * exp(gc_i - gc_j)) (v_new * rk))
     then o's tile by TMA store (whole chunks) or masked stores. The row factor rq (with the scale) goes on
@@ -149,7 +149,8 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
     MMAs retire. Past the last chunk the issue repeats this chunk's (no later chunk refills its stage; the
     result is unused): no branch while a wgmma is in flight (ptxas would make the warps wait for it there,
     C7517). Rows past the sequence end are never stored, so their scores need no mask (their q rows may be
-    garbage: a row's NaN stays in that row). A skipped sequence: zero rows."""
+    garbage: a row's NaN stays in that row). A skipped sequence: zero rows. P_SPLIT: the decayed scores enter
+    their product with v_new as hi + lo 16-bit parts (two MMAs), else rounded to 16 bits (one)."""
     STAGES: gl.constexpr = k_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = k_s.shape[1]
@@ -180,7 +181,14 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
             gc = vec_s.index(2 * j)
             decay = exp2_ftz(gl.where(tri, gc.load(row_s)[:, None] - gc.load(col_s)[None, :], float("-inf")))
             vk_j = vk_s.index(j)
-            acc_o, pa_hi, pa_lo = split_mma(s_acc * decay, vk_j, acc_o * exp2_ftz(gc.load(row))[:, None], p_op)
+            if P_SPLIT:
+                acc_o, pa_hi, pa_lo = split_mma(s_acc * decay, vk_j, acc_o * exp2_ftz(gc.load(row))[:, None], p_op)
+            else:
+                # the decayed scores rounded to v_new's 16-bit type, one MMA (pa_lo a stand-in dep; chunk_state.py
+                # _WS has the measurements)
+                pa_hi = gl.convert_layout((s_acc * decay).to(vk_j.dtype), p_op)
+                pa_lo = pa_hi
+                acc_o = warpgroup_mma(pa_hi, vk_j, acc_o * exp2_ftz(gc.load(row))[:, None], is_async=True)
             rq = vec_s.index(2 * j + 1).load(row)
             acc_o, acc_n, s_n, _, _, _, _, _, _ = warpgroup_mma_wait(
                 num_outstanding=0, deps=(acc_o, acc_n, s_n, vk_j, pa_hi, pa_lo, q_n, kt_n, h_n))
@@ -203,7 +211,7 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
 def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, state, state_indices, cu, has_init,
                                o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
                                V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
-                               OUT_REGS: gl.constexpr, num_warps: gl.constexpr):
+                               OUT_REGS: gl.constexpr, num_warps: gl.constexpr, P_SPLIT: gl.constexpr = True):
     """chunk_state_output_sm90's result (o and the final state; no h, v_new) with the work split over three
     warp-specialised partitions (one warpgroup each) of one CTA per (sequence, v-head, BV state columns):
       - the chain (default partition): the state's dependency chain, two MMAs per chunk;
@@ -262,7 +270,7 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
         (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, h_s, vk_s, vec_s, vs_s, state,
                   state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM)),
         (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC,
-                   slot, s_ot, s_oh, V)),
+                   slot, s_ot, s_oh, V, P_SPLIT)),
         (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s, bos,
                    NCL, hv, hk, v0, K, V)),
     ], [4, 1], [OUT_REGS, 24])

@@ -129,7 +129,8 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # kernel 0.44 -> 0.48 ms at 1x32768 (its spill 16 -> 36 bytes); not kept. The scores times v_new as one bf16
 # product instead of the hi + lo split (as FLA and FlashInfer round them): this kernel 0.701 -> 0.638 ms at
 # 1x32768, 0.096 -> 0.089 at 1x4096, but the output's error against the float64 recurrence 3.0e-3 -> 3.4e-3
-# (1x4096); the split is kept (every gdn kernel keeps such factors at ~16 bits).
+# (1x4096); the split was kept then (every gdn kernel kept such factors at ~16 bits), and is now a table
+# option (P_SPLIT; see _WS).
 # Later the same day (H100, this kernel's profiler time in one process; 1x4096 / 1x32768 / 2x8192 in us):
 # OUT_REGS 232 -> 248 (the chain then gets 232): 94.6 / 688 / 359 -> 91.5 / 653 / 338 (240 and 256 in between);
 # a 4-slot ring with it (217 KB): no better (90.7 / 652 / 343). At 232: 2 stages 99.1 / 714, o by plain stores
@@ -169,7 +170,14 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # not kept.
 FUSED_NARROW_PAIRS = 32
 TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
-_WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168)
+# P_SPLIT=False: the decayed scores times v_new as one MMA of the scores rounded to bf16 (as FLA and FlashInfer
+# round them) instead of hi + lo parts. H100, 2026-11-23 about 02:50 UTC (prefill, raw gates, one process,
+# interleaved rounds; profiler busy time, this pass's time in brackets, us): 1x4096 156.0 (92.3) -> 150.3
+# (86.9), 1x1000 48.0 -> 46.5, 8x1024 273 -> 267, 1x32768 1174 (705) -> 1089 (635), 8x4096 945 (479) -> 934
+# (461), 64x512 pass 676 -> 578. The output's error against the float64 recurrence 3.02e-3 -> 3.40e-3 at
+# 1x4096 (FLA 4.43e-3, FlashInfer 4.46e-3; the spec bound for bf16 inputs 5e-3); the state is unchanged (the
+# scores feed only the output). With it OUT_REGS 248 stays best (240 the same, 232 / 224 slower).
+_WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3)}
 
@@ -230,7 +238,7 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                  has_initial_state, out, o_desc, HV, HV // H,
                  NV, float(scale), *TS.pool_strides(state, state_layout), out.stride(0), out.stride(1), V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
-                 num_warps=4, maxnreg=cfg["maxnreg"])
+                 P_SPLIT=bool(cfg.get("P_SPLIT", True)), num_warps=4, maxnreg=cfg["maxnreg"])
         return
     C.launch(chunk_state_output_sm90, (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), C.head_matrix(q, C.BT),
@@ -277,6 +285,7 @@ def _fused_example_launches(arch: str) -> list:
         wide = fused_config(arch, 128, 1, k.shape[2], u.shape[2])
         narrow = fused_config(arch, 1, 1, k.shape[2], u.shape[2])
         cfgs = [("", wide)] + ([(",TMA_O=0", dict(wide, TMA_O=False)), (",narrow", narrow),
+                                (",narrow,P_SPLIT", dict(narrow, P_SPLIT=True)),
                                 (",two_wg", fit_config(TWO_WG, u.shape[2]))] if i == 0 else [])
         for suffix, cfg in cfgs:
             if cfg is None:
