@@ -171,7 +171,7 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 FUSED_NARROW_PAIRS = 32
 TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # P_SPLIT=False: the decayed scores times v_new as one MMA of the scores rounded to bf16 (as FLA and FlashInfer
-# round them) instead of hi + lo parts. H100, 2026-11-23 about 02:50 UTC (prefill, raw gates, one process,
+# round them) instead of hi + lo parts. H100, 2026-11-23 about 02:40 UTC (prefill, raw gates, one process,
 # interleaved rounds; profiler busy time, this pass's time in brackets, us): 1x4096 156.0 (92.3) -> 150.3
 # (86.9), 1x1000 48.0 -> 46.5, 8x1024 273 -> 267, 1x32768 1174 (705) -> 1089 (635), 8x4096 945 (479) -> 934
 # (461), 64x512 pass 676 -> 578. The output's error against the float64 recurrence 3.02e-3 -> 3.40e-3 at

@@ -112,7 +112,7 @@ _GLUON_PREP = {("sm_90", "any"): True}
 # piece's state pass on a high-priority side stream overlapping the next piece's first kernel and the previous
 # piece's output. 1x32768 1.579 ms -> 1.547 (P=4), 1.616 (P=8); 1x4096 0.225 -> 0.232 (P=2); 2x8192 0.813 ->
 # 0.850 (P=2): a first-kernel CTA on the SM slows the latency-bound state pass about as much as it overlaps.
-# Also tried for narrow batches (H100, 2026-11-23 about 02:30 UTC, CUDA-graph replay, interleaved rounds): the first
+# Also tried for narrow batches (H100, 2026-11-23 about 02:20 UTC, CUDA-graph replay, interleaved rounds): the first
 # kernel beside the warp-specialised pass. The pass at 64 state columns (64 CTAs, each a whole SM) launched with PDL
 # right after a persistent first kernel (three CTAs per SM; those on the pass's 64 SMs exit, the others take items
 # in order from a ticket and count the v-heads finished per chunk slot; the pass's loader waits on the counts):
