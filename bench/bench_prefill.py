@@ -172,8 +172,8 @@ def flashinfer_candidate(x):
 
 def busy_time(intervals) -> float:
     """Total length of the union of (start, end) intervals: the time some kernel ran. Equals the sum of the
-    kernel times when they do not overlap; counts once the time two kernels run side by side (gdn's narrow
-    prefill runs its first kernel beside the state pass)."""
+    kernel times when they do not overlap; counts once the time two kernels run side by side (a PDL overlap,
+    or a kernel beside another on other SMs)."""
     total, cur = 0.0, None
     for s, e in sorted(intervals):
         if cur is None or s > cur[1]:

@@ -1,5 +1,17 @@
 """Comparison helpers shared by the kernel tests (tests/ is on sys.path through tests/conftest.py)."""
+import importlib.util
+import pathlib
+
 import torch
+
+
+def load_bench(name: str):
+    """bench/bench_<name>.py as a module (bench/ is not a package), for tests of its pure helpers."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / f"bench_{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}_for_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def rel(x, ref):

@@ -282,12 +282,8 @@ def test_config_entries_and_prefetch_flag(monkeypatch):
 
 
 def test_bench_sweep_grid_adds_prefetch_off_where_it_may_pay():
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_decode.py"
-    spec = importlib.util.spec_from_file_location("bench_decode_for_test", path)
-    bd = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bd)
+    from _helpers import load_bench
+    bd = load_bench("decode")
     base = bd.sweep_grid(None)
     assert all(len(c) == 3 for c in base)
     assert bd.sweep_grid(None, 8, pdl=True) == base + [c + (0,) for c in base]

@@ -567,12 +567,8 @@ def test_sub_ops_record_on_meta():
 def test_bench_gpu_time_counts_overlap_once():
     """bench_prefill's GPU time is the union of the kernel intervals: the sum where kernels do not overlap, the
     time covered where they do (a kernel beside another counts once), gaps not counted."""
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_prefill.py"
-    spec = importlib.util.spec_from_file_location("bench_prefill_for_test", path)
-    bp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bp)
+    from _helpers import load_bench
+    bp = load_bench("prefill")
     assert bp.busy_time([]) == 0.0
     assert bp.busy_time([(0.0, 2.0), (5.0, 6.0)]) == 3.0                  # apart: the sum
     assert bp.busy_time([(5.0, 9.0), (0.0, 2.0), (1.0, 6.0)]) == 9.0      # overlapping, any order
