@@ -133,6 +133,30 @@ def _place(y, lay3: gl.constexpr, mma: gl.constexpr, OFF: gl.constexpr, BY_ROW: 
 
 
 @gluon.jit
+def _tri_inv16(d_st, d_s, out: gl.constexpr):
+    """(I + D)^-1 for the four strictly lower triangular 16x16 blocks D_b kept as the row-stack d_st [64, 16]
+    (row 16b + i holds row i of D_b), by forward substitution in fp32 on the CUDA cores: X = I, then for
+    j = 0..14 every row i > j takes X_i -= D_ij X_j. Each thread holds one column of one block's X in
+    registers (the row axis is per-thread, so the row picks and the i > j masks fold away at compile time) and
+    reads D's column j, the same for the whole block, from the shared tile d_s [64, 16] fp32 (broadcast
+    loads). About 120 dependent FMAs per thread instead of the tensor-core doubling's six dependent
+    products (each a split, a shared store, a barrier and three wgmmas). Returns the row-stack in `out`."""
+    L3: gl.constexpr = gl.BlockedLayout([1, 16, 1], [2, 1, 16], [2, 1, 2], [2, 1, 0])
+    d_s.store(d_st)
+    gl.thread_barrier()
+    d3 = d_s.reshape([4, 16, 16])
+    i3 = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(2, L3)))[None, :, None]
+    c3 = gl.arange(0, 16, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))[None, None, :]
+    b3 = gl.arange(0, 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, L3)))[:, None, None]
+    X = gl.where((i3 == c3) & (b3 >= 0), 1.0, 0.0)      # I in every block ([4, 16, 16] by b3)
+    for j in gl.static_range(15):
+        dcol = d3.slice(j, 1, dim=2).load(L3)
+        xj = row_sum(gl.where(i3 == j, X, 0.0), 1)
+        X = gl.where(i3 > j, X - dcol * gl.expand_dims(xj, 1), X)
+    return gl.convert_layout(gl.reshape(X, [4 * 16, 16]), out)
+
+
+@gluon.jit
 def _store_rows(acc, desc, ptr, t0, eos, hv, s_t, s_h, blk: gl.constexpr):
     """The [64, D] fp32 tile acc as rows t0.. of head hv of ptr [T, H, D] (16-bit): a whole chunk by TMA
     store through a shared tile (not waited for here), a tail chunk by masked stores (its rows past eos
@@ -169,16 +193,17 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
     (row stride s_rt), rows before the sequence end only.
 
     k, v arrive by TMA; K K^T is a wgmma on the shared k tile. The solve inverts growing diagonal blocks:
-    the 16x16 ones by doubling, (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), then 32x32 and 64x64 by
-    (I + X E)^-1 X = X - X E X (E the block below the diagonal, (X E)^2 = 0). Every product is three wgmmas of
-    16-bit hi + lo parts and only touches the blocks that can be non-zero: the 16x16 blocks stay row-stacks
-    [64, 16] and are multiplied block by block (`_bd_mm`, four [64, 16] x [16, 16] products), the last two are
-    [64, 32] x [32, 32] (`_mm`). (On an H100 at 8x4096, two CTAs per SM: 565 us; 625 with the block products
-    as block-diagonal [64, 64] x [64, 16] ones, 672 with dense merge products and 747 with all ten products
-    dense [64, 64] x [64, 64]; A operands from shared memory and issuing independent products together were
-    slower with the dense products. Three CTAs per SM (chunk_prep.py MAXNREG): 458 us.) w and u as
-    chunk_wy_sm90: A's hi + lo parts from
-    registers against the shared k and v tiles, u stored before w's accumulator.
+    the 16x16 ones by forward substitution in fp32 (`_tri_inv16`), then 32x32 and 64x64 by
+    (I + X E)^-1 X = X - X E X (E the block below the diagonal, (X E)^2 = 0). Each of those products is three
+    wgmmas of 16-bit hi + lo parts and only touches the blocks that can be non-zero: the 16x16 blocks stay
+    row-stacks [64, 16] and are multiplied block by block (`_bd_mm`, four [64, 16] x [16, 16] products), the
+    last two are [64, 32] x [32, 32] (`_mm`). (On an H100 at 8x4096, two CTAs per SM, with the 16x16 blocks
+    still inverted by doubling on the tensor cores: 565 us; 625 with the block products as block-diagonal
+    [64, 64] x [64, 16] ones, 672 with dense merge products and 747 with all ten products dense [64, 64] x
+    [64, 64]; A operands from shared memory and issuing independent products together were slower with the
+    dense products. Three CTAs per SM (chunk_prep.py MAXNREG): 458 us; the substitution then: 415 us.) w and u
+    as chunk_wy_sm90 from registers against the shared k and v tiles (u's factor as hi + lo parts, w's in 16
+    bits), u stored before w's accumulator.
     Rows past the sequence end: k and v rows zeroed in shared memory, their gates 0, not stored."""
     BT: gl.constexpr = k_desc.block_type.shape[0]
     K: gl.constexpr = k_desc.block_type.shape[1]
@@ -264,8 +289,11 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         bb = gl.where(ok, bb, 0.0)
         gc = gl.associative_scan(gg, 0, _add)
         gl.store(gcum + (t0 + r) * s_ct + hv * s_ch, gc, mask=ok)
-        gc = gl.convert_layout(gc, row)
-        bb = gl.convert_layout(bb, row)
+        # gc and bb reach the MMA's rows and columns, and the key norms (below) its columns, through one shared
+        # round trip and one barrier (five convert_layouts took seven barriers)
+        vec_s = gl.allocate_shared_memory(gl.float32, [3, BT], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        vec_s.index(0).store(gc)
+        vec_s.index(1).store(bb)
         r = gl.arange(0, BT, layout=row)
         ok = t0 + r < eos
 
@@ -277,6 +305,10 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         kt = k_smem.permute((1, 0))
         kk = warpgroup_mma(k_smem, kt, gl.zeros([BT, BT], gl.float32, mma_s), use_acc=False, is_async=True)
         rk = inv_norm(k_smem, L2NORM, mma_s)
+        vec_s.index(2).store(rk)
+        gl.thread_barrier()
+        gc = vec_s.index(0).load(row)
+        bb = vec_s.index(1).load(row)
         kk, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(kk, k_smem, kt))
         if rkn is not None:
             # the key norms for the state pass, by one v-head of each k head (a mask, not a branch)
@@ -284,33 +316,26 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
 
         c = gl.arange(0, BT, layout=col)
         ok_c = t0 + c < eos
-        gc_c = gl.convert_layout(gc, col)
-        rk_c = gl.convert_layout(rk, col)
+        gc_c = vec_s.index(0).load(col)
+        rk_c = vec_s.index(2).load(col)
         low = (r[:, None] > c[None, :]) & ok[:, None] & ok_c[None, :]
         decay = gl.exp(gl.where(low, gc[:, None] - gc_c[None, :], 0.0))
         nm = gl.where(low, kk * (bb * rk)[:, None] * rk_c[None, :] * decay, 0.0)
         # A's per-token column factors for u and w, taken now: column vectors cost 16 registers each in
         # this layout, and gc_c, rk_c kept live across the solve pushed it past 168 registers
-        bc = gl.convert_layout(bb, col)
+        bc = vec_s.index(1).load(col)
         wc = bc * gl.exp(gc_c) * rk_c
 
-        # A = (I + N)^-1 on growing diagonal blocks, every product between structured tiles:
-        # 16x16 blocks, (I + D)^-1 = (I - D)(I + D^2)(I + D^4)(I + D^8), the blocks kept as row-stacks [64, 16]
-        # (row r holds its block's row: N's diagonal blocks are _cols(nm, .., 0, True)) and multiplied block by
-        # block (_bd_mm)
+        # A = (I + N)^-1 on growing diagonal blocks. The 16x16 ones by forward substitution on the CUDA cores
+        # (_tri_inv16), kept as row-stacks [64, 16] (row r holds its block's row: N's diagonal blocks are
+        # _cols(nm, .., 0, True)). They were six dependent block products by doubling, (I + D)^-1 =
+        # (I - D)(I + D^2)(I + D^4)(I + D^8), each a wgmma round trip: 2956 of a lone CTA's 13950 cycles (H100,
+        # clock64 per phase); the substitution took this kernel from 62.2 to 57.0 us at 1x4096, 468.6 -> 415.1
+        # at 8x4096, 449.4 -> 409.4 at 1x32768, 483.0 -> 455.1 at 64x512 (2026-11-23, same process), with the
+        # outputs' error against the float64 recurrence unchanged.
         rq = gl.arange(0, BT, layout=gl.SliceLayout(1, mma_q))
-        eye_st = gl.where((rq % 16)[:, None] == gl.arange(0, 16, layout=gl.SliceLayout(0, mma_q))[None, :], 1.0, 0.0)
-        d_st = _cols(nm, blk3, mma_q, 0, True)
-        xi_st = eye_st - d_st
-        # a loop, not unrolled: ncu put 15% of the stall samples on instruction fetch (H100, same run: 8x4096
-        # 0.469 -> 0.458 ms, 1x32768 0.467 -> 0.443, at the cost of a 16-byte spill). The loop is ~15% of the
-        # kernel (one iteration fewer, wrong numbers: 8x4096 0.458 -> 0.436 ms). Tried: the same six products in
-        # four levels instead of six (D^2; D D^2 with D^2 D^2; D^4 D^4 with X4 D^4; X8 D^8, each level's pair of
-        # products in flight together against one stored B): 152 bytes of spill at 168 registers, and slower
-        # (H100, 2026-11-22: 8x4096 0.458 -> 0.523 ms, 1x4096 0.064 -> 0.070).
-        for i in range(3):
-            d_st = _bd_mm(d_st, d_st, zh.index(0), zl.index(0), a_q, mma_q)
-            xi_st = _bd_mm(xi_st, eye_st + d_st, zh.index(1), zl.index(1), a_q, mma_q)
+        d_s = gl.allocate_shared_memory(gl.float32, [BT, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        xi_st = _tri_inv16(_cols(nm, blk3, mma_q, 0, True), d_s, mma_q)
         # 32x32 blocks: with E1 = N's blocks (1,0) and (3,2), (xi E1)^2 = 0, so X32 = xi - xi E1 xi; as row-stacks
         # P_b = X_b E1_b, then P_b X_(b-1), placed one block below the diagonal
         odd = ((rq // 16) % 2) == 1
@@ -325,14 +350,18 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         q = _mm(q, _cols(x32, half3, mma_h, 0, False), xh.index(1), xl.index(1), a_h, mma_h)
         ai = x32 - _place(q, half3, mma_s, 0, False)
 
-        # w and u (chunk_wy_sm90): A's per-token column factors folded in, hi + lo parts against k and v
+        # w and u (chunk_wy_sm90): A's per-token column factors folded in, against v and k; u's factor as hi + lo
+        # parts, w's rounded to 16 bits (one MMA). w meets the state only through w h, whose h is 16-bit already:
+        # on an H100 (2026-11-23, 1x4096 / 3x777 against the float64 recurrence) w's split bought nothing (output
+        # error 3.40e-3 either way) and cost 1.3% at 1x4096 and 2.5% at 8x4096 (prefill 147.0 -> 145.1 us,
+        # 913.5 -> 890.8); u's split matters (without it 3.79e-3, state 2.45e-3 -> 2.97e-3).
         u_acc, ua_hi, ua_lo = split_mma(ai * bc[None, :], v_smem, gl.zeros([BT, V], gl.float32, mma_u), a_u, False)
         u_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(u_acc, v_smem, ua_hi, ua_lo))
         # u stored before w's accumulator goes live: one [64, 128] fp32 accumulator at a time (registers);
         # a whole chunk's u leaves by TMA while w's product runs
         _store_rows(u_acc, u_desc, u, t0, eos, hv, s_ut, s_uh, blk)
-        w_acc, wa_hi, wa_lo = split_mma(ai * wc[None, :], k_smem,
-                                        gl.zeros([BT, K], gl.float32, mma_w), a_w, False)
-        w_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(w_acc, k_smem, wa_hi, wa_lo))
+        wa = gl.convert_layout((ai * wc[None, :]).to(DT), a_w)
+        w_acc = warpgroup_mma(wa, k_smem, gl.zeros([BT, K], gl.float32, mma_w), use_acc=False, is_async=True)
+        w_acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(w_acc, k_smem, wa))
         _store_rows(w_acc, w_desc, w, t0, eos, hv, s_wt, s_wh, blk)
         tma.store_wait(0)

@@ -14,9 +14,9 @@ from __future__ import annotations
 from gdn.common.triton.prefill import _common as PC
 from gdn.nvidia.gluon import _common as C
 
-# One warpgroup (the 64-row wgmma tiles). ptxas takes 179 registers; capped at 168 three CTAs fit an SM
-# (57.6 KB of shared memory each) instead of two (H100, 8x4096: 0.568 -> 0.479 ms; no spill then, 16 bytes
-# since the solve's doubling steps became a loop, which measured faster still).
+# One warpgroup (the 64-row wgmma tiles). Capped at 168 registers three CTAs fit an SM (61.4 KB of shared
+# memory each) instead of two (H100, 8x4096: 0.568 -> 0.479 ms when the cap came in). ptxas -v today: 168
+# registers, no spill (unbounded it takes 222).
 # Tried (H100, 2026-11-23 about 01:37 UTC, prefill under CUDA-graph replay, interleaved rounds): each CTA prefetching
 # into L2 the k and v rows of the CTA D programs later (D = 198 / 396 / 792, 396 = three CTAs per SM on 132
 # SMs), one prefetch.global.L2 per thread per tile: slower everywhere (1x4096 154.5 -> 162-163 us, 8x4096
