@@ -177,6 +177,13 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # (461), 64x512 pass 676 -> 578. The output's error against the float64 recurrence 3.02e-3 -> 3.40e-3 at
 # 1x4096 (FLA 4.43e-3, FlashInfer 4.46e-3; the spec bound for bf16 inputs 5e-3); the state is unchanged (the
 # scores feed only the output). With it OUT_REGS 248 stays best (240 the same, 232 / 224 slower).
+# Where a narrow chunk's time goes (H100, 2026-11-23 04:00 UTC, clock64 per phase in CTA 0, 1x4096 and 1x32768
+# alike, ~2630 cycles a chunk): the chain waits 409 for a ring slot, stores h 199, waits for tiles 97, w h with
+# the norms in its shadow 958, v_new's stores and hand-over 612, k^T v_new 280; the output waits for the next
+# hand-over and issues its MMAs 1041, forms the scores and issues P v_new 942, waits 93, releases 51, stores
+# 252, and runs ~2050 cycles behind the chain's hand-over. Moving the query norms from the chain to the
+# output (computed on the next chunk's q tile while its MMAs run) made it slower: this kernel 88.0 -> 98.2 us
+# at 1x4096, 638 -> 719 at 1x32768 (same process); the output bounds the pass more than its waits suggest.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3)}
