@@ -46,6 +46,14 @@ def exp2_ftz(x):
 
 
 @gluon.jit
+def log2_ftz(x):
+    """log2(x) by one MUFU.LG2 (lg2.approx.ftz.f32; 0 gives -inf). gl.log2 lowers to libdevice's software
+    log2 (about fifteen FMAs an element)."""
+    return gl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
 def inv_norm(x_smem, USE: gl.constexpr, layout: gl.constexpr):
     """rsqrt(sum(x^2) + 1e-6) per row of the 16-bit tile in x_smem, fp32 in SliceLayout(1, layout) (ones when
     not USE). The kernels keep q and k raw in shared memory (the MMA operands stay the exact inputs) and apply
