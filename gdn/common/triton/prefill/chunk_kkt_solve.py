@@ -14,8 +14,11 @@ Solve: the four diagonal 16x16 blocks D at once as a batch [4, 16, 16]: D^16 = 0
 off-diagonal blocks, M^4 = 0): four 64x64 tl.dot products, i.e. blocked forward substitution written as
 matmuls; tf32 for those when the inputs are 16-bit ("ieee" for fp32 inputs). The doubling replaced a
 15-step row substitution whose cross-lane reductions dominated the prep kernel (H100, 8x4096: prep
-1.29 -> 0.94 ms; w and u within 1e-5 of the substitution's). Doubling stays inside 16x16 blocks: over
-the whole 64x64 tile the powers of N grow large for correlated keys and tf32 loses the result.
+1.29 -> 0.94 ms; w and u within 1e-5 of the substitution's). (The Gluon first kernel on sm_90 went the
+other way: its substitution keeps each block column in one thread's registers, a layout Gluon lets it pick,
+so no cross-lane reduction is left; gdn/nvidia/gluon/_chunk_prep_kernels.py `_tri_inv16`.) Doubling stays
+inside 16x16 blocks: over the whole 64x64 tile the powers of N grow large for correlated keys and tf32
+loses the result.
 K K^T is taken on the raw keys (exact products of the 16-bit inputs) and the l2norm applied as row and
 column scales. `kkt_solve_tile` is shared with prefill's fused first kernel.
 """
