@@ -2,9 +2,11 @@
 
     python bench/bench_cutedsl_decode.py                 # main table (< 4 min)
     python bench/bench_cutedsl_decode.py --sweep --no-peers --only vk-fp32,vk-bf16
-                                                         # time every tile of C.sweep_tiles per batch (each
-                                                         # checked against the reference at every B first);
-                                                         # prints TILES entries
+                                                         # time every tile of C.sweep_tiles (and the "n"
+                                                         # twins at B <= 32) per batch, each checked against
+                                                         # the reference at every B first; the best six, the
+                                                         # table's tile and the Triton decode then in three
+                                                         # interleaved rounds; prints TILES entries
     python bench/bench_cutedsl_decode.py --regs          # no GPU: ptxas registers / spills of every sweep tile
     options: --quick (fewer sizes), --no-peers, --csv out.csv, --only vk-fp32,vk-bf16,kv-fp32,kv-bf16,mtp
 
@@ -34,6 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gdn.common import launch as L  # noqa: E402
 from gdn.common.timing import copy_bandwidth, rel  # noqa: E402
 from gdn.common.timing import graph_time_us as graph_us  # noqa: E402
 
@@ -266,11 +269,11 @@ def main():
           f"{time.strftime('%Y-%m-%d')}, cold L2, CUDA-graph replay, us per call")
     print()
     if args.sweep:
-        print("| case | B | best tile | us | % copy bw | runner-up | us | default tile | us |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| case | B | best tile | us | % copy bw | runner-up | us | table tile | us | triton us |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['case']} | {r['B']} | {r['tile']} | {r['us']:.2f} | {r['pct']:.1f}% | {r['second']} | "
-                  f"{r['second_us']} | {r['default']} | {r['default_us']} |")
+                  f"{r['second_us']} | {r['default']} | {r['default_us']} | {r['triton_us']} |")
     else:
         print("| case | B | tile | cutedsl us | % copy bw | floor us | flashinfer us | cutedsl vs flashinfer |")
         print("|---|---|---|---|---|---|---|---|")
@@ -340,40 +343,72 @@ def measure(args, C, arch, l2, bw, B, sd, lay, T, peers):
     return row
 
 
+def sweep_candidates(C, arch, lay, sd, T, B):
+    """C.sweep_tiles, plus the "n" twin (no L2 prefetch before the PDL wait) of each tile that run() launches
+    with PDL at this B when B <= 32 (the prefetch pays only where the grid is resident early)."""
+    out = []
+    for t in C.sweep_tiles(arch, lay, sd, T, K, V):
+        out.append(t)
+        spec = C.base_spec(arch, layout=lay, state=sd, T=T, tile=t)
+        if B <= 32 and "s" not in C.split_tile(t)[2] and B * spec.ctas() <= L.PDL_MAX_PROGRAMS:
+            out.append(C.with_opts(t, "n"))
+    return out
+
+
 def sweep(args, C, arch, l2, bw, Bs, variants, mtp):
-    """Every tile of C.sweep_tiles at every B, each checked against the reference at that B before it is
-    timed (a wrong tile is reported and not timed); prints the best per (case, bucket) as TILES entries for
-    gdn/nvidia/cutedsl/_common.py."""
+    """Every tile of `sweep_candidates` at every B, each checked against the reference at that B before it is
+    timed (a wrong tile is reported and not timed): each timed once (short warm-up), then the six fastest,
+    the table's tile and the Triton decode in three interleaved rounds (median). Prints the best per (case,
+    bucket) as TILES entries under this GPU's table key (`C.table_key_of`)."""
+    from gdn.common import timing
+    from gdn.common.registry import get
+    tkey = C.table_key_of(torch.device(DEV), arch)
+    tkey = tkey if ":" in tkey else f"{arch}:{L.model_of(torch.cuda.get_device_name())}"
     rows, entries, wrong = [], {}, []
     cases = [(sd, lay, None, B) for sd, lay in variants for B in Bs]
     cases += [(torch.float32, "vk", 4, B) for B in sorted({B for B, _ in mtp})]
     for sd, lay, T, B in cases:
-        tiles = C.sweep_tiles(arch, lay, DNAME[sd], T or 1, K, V)
         p = Problem(B, sd, lay, l2, T=T)
         ref = p.reference()
-        times = {}
-        for tile in tiles:
+        runs = {}
+        for tile in sweep_candidates(C, arch, lay, DNAME[sd], T or 1, B):
             calls, err = verified(p, lambda q, t=tile: cutedsl(q, t), ref)
             if err:
                 wrong.append(f"{case_name(sd, lay, T)} B={B} tile {C.tile_label(tile)}: {err}")
                 log(wrong[-1])
                 continue
-            times[tile] = graph_us(calls, max(5, args.replays // 2))
-        best = sorted(times.items(), key=lambda kv: kv[1])
-        if not best:
+            runs[tile] = calls
+        if not runs:
             continue
+        first = {}
+        wu = timing.warm_up
+        timing.warm_up = lambda step, ms=8.0: wu(step, ms)      # stage 1: a short warm-up per tile
+        try:
+            for tile, calls in runs.items():
+                first[tile] = graph_us(calls, 8)
+        finally:
+            timing.warm_up = wu
+        dflt = C.pick_tile(tkey, lay, DNAME[sd], K, V, B * HV, T or 1)
+        keep = {t: runs[t] for t in sorted(first, key=first.get)[:6]}
+        if dflt in runs:
+            keep[dflt] = runs[dflt]
+        tri = triton_calls(p, get)
+        if tri is not None:
+            keep["triton"] = tri
+        times = timing.interleaved_us(keep, max(5, args.replays), 3)
+        best = sorted(((t, u) for t, u in times.items() if t != "triton"), key=lambda kv: kv[1])
         (t1, u1), second = best[0], (best[1] if len(best) > 1 else (None, float("nan")))
         pct = 100 * p.floor_bytes / (u1 * 1e-6) / bw
-        dflt = C.tile_for(arch, lay, DNAME[sd], B * HV, T or 1)
-        dus = times.get(dflt)
-        log(f"{case_name(sd, lay, T)} B={B}: best {C.tile_label(t1)} {u1:.2f} us ({pct:.1f}%); default "
-            f"{C.tile_label(dflt)} {dus if dus is None else f'{dus:.2f}'}; "
+        dus, tus = times.get(dflt), times.get("triton")
+        log(f"{case_name(sd, lay, T)} B={B}: best {C.tile_label(t1)} {u1:.2f} us ({pct:.1f}%); table "
+            f"{C.tile_label(dflt)} {dus if dus is None else f'{dus:.2f}'}; triton {tus if tus is None else f'{tus:.2f}'}; "
             + ", ".join(f"{C.tile_label(t)}={u:.2f}" for t, u in best[1:8]))
         rows.append(dict(case=case_name(sd, lay, T), B=B, tile=C.tile_label(t1), us=u1, pct=pct,
                          second=C.tile_label(second[0]) if second[0] else "", second_us=f"{second[1]:.2f}",
-                         default=C.tile_label(dflt), default_us=f"{dus:.2f}" if dus else ""))
-        entries[(arch, lay, DNAME[sd], "decode" if T is None else "mtp", C.nh_bucket(B * HV))] = C.norm_tile(t1)
-        del p
+                         default=C.tile_label(dflt), default_us=f"{dus:.2f}" if dus else "",
+                         triton_us=f"{tus:.2f}" if tus else ""))
+        entries[(tkey, lay, DNAME[sd], "decode" if T is None else "mtp", C.nh_bucket(B * HV))] = C.norm_tile(t1)
+        del p, runs, keep
         torch.cuda.empty_cache()
     if wrong:
         print(f"\n# {len(wrong)} WRONG (case, B, tile) combinations -- these were not timed:")
@@ -383,6 +418,22 @@ def sweep(args, C, arch, l2, bw, Bs, variants, mtp):
     for k_, v_ in sorted(entries.items(), key=lambda kv: (kv[0][:4], kv[0][4])):
         print(f"    {k_!r}: {v_!r},")
     return rows
+
+
+def triton_calls(p: Problem, get):
+    """The Triton decode family on the same problem (its own table's config), for the sweep's comparison."""
+    try:
+        if p.T is None:
+            f = get("decode", "triton").fn
+            return [lambda c=c: f(p.q, p.k, p.v, p.a, p.b, p.A_log, p.dt_bias, p.pool, p.idx[c], p.out,
+                                  scale=p.scale, use_qk_l2norm=True, state_layout=p.layout) for c in range(p.n)]
+        f = get("decode_mtp", "triton").fn
+        return [lambda c=c: f(p.q, p.k, p.v, p.a, p.b, p.A_log, p.dt_bias, p.pool, p.idx[c], p.out, p.inter[c],
+                              None, None, disable_state_update=True, scale=p.scale, use_qk_l2norm=True,
+                              state_layout=p.layout) for c in range(p.n)]
+    except Exception as e:          # no Triton on this host: the sweep goes on without the comparison
+        log(f"triton decode unavailable: {type(e).__name__}: {e}")
+        return None
 
 
 if __name__ == "__main__":

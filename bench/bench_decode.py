@@ -10,8 +10,8 @@ bandwidth (large D2D copy, read+write bytes): decode reads and writes every acti
 it once and writes T intermediate states (fp32). Peers (FLA 0.6 fused_recurrent_gated_delta_rule,
 FlashInfer 0.7.2 gdn_decode) join when importable; every implementation's output is checked against gdn's
 fp32 reference before it is timed. gdn's slots are a random permutation of the pool; FLA takes no state
-indices and reads call c's contiguous slice, so with FLA the table also has gdn-triton-fla-slots: gdn on
-those same slots. Where gdn launches with PDL (sm_90+, gdn/common/launch.py `pdl_ok`) the main table also
+indices and reads call c's contiguous slice, so with FLA the table also has gdn-triton-fla-slots (and
+gdn-cutedsl-fla-slots where CuTeDSL is installed): gdn on those same slots. Where gdn launches with PDL (sm_90+, gdn/common/launch.py `pdl_ok`) the main table also
 has gdn-triton-nopdl: the same kernels and configs launched without it (GDN_PDL=0), and gdn-triton-noprefetch:
 with PDL but without the state tile's L2 prefetch before the wait (GDN_DECODE_PREFETCH=0). `--sweep` times the
 Triton kernel over a grid of (BV, num_warps, num_stages) per batch and prints the best configs as
@@ -25,7 +25,6 @@ import csv
 import datetime
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -33,6 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gdn.common import timing  # noqa: E402
 from gdn.common.timing import copy_bandwidth, graph_time_us, rel  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
@@ -47,16 +47,7 @@ ROUNDS = 3    # each implementation (and --sweep config) timed this many times, 
 
 
 def interleaved_us(runs: dict, replays: int, context=lambda key: contextlib.nullcontext()) -> dict:
-    """{key: median per-call us} of each key's calls, all timed in ROUNDS interleaved rounds (graph_time_us each
-    time, inside context(key)): a kernel's time drifts by more than configs or implementations differ, so
-    ones timed one after another can rank by when they ran (a row timed once, first after the checks, read
-    212.6 us where the same kernel read 189.7 a row later: fp32 B=128, H100)."""
-    times = {key: [] for key in runs}
-    for _ in range(ROUNDS):
-        for key, calls in runs.items():
-            with context(key):
-                times[key].append(graph_time_us(calls, replays))
-    return {key: statistics.median(ts) for key, ts in times.items()}
+    return timing.interleaved_us(runs, replays, ROUNDS, context)
 
 
 def n_rot(per_call_bytes: int, l2: int, lo=2, hi=128) -> int:
@@ -159,6 +150,10 @@ def on_fla_slots(p: Decode) -> Decode:
 
 def gdn_triton_fla_slots(p: Decode):
     return None if p.T is not None else gdn_triton(on_fla_slots(p))
+
+
+def gdn_cutedsl_fla_slots(p: Decode):
+    return None if p.T is not None else gdn_impl(on_fla_slots(p), None, "cutedsl")
 
 
 def row_context(name: str):
@@ -278,7 +273,7 @@ def checked(name, p, make):
         if res is None:
             return None, "n/a"
         calls, check = res
-        if name == "gdn-triton-fla-slots":
+        if name.endswith("-fla-slots"):
             got, ref = check(), on_fla_slots(p).reference(0)
         elif name.startswith("gdn-"):
             got, ref = check(), p.reference(0)
@@ -376,6 +371,8 @@ def main():
         others = {} if args.no_peers else other_backends(p)
         # with FLA, gdn once more on FLA's slots (contiguous; the main row's are a random permutation)
         fla_slots = [("gdn-triton-fla-slots", gdn_triton_fla_slots)] if "fla-0.6" in peers else []
+        if fla_slots and "gdn-cutedsl" in others:
+            fla_slots.append(("gdn-cutedsl-fla-slots", gdn_cutedsl_fla_slots))
         runs = []
         for name, make in triton_rows + list(others.items()) + list(peers.items()) + fla_slots:
             with row_context(name):
@@ -485,7 +482,7 @@ def main():
             del p
             torch.cuda.empty_cache()
         rows += sweep_rows
-        model = D.model_of(info.name)
+        model = L.model_of(info.name)
         tkey = f"{info.arch}:{model}" if model else info.arch     # rows for this GPU model (decode.table_key_of)
         print("\n# CONFIGS entries for gdn/common/triton/decode.py (table key %s):" % tkey)
         print("CONFIGS.update({")

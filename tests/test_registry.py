@@ -84,15 +84,19 @@ def test_arch_priority_reorders_on_that_arch_only(fake_op, monkeypatch):
     assert registry.select("toy", props()).backend == "arch_ranked"
 
 
-def test_decode_family_dispatch_on_hopper_prefers_triton():
-    """The CuTeDSL decode family ranks below the Triton one on sm_90 (measured slower there at most points of
-    the 2026-11-23 H100 and H200 tables) and first on sm_100."""
+def test_decode_family_dispatch_order():
+    """CuTeDSL decode and decode_packed rank first on sm_90 and sm_100 (faster than or level with Triton at 18 of
+    21 points of the 2026-11-23 05:05 / 05:12 H100 and H200 tables); decode_mtp ranks below the Triton one on
+    sm_90 (slower at T = 2 there) and first on sm_100."""
     import gdn.common.triton  # noqa: F401  (registers the Triton backends)
     import gdn.nvidia.cutedsl  # noqa: F401
     for op in ("decode", "decode_mtp", "decode_packed"):
         cute, tri = registry.get(op, "cutedsl"), registry.get(op, "triton")
-        assert cute.priority_on("sm_90") < tri.priority_on("sm_90"), op
         assert cute.priority_on("sm_100") > tri.priority_on("sm_100"), op
+        if op == "decode_mtp":
+            assert cute.priority_on("sm_90") < tri.priority_on("sm_90"), op
+        else:
+            assert cute.priority_on("sm_90") > tri.priority_on("sm_90"), op
 
 
 def test_dispatch_log_once(fake_op, monkeypatch, caplog):

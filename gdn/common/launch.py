@@ -195,6 +195,25 @@ def is_amd(arch: str) -> bool:
     return arch.startswith("gfx")
 
 
+def model_of(name: str) -> str | None:
+    """GPU model token of a device name: "NVIDIA H200" -> "h200", "NVIDIA H100 80GB HBM3" -> "h100"."""
+    parts = name.split()
+    return parts[1].lower() if len(parts) > 1 and parts[0] in ("NVIDIA", "AMD") else None
+
+
+def model_table_key(device: torch.device, arch: str, table_archs) -> str:
+    """The key a per-arch config table is read with on `device`: "<arch>:<model>" (e.g. "sm_90:h200") where
+    `table_archs` (the table's arch keys) has rows measured on that GPU model, else `arch`. One arch spans
+    memory systems that want different tiles (an H200 moves 1.4x the bytes per second of an H100). Never a
+    model key under GDN_ARCH (the arch is not the device's own) or off the GPU (meta tensors: AOT compiles)."""
+    if device.type != "cuda":
+        return arch
+    info = probe.device_info(device)
+    model = None if info.arch_overridden else model_of(info.name)
+    tagged = f"{arch}:{model}"
+    return tagged if model and tagged in set(table_archs) else arch
+
+
 def pick(table: dict, arch: str, bucket, default):
     """Config from a table keyed by (arch, bucket), then (arch family, bucket), then bucket.
 

@@ -2,6 +2,7 @@
 relative error. Method: ../shared/device METHOD (events around the region, median of many replays)."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -68,6 +69,20 @@ def graph_time_us(calls, replays: int = 20) -> float:
         ts.append(e0.elapsed_time(e1) * 1e3)
     del g
     return statistics.median(ts) / len(calls)
+
+
+def interleaved_us(runs: dict, replays: int, rounds: int = 3,
+                   context=lambda key: contextlib.nullcontext()) -> dict:
+    """{key: median per-call us} of each key's calls, all timed in `rounds` interleaved rounds (graph_time_us
+    each time, inside context(key)): a kernel's time drifts by more than configs or implementations differ,
+    so ones timed one after another can rank by when they ran (a row timed once, first after the checks, read
+    212.6 us where the same kernel read 189.7 a row later: fp32 B=128, H100)."""
+    times = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, calls in runs.items():
+            with context(key):
+                times[key].append(graph_time_us(calls, replays))
+    return {key: statistics.median(ts) for key, ts in times.items()}
 
 
 def rel(x: torch.Tensor, ref: torch.Tensor) -> float:

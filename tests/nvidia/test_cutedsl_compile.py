@@ -343,3 +343,32 @@ def test_bench_checks_survive_earlier_timed_calls(T, monkeypatch):
                 c()
     if T is None:
         assert not torch.equal(p.pool[p.idx[0].long()], p.init0)     # the timed calls did move the pool
+
+
+def test_tile_table_key_by_gpu_model(monkeypatch):
+    """An H200 reads its own TILES rows first, then the arch's, then default_tile; an H100 (no rows of its own),
+    an unknown sm_90 model and GDN_ARCH read the arch's. The AOT lists cover the tiles of every table key."""
+    import torch
+
+    from gdn.common import probe
+    from gdn.nvidia.cutedsl import _common as C
+    dev = torch.device("cuda", 7)                       # never touched: device_info is faked
+    for name, overridden, want in (("NVIDIA H200", False, "sm_90:h200"), ("NVIDIA H100 80GB HBM3", False, "sm_90"),
+                                   ("NVIDIA H20", False, "sm_90"), ("NVIDIA H200", True, "sm_90")):
+        info = probe.DeviceInfo("cuda", "nvidia", "sm_90", name, 132, 50 << 20, arch_overridden=overridden)
+        monkeypatch.setattr(probe, "device_info", lambda d=None, info=info: info)
+        monkeypatch.setattr(C, "_TABLE_KEY", {})
+        assert C.table_key_of(dev, "sm_90") == want, name
+    monkeypatch.setattr(C, "TILES", {("sm_90", "vk", "fp32", "decode", 32): (4, 1),
+                                     ("sm_90", "vk", "fp32", "decode", 256): (2, 4),
+                                     ("sm_90:h200", "vk", "fp32", "decode", 256): (16, 1, "en")})
+    C.pick_tile.cache_clear()
+    try:
+        pick = lambda key, nh: C.pick_tile(key, "vk", "fp32", 128, 128, nh, 1)  # noqa: E731
+        assert pick("sm_90:h200", 256) == (16, 1, "en") and pick("sm_90", 256) == (2, 4)
+        assert pick("sm_90:h200", 32) == (4, 1)                                   # the arch's row
+        assert pick("sm_90:h200", 2048) == C.default_tile("sm_90", "vk", "fp32", 128, 128, 2048, 1)
+        assert C.table_keys("sm_90") == ["sm_90", "sm_90:h200"] and C.table_keys("sm_100") == ["sm_100"]
+        assert (16, 1, "en") in C.table_tiles("sm_90", "vk", "fp32")
+    finally:
+        C.pick_tile.cache_clear()

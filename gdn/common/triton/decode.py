@@ -405,25 +405,14 @@ def arch_of(device) -> str:
 _TABLE_KEY: dict = {}
 
 
-def model_of(name: str) -> str | None:
-    """GPU model token of a device name: "NVIDIA H200" -> "h200", "NVIDIA H100 80GB HBM3" -> "h100"."""
-    parts = name.split()
-    return parts[1].lower() if len(parts) > 1 and parts[0] in ("NVIDIA", "AMD") else None
-
-
 def table_key_of(device) -> str:
-    """The config-table key of `device`: "<arch>:<model>" (e.g. "sm_90:h200") where CONFIGS has entries
-    measured on that GPU model, else the arch. One arch spans memory systems that want different tiles
-    (an H200 moves 1.4x the bytes per second of an H100; its own sweep beats the H100 table by up to 12%)."""
+    """The config-table key of `device` (`launch.model_table_key`): "sm_90:h200" on an H200, whose own sweep
+    beats the H100 rows by up to 12%; else the arch. Cached per device (the decode hot path)."""
     if device.type == "meta":
         return L.current_arch(device)
     key = _TABLE_KEY.get(device)
     if key is None:
-        arch = arch_of(device)
-        info = probe.device_info(device)
-        model = None if info.arch_overridden else model_of(info.name)
-        tagged = f"{arch}:{model}"
-        key = _TABLE_KEY[device] = tagged if model and any(k[0] == tagged for k in CONFIGS) else arch
+        key = _TABLE_KEY[device] = L.model_table_key(device, arch_of(device), (k[0] for k in CONFIGS))
     return key
 
 

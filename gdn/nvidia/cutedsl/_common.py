@@ -34,17 +34,19 @@ from gdn.common import launch as L
 
 REQUIRES = ("nvidia-cutlass-dsl>=4.8.1",)
 ARCHS = ("sm_90", "sm_100")
-# Dispatch order per arch (registry.Impl.arch_priority): first on sm_100 (issue #6), but below the Triton decode
-# family (priority 10) on sm_90, where that one measured faster at most points (2026-11-23, with this family's
-# L2 prefetch; bench/results/decode_h100_2026-11-23_0101.md and decode_h200_2026-11-23_0051.md): this family
-# was 1-2% faster at 4 (H100) and 5 (H200) of 30 points (fp32 / bf16 at B = 64..256, MTP at B = 32, 128) and
-# slower at the rest, by up to 34% (KV B=1; fp32 VK B=1: H100 3.15 against 2.60 us, H200 3.11 against 2.38).
-# (Its B=8 rows lost the prefetch after those tables ("n" in TILES): H200 fp32 VK B=8 10.46 us at 01:21 UTC,
-# where the Triton one read 10.59-10.69 in the day's tables.) The dispatch ranks backends per op and arch, not
+# Dispatch order per arch (registry.Impl.arch_priority): decode and decode_packed first on sm_90 and sm_100 (issue
+# #6). With the tile tables of 2026-11-23 04:45-05:08 UTC (one- and two-warp vk tiles, 64/128-column kv tiles,
+# per-GPU rows) this family's decode was faster than or level with the Triton one at 18 of 21 points on both an
+# H100 and an H200 (bench/results/decode_h100_2026-11-23_0505.md, decode_h200_2026-11-23_0512.md) and at most
+# 3.4% slower at the other 3 (bf16 B = 8 / 32, fp32 B = 1 or 32); before those tables it lost at 26 of 30
+# points. decode_mtp stays below the Triton family on sm_90 (MTP_ARCH_PRIORITY): its rows are chosen at T = 4,
+# and at T = 2 it was slower at every B (B = 8: 7.8 / 7.9% on the H100 / H200; a T = 2 sweep on the H200 found
+# tiles within 0.9% of Triton there, not yet in the table). The dispatch ranks backends per op and arch, not
 # per batch. GDN_BACKEND=cutedsl still selects it.
 PRIORITY = 40
-ARCH_PRIORITY = {"sm_90": 5}
-SM90_NOTE = " (on sm_90 dispatch prefers the Triton decode family, measured faster there)"
+ARCH_PRIORITY: dict = {}
+MTP_ARCH_PRIORITY = {"sm_90": 5}
+MTP_SM90_NOTE = " (on sm_90 dispatch prefers the Triton decode_mtp, measured faster there at T = 2)"
 TARGET = {"sm_90": "sm_90a", "sm_100": "sm_100a"}
 HEAD_DIMS = frozenset({64, 128, 256})
 MAX_T = 16
@@ -109,34 +111,88 @@ class Spec:
 NH_BUCKETS = (32, 64, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 # Filled from `python bench/bench_cutedsl_decode.py --sweep` on real hardware; keys
-# (arch, layout, state dtype, "decode" | "mtp", bucket), values tiles (a, warps) or (a, warps, opts).
-# Missing keys (and entries that do not fit the head dims) fall back to `default_tile`.
-# sm_90: from `python bench/bench_cutedsl_decode.py --sweep` on an H100 80GB HBM3, 2026-11-22 (every tile
-# checked against the reference before timing; tests/gpu/test_cutedsl_gpu.py 194/194 on that GPU).
+# (table key, layout, state dtype, "decode" | "mtp", bucket), values tiles (a, warps) or (a, warps, opts); the table
+# key is the arch or "<arch>:<model>" (`table_key_of`). Missing keys (and entries that do not fit the head dims)
+# fall back to the arch's row, then to `default_tile`.
+# sm_90: `bench_cutedsl_decode.py --sweep --no-peers` on an H100 80GB HBM3, 2026-11-23 04:54-04:59 UTC, with the one-
+# and two-warp vk tiles and the "n" twins (every tile checked against the reference first; the six fastest, the
+# previous row's tile and the Triton decode in three interleaved rounds). Against the rows it replaced (the
+# 2026-11-22 sweep: 4 and 8 warps only, one round, before the L2 prefetch), us: fp32 VK B=1 3.18 -> 2.60 (4x1;
+# Triton 2.61), B=8 13.12 -> 12.69, B=512 743.8 -> 732.7; bf16 B=512 392.2 -> 371.0; KV B=1 3.54 -> 2.68; MTP
+# T=4 B=128 479.3 -> 472.8.
 TILES: dict = {
-    ('sm_90', 'vk', 'bf16', 'decode', 32): (4, 4, 'es'),
-    ('sm_90', 'vk', 'bf16', 'decode', 256): (16, 8),
-    ('sm_90', 'vk', 'bf16', 'decode', 1024): (8, 8, 'es'),
-    ('sm_90', 'vk', 'bf16', 'decode', 2048): (8, 8),
-    ('sm_90', 'vk', 'bf16', 'decode', 4096): (16, 4),
-    ('sm_90', 'vk', 'bf16', 'decode', 8192): (16, 8, 'es'),
-    ('sm_90', 'vk', 'bf16', 'decode', 16384): (4, 4, 'e'),
-    ('sm_90', 'vk', 'fp32', 'decode', 32): (1, 8, 'e'),
-    ('sm_90', 'vk', 'fp32', 'decode', 256): (16, 4, 'n'),
-    ('sm_90', 'vk', 'fp32', 'decode', 1024): (16, 4),
-    ('sm_90', 'vk', 'fp32', 'decode', 2048): (4, 8, 'e'),
-    ('sm_90', 'vk', 'fp32', 'decode', 4096): (16, 4),
-    ('sm_90', 'vk', 'fp32', 'decode', 8192): (16, 4),
-    ('sm_90', 'vk', 'fp32', 'decode', 16384): (4, 4),
-    ('sm_90', 'vk', 'fp32', 'mtp', 256): (4, 8, 'n'),
+    ('sm_90', 'vk', 'bf16', 'decode', 32): (8, 4, 's'),
+    ('sm_90', 'vk', 'bf16', 'decode', 256): (4, 4, 'es'),
+    ('sm_90', 'vk', 'bf16', 'decode', 1024): (16, 2),
+    ('sm_90', 'vk', 'bf16', 'decode', 2048): (16, 4, 'e'),
+    ('sm_90', 'vk', 'bf16', 'decode', 4096): (16, 2, 'e'),
+    ('sm_90', 'vk', 'bf16', 'decode', 8192): (16, 8, 'e'),
+    ('sm_90', 'vk', 'bf16', 'decode', 16384): (16, 8, 'e'),
+    ('sm_90', 'vk', 'fp32', 'decode', 32): (4, 1),
+    ('sm_90', 'vk', 'fp32', 'decode', 256): (2, 4, 'es'),
+    ('sm_90', 'vk', 'fp32', 'decode', 1024): (16, 1, 'e'),
+    ('sm_90', 'vk', 'fp32', 'decode', 2048): (4, 4, 'e'),
+    ('sm_90', 'vk', 'fp32', 'decode', 4096): (8, 8, 'e'),
+    ('sm_90', 'vk', 'fp32', 'decode', 8192): (8, 8, 'e'),
+    ('sm_90', 'vk', 'fp32', 'decode', 16384): (16, 8, 's'),
+    # kv: a second sweep at 05:01 UTC with 64- and 128-column tiles (the first offered at most 32): fp32
+    # B=256 396.2 -> 368.1 us, B=512 783.6 -> 733.3 (Triton 371.9 / 746.7); bf16 (no rows before: default tiles)
+    # B=512 397.5 -> 391.4 (Triton 624.3)
+    ('sm_90', 'kv', 'fp32', 'decode', 32): (32, 2),
+    ('sm_90', 'kv', 'fp32', 'decode', 256): (32, 4),
+    ('sm_90', 'kv', 'fp32', 'decode', 1024): (64, 8, 'e'),
+    ('sm_90', 'kv', 'fp32', 'decode', 2048): (64, 8, 'e'),
+    ('sm_90', 'kv', 'fp32', 'decode', 4096): (64, 8, 'e'),
+    ('sm_90', 'kv', 'fp32', 'decode', 8192): (64, 8, 'e'),
+    ('sm_90', 'kv', 'fp32', 'decode', 16384): (128, 8),
+    ('sm_90', 'kv', 'bf16', 'decode', 32): (32, 2),
+    ('sm_90', 'kv', 'bf16', 'decode', 256): (32, 2, 'en'),
+    ('sm_90', 'kv', 'bf16', 'decode', 1024): (64, 4, 'e'),
+    ('sm_90', 'kv', 'bf16', 'decode', 2048): (64, 4, 'e'),
+    ('sm_90', 'kv', 'bf16', 'decode', 4096): (64, 4, 'e'),
+    ('sm_90', 'kv', 'bf16', 'decode', 8192): (64, 4, 'e'),
+    ('sm_90', 'kv', 'bf16', 'decode', 16384): (128, 8, 'e'),
+    ('sm_90', 'vk', 'fp32', 'mtp', 256): (8, 4, 'n'),
     ('sm_90', 'vk', 'fp32', 'mtp', 1024): (2, 4),
-    ('sm_90', 'vk', 'fp32', 'mtp', 4096): (16, 4),
-    # "n" (no prefetch before the PDL wait) where the prefetch measured slower on both an H100 and an H200,
-    # 2026-11-23 (decode tables 00:32 -> 01:01 and 00:25 -> 00:51): fp32 VK B=8 +8.5 / +9.0%, KV B=1 +5.3 /
-    # +4.2% (the default tile), MTP B=8 +1-3 / +3-4%. Checked on the H200 at 01:21 UTC (same tile with and
-    # without "n", interleaved rounds): VK B=8 11.46 -> 10.46 us, KV B=1 3.48 -> 3.36, MTP B=8 T=2 / 4
-    # 16.14 / 26.99 -> 15.88 / 25.94.
-    ('sm_90', 'kv', 'fp32', 'decode', 32): (8, 4, 'n'),
+    ('sm_90', 'vk', 'fp32', 'mtp', 4096): (4, 8),
+    # H200 (same sm_90, its own rows: `table_key_of`): a sweep on an NVIDIA H200, 2026-11-23 04:45-04:50 UTC, with the
+    # one- and two-warp vk tiles and the "n" twins at B <= 32 (each tile checked against the reference, timed
+    # once, the six fastest and the sm_90 row's tile again in three interleaved rounds; the method of
+    # bench_cutedsl_decode.py --sweep). Against the sm_90 rows on the H200, us: fp32 VK B=1 3.11 -> 2.37 (4x1),
+    # B=64 73.86 -> 70.78, B=512 557.5 -> 525.8; bf16 B=512 312.7 -> 273.5; KV B=1 3.37 -> 2.45, B=8 11.89 ->
+    # 10.60; MTP T=4 B=32 107.8 -> 90.8.
+    ('sm_90:h200', 'vk', 'fp32', 'decode', 32): (4, 1),
+    ('sm_90:h200', 'vk', 'fp32', 'decode', 256): (16, 1, 'en'),
+    ('sm_90:h200', 'vk', 'fp32', 'decode', 1024): (16, 1, 'n'),
+    ('sm_90:h200', 'vk', 'fp32', 'decode', 2048): (16, 4, 'e'),
+    ('sm_90:h200', 'vk', 'fp32', 'decode', 4096): (16, 4, 'e'),
+    ('sm_90:h200', 'vk', 'fp32', 'decode', 8192): (16, 4, 'e'),
+    ('sm_90:h200', 'vk', 'fp32', 'decode', 16384): (16, 8, 'e'),
+    ('sm_90:h200', 'vk', 'bf16', 'decode', 32): (8, 4, 's'),
+    ('sm_90:h200', 'vk', 'bf16', 'decode', 256): (16, 4),
+    ('sm_90:h200', 'vk', 'bf16', 'decode', 1024): (8, 2, 'e'),
+    ('sm_90:h200', 'vk', 'bf16', 'decode', 2048): (16, 1),
+    ('sm_90:h200', 'vk', 'bf16', 'decode', 4096): (16, 4),
+    ('sm_90:h200', 'vk', 'bf16', 'decode', 8192): (16, 8, 'es'),
+    ('sm_90:h200', 'vk', 'bf16', 'decode', 16384): (32, 4, 'es'),
+    # kv: a second H200 sweep with 64- and 128-column tiles, 05:07 UTC: fp32 B=512 584.2 -> 529.9 us (Triton 551.3)
+    ('sm_90:h200', 'kv', 'fp32', 'decode', 32): (32, 2),
+    ('sm_90:h200', 'kv', 'fp32', 'decode', 256): (64, 4, 'en'),
+    ('sm_90:h200', 'kv', 'fp32', 'decode', 1024): (64, 8, 'e'),
+    ('sm_90:h200', 'kv', 'fp32', 'decode', 2048): (64, 8, 'e'),
+    ('sm_90:h200', 'kv', 'fp32', 'decode', 4096): (64, 8, 'e'),
+    ('sm_90:h200', 'kv', 'fp32', 'decode', 8192): (64, 8, 'e'),
+    ('sm_90:h200', 'kv', 'fp32', 'decode', 16384): (128, 8, 'e'),
+    ('sm_90:h200', 'kv', 'bf16', 'decode', 32): (32, 2),
+    ('sm_90:h200', 'kv', 'bf16', 'decode', 256): (32, 2),
+    ('sm_90:h200', 'kv', 'bf16', 'decode', 1024): (64, 4, 'e'),
+    ('sm_90:h200', 'kv', 'bf16', 'decode', 2048): (64, 4),
+    ('sm_90:h200', 'kv', 'bf16', 'decode', 4096): (64, 4),
+    ('sm_90:h200', 'kv', 'bf16', 'decode', 8192): (64, 4),
+    ('sm_90:h200', 'kv', 'bf16', 'decode', 16384): (64, 4),
+    ('sm_90:h200', 'vk', 'fp32', 'mtp', 256): (8, 1, 'n'),
+    ('sm_90:h200', 'vk', 'fp32', 'mtp', 1024): (4, 4),
+    ('sm_90:h200', 'vk', 'fp32', 'mtp', 4096): (8, 4),
 }
 
 
@@ -259,10 +315,10 @@ def candidate_tiles(layout: str, state: str, K: int = 128, V: int = 128, vec_byt
                     opts: tuple = ("",)) -> list:
     """Every tile the kernel accepts for these head dims, with each of `opts` where it applies."""
     if layout == "vk":
-        base = [(rw, nw) for nw in (2, 4, 8) for rw in (1, 2, 4, 8, 16, 32)]
+        base = [(rw, nw) for nw in (1, 2, 4, 8) for rw in (1, 2, 4, 8, 16, 32)]
     else:
         (vec,) = geometry(layout, state, K, vec_bytes)
-        base = [(m * vec, nw) for m in (1, 2, 4, 8) for nw in (1, 2, 4, 8)]
+        base = [(m * vec, nw) for m in (1, 2, 4, 8, 16, 32) for nw in (1, 2, 4, 8)]
     cands = [norm_tile((a, nw, o)) for o in opts for a, nw in base]
     return [t for t in cands if tile_ok(layout, state, K, V, t, vec_bytes, T)]
 
@@ -273,19 +329,37 @@ SWEEP_OPTS = {("vk", 1): ("", "e", "s", "es"), ("vk", "mtp"): ("", "e"), ("kv", 
 
 def sweep_tiles(arch: str, layout: str, state: str, T: int = 1, K: int = 128, V: int = 128) -> list:
     """The tiles `bench/bench_cutedsl_decode.py --sweep` times (and tests/gpu/test_cutedsl_gpu.py checks
-    numerically, every one): 4 or 8 warps for vk, 2-8 for kv, each with the options that apply."""
+    numerically, every one): 1-8 warps for vk, 2-8 for kv, each with the options that apply. (One- and
+    two-warp vk tiles joined on 2026-11-23: at B = 1 the one-warp 4-row tile, the Triton decode's, is the
+    fastest on an H200, 2.37 us against the 3.11 of the earlier table's 1x8e.)"""
     opts = SWEEP_OPTS[(layout, 1 if T == 1 else "mtp")]
-    min_w = 4 if layout == "vk" else 2
+    min_w = 1 if layout == "vk" else 2
     return [t for t in candidate_tiles(layout, state, K, V, vec_bytes_for(arch), T, opts) if t[1] >= min_w]
 
 
 @functools.lru_cache(maxsize=4096)
 def pick_tile(arch: str, layout: str, state: str, K: int, V: int, nh: int, T: int, vec_bytes: int = 16) -> tuple:
+    """The table's tile for nh = B * HV states. `arch` is a table key (`table_key_of`): an arch, or
+    "<arch>:<model>" whose own rows come first, then the arch's, then `default_tile`."""
     kind = "decode" if T == 1 else "mtp"
-    hit = TILES.get((arch, layout, state, kind, nh_bucket(nh)))
-    if hit is not None and tile_ok(layout, state, K, V, norm_tile(hit), vec_bytes, T):
-        return norm_tile(hit)
-    return default_tile(arch, layout, state, K, V, nh, T, vec_bytes)
+    base = arch.split(":")[0]
+    for key in dict.fromkeys((arch, base)):
+        hit = TILES.get((key, layout, state, kind, nh_bucket(nh)))
+        if hit is not None and tile_ok(layout, state, K, V, norm_tile(hit), vec_bytes, T):
+            return norm_tile(hit)
+    return default_tile(base, layout, state, K, V, nh, T, vec_bytes)
+
+
+_TABLE_KEY: dict = {}
+
+
+def table_key_of(device, arch: str) -> str:
+    """The TILES key of `device` (`launch.model_table_key`): "sm_90:h200" on an H200, whose own sweep picks
+    other tiles than the H100's; else the arch. Cached per device (the decode hot path)."""
+    key = _TABLE_KEY.get(device)
+    if key is None:
+        key = _TABLE_KEY[device] = L.model_table_key(device, arch, (k[0] for k in TILES))
+    return key
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -389,15 +463,16 @@ def target_of(arch: str) -> str:
 
 def variant_spec(*, arch, layout, q, a, b, A_log, dt_bias, out, state, state_indices, H, HV, K, V, T,
                  use_qk_l2norm, update_state, inter, inter_indices, parent, tile, nh, s_align, i_align, q_align,
-                 o_align) -> Spec:
+                 o_align, table=None) -> Spec:
     """The Spec that run() compiles for these arguments: the forced `tile` (validated, canonical) or the
-    table's pick for nh = B * HV, and the vector width the alignments allow."""
+    table's pick for nh = B * HV (read with the table key `table`, default the arch), and the vector width
+    the alignments allow."""
     vb = vec_bytes_for(arch)
     if vb > min(s_align, i_align):
         vb = 16
     sd = dname(state.dtype)
     if tile is None:
-        tile = pick_tile(arch, layout, sd, K, V, nh, T, vb)
+        tile = pick_tile(table or arch, layout, sd, K, V, nh, T, vb)
     elif not tile_ok(layout, sd, K, V, tuple(tile), vb, T):
         raise ValueError(f"gdn cutedsl: tile {tuple(tile)} does not fit {layout} {sd} K={K} V={V} T={T} with "
                          f"{vb}-byte vectors (candidates: "
@@ -423,6 +498,7 @@ def run(*, q, k, v, q_addr, k_addr, v_addr, qkv_strides, a, b, ab_strides, A_log
         return
     HV = state.shape[1]
     arch = L.current_arch(state.device)
+    tkey = table_key_of(state.device, arch)
     es, eq = state.element_size(), q.element_size()
     (q_b, q_t), (k_b, k_t), (v_b, v_t) = qkv_strides
     s_align = align_of(state.data_ptr(), state.stride(0) * es, cap=32)
@@ -436,14 +512,14 @@ def run(*, q, k, v, q_addr, k_addr, v_addr, qkv_strides, a, b, ab_strides, A_log
            inter.dtype if inter is not None else None,
            inter_indices.dtype if inter_indices is not None else None,
            parent.dtype if parent is not None else None,
-           tuple(tile) if tile is not None else nh_bucket(B * HV), s_align, i_align, q_align, o_align, arch)
+           tuple(tile) if tile is not None else nh_bucket(B * HV), s_align, i_align, q_align, o_align, tkey)
     var = _LAUNCHERS.get(key)
     if var is None:
         var = _LAUNCHERS[key] = _Variant(variant_spec(
             arch=arch, layout=state_layout, q=q, a=a, b=b, A_log=A_log, dt_bias=dt_bias, out=out, state=state,
             state_indices=state_indices, H=H, HV=HV, K=K, V=V, T=T, use_qk_l2norm=use_qk_l2norm,
             update_state=update_state, inter=inter, inter_indices=inter_indices, parent=parent, tile=tile,
-            nh=B * HV, s_align=s_align, i_align=i_align, q_align=q_align, o_align=o_align))
+            nh=B * HV, s_align=s_align, i_align=i_align, q_align=q_align, o_align=o_align, table=tkey))
     launch = var.launcher(L.use_pdl(arch, (B * var.ctas,)))
     addrs = (q_addr, k_addr, v_addr, a.data_ptr(), b.data_ptr(), A_log.data_ptr(), dt_bias.data_ptr(),
              state.data_ptr(), state_indices.data_ptr(), out.data_ptr(),
@@ -642,24 +718,30 @@ def tile_for(arch: str, layout: str, state: str, nh: int, T: int = 1, K: int = 1
 TABLE_BATCHES = (1, 2, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-def table_tiles(arch: str, layout: str, state: str, K: int = 128, V: int = 128, T: int = 1, HV: int = 32) -> list:
-    """The distinct tiles the table picks for B in 1..1024 on `arch` (what the AOT matrix must cover)."""
+def table_keys(arch: str) -> list:
+    """`arch` and every "<arch>:<model>" key of TILES (the rows one arch's GPUs may read)."""
+    return [arch] + sorted({k[0] for k in TILES if k[0].startswith(arch + ":")})
+
+
+def _table_picks(arch, layout, state, K, V, T, HV, pdl_only):
     out = []
-    for B in TABLE_BATCHES:
-        t = tile_for(arch, layout, state, B * HV, T, K, V)
-        if t not in out:
-            out.append(t)
+    for key in table_keys(arch):
+        for B in TABLE_BATCHES:
+            t = pick_tile(key, layout, state, K, V, B * HV, T, vec_bytes_for(arch))
+            n = B * base_spec(arch, layout=layout, state=state, K=K, V=V, HV=HV, T=T, tile=t).ctas()
+            if t not in out and (not pdl_only or n <= L.PDL_MAX_PROGRAMS):
+                out.append(t)
     return out
+
+
+def table_tiles(arch: str, layout: str, state: str, K: int = 128, V: int = 128, T: int = 1, HV: int = 32) -> list:
+    """The distinct tiles the table picks for B in 1..1024 on `arch`, under every table key of it (what the AOT
+    matrix must cover)."""
+    return _table_picks(arch, layout, state, K, V, T, HV, False)
 
 
 def pdl_table_tiles(arch: str, layout: str, state: str, K: int = 128, V: int = 128, T: int = 1,
                     HV: int = 32) -> list:
     """The distinct tiles of table_tiles that run() launches with PDL at some of those batches (grid small
     enough for launch.use_pdl; GDN_PDL and the interpreter not consulted: this is what a GPU host runs)."""
-    out = []
-    for B in TABLE_BATCHES:
-        t = tile_for(arch, layout, state, B * HV, T, K, V)
-        n = B * base_spec(arch, layout=layout, state=state, K=K, V=V, HV=HV, T=T, tile=t).ctas()
-        if n <= L.PDL_MAX_PROGRAMS and t not in out:
-            out.append(t)
-    return out
+    return _table_picks(arch, layout, state, K, V, T, HV, True)

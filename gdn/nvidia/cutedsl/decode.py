@@ -70,4 +70,4 @@ register(Impl(op="decode", backend="cutedsl", fn=decode, archs=C.ARCHS, priority
               dtypes=IN_DTYPES, state_dtypes=STATE_DTYPES, layouts=("vk", "kv"), head_dims=C.HEAD_DIMS,
               validated_on=("sm_90",), interpretable=False, aot=_aot,
               notes="CuTeDSL; state tile in registers, V split over CTAs by a (arch, batch) table, "
-                    "symbolic batch, raw-pointer launch on the current stream" + C.SM90_NOTE))
+                    "symbolic batch, raw-pointer launch on the current stream"))

@@ -54,7 +54,7 @@ def aot_specs(arch: str) -> list:
     """Chain verify (fp32 intermediates, pool untouched) for T in 2, 4, 8 in vk; tree verify with read-back
     (fp32 buffer, explicit rows) and with recompute (bf16 buffer); the state update path; kv at T=4; the
     early-load option at T=4 and streamed rows at T=1; PDL twins of the T=4 chain (vk) and tree (kv) verify
-    at B=32 (run() launches grids that small with PDL)."""
+    at B=32 (run() launches grids that small with PDL); every T=4 table tile and its PDL twin."""
     specs = []
     for T in (2, 4, 8):
         specs.append(C.base_spec(arch, T=T, inter="fp32", update_state=False,
@@ -75,7 +75,13 @@ def aot_specs(arch: str) -> list:
     specs.append(C.base_spec(arch, T=4, inter="fp32", update_state=False, tile=tile, pdl=True))
     specs.append(C.base_spec(arch, layout="kv", T=4, inter="fp32", parent="i32", update_state=False, pdl=True,
                              tile=C.tile_for(arch, "kv", "fp32", 32 * 32, 4)))
-    return specs
+    # every tile the MTP rows pick under each table key of the arch (an H200 has its own), with the PDL twin of
+    # those run() launches with PDL
+    for t in C.table_tiles(arch, "vk", "fp32", T=4):
+        specs.append(C.base_spec(arch, T=4, inter="fp32", update_state=False, tile=t))
+    for t in C.pdl_table_tiles(arch, "vk", "fp32", T=4):
+        specs.append(C.base_spec(arch, T=4, inter="fp32", update_state=False, tile=t, pdl=True))
+    return list(dict.fromkeys(specs))
 
 
 def _aot(arch: str) -> list:
@@ -83,8 +89,8 @@ def _aot(arch: str) -> list:
 
 
 register(Impl(op="decode_mtp", backend="cutedsl", fn=decode_mtp, archs=C.ARCHS, priority=C.PRIORITY,
-              arch_priority=C.ARCH_PRIORITY,
+              arch_priority=C.MTP_ARCH_PRIORITY,
               requires=C.REQUIRES, dtypes=IN_DTYPES, state_dtypes=STATE_DTYPES, layouts=("vk", "kv"),
               head_dims=C.HEAD_DIMS, check=_check, validated_on=("sm_90",), interpretable=False, aot=_aot,
               notes="the CuTeDSL decode kernel with compile-time T <= 16; tree verify reads back (fp32 "
-                    "buffer) or recomputes parents" + C.SM90_NOTE))
+                    "buffer) or recomputes parents" + C.MTP_SM90_NOTE))

@@ -47,4 +47,4 @@ register(Impl(op="decode_packed", backend="cutedsl", fn=decode_packed, archs=C.A
               arch_priority=C.ARCH_PRIORITY,
               requires=C.REQUIRES, dtypes=IN_DTYPES, state_dtypes=STATE_DTYPES, layouts=("vk", "kv"),
               head_dims=C.HEAD_DIMS, validated_on=("sm_90",), interpretable=False, aot=_aot,
-              notes="the CuTeDSL decode kernel addressing q/k/v inside mixed_qkv (pointer arithmetic)" + C.SM90_NOTE))
+              notes="the CuTeDSL decode kernel addressing q/k/v inside mixed_qkv (pointer arithmetic)"))
