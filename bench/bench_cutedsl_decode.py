@@ -217,6 +217,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--only", default="vk-fp32,vk-bf16,kv-fp32,mtp")
+    ap.add_argument("--mtp-t", default="4", help="--sweep: the draft lengths T of the MTP sweep (comma list); "
+                                                  "T=4 gives the \"mtp\" rows (any T), others \"mtp<T>\" rows")
     ap.add_argument("--csv", default=None)
     ap.add_argument("--replays", type=int, default=20)
     args = ap.parse_args()
@@ -366,7 +368,7 @@ def sweep(args, C, arch, l2, bw, Bs, variants, mtp):
     tkey = tkey if ":" in tkey else f"{arch}:{L.model_of(torch.cuda.get_device_name())}"
     rows, entries, wrong = [], {}, []
     cases = [(sd, lay, None, B) for sd, lay in variants for B in Bs]
-    cases += [(torch.float32, "vk", 4, B) for B in sorted({B for B, _ in mtp})]
+    cases += [(torch.float32, "vk", int(T), B) for T in args.mtp_t.split(",") for B in sorted({B for B, _ in mtp})]
     for sd, lay, T, B in cases:
         p = Problem(B, sd, lay, l2, T=T)
         ref = p.reference()
@@ -407,7 +409,8 @@ def sweep(args, C, arch, l2, bw, Bs, variants, mtp):
                          second=C.tile_label(second[0]) if second[0] else "", second_us=f"{second[1]:.2f}",
                          default=C.tile_label(dflt), default_us=f"{dus:.2f}" if dus else "",
                          triton_us=f"{tus:.2f}" if tus else ""))
-        entries[(tkey, lay, DNAME[sd], "decode" if T is None else "mtp", C.nh_bucket(B * HV))] = C.norm_tile(t1)
+        kind = "decode" if T is None else ("mtp" if T == 4 else f"mtp{T}")
+        entries[(tkey, lay, DNAME[sd], kind, C.nh_bucket(B * HV))] = C.norm_tile(t1)
         del p, runs, keep
         torch.cuda.empty_cache()
     if wrong:

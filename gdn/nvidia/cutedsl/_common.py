@@ -34,19 +34,16 @@ from gdn.common import launch as L
 
 REQUIRES = ("nvidia-cutlass-dsl>=4.8.1",)
 ARCHS = ("sm_90", "sm_100")
-# Dispatch order per arch (registry.Impl.arch_priority): decode and decode_packed first on sm_90 and sm_100 (issue
-# #6). With the tile tables of 2026-11-23 04:45-05:08 UTC (one- and two-warp vk tiles, 64/128-column kv tiles,
-# per-GPU rows) this family's decode was faster than or level with the Triton one at 18 of 21 points on both an
-# H100 and an H200 (bench/results/decode_h100_2026-11-23_0505.md, decode_h200_2026-11-23_0512.md) and at most
-# 3.4% slower at the other 3 (bf16 B = 8 / 32, fp32 B = 1 or 32); before those tables it lost at 26 of 30
-# points. decode_mtp stays below the Triton family on sm_90 (MTP_ARCH_PRIORITY): its rows are chosen at T = 4,
-# and at T = 2 it was slower at every B (B = 8: 7.8 / 7.9% on the H100 / H200; a T = 2 sweep on the H200 found
-# tiles within 0.9% of Triton there, not yet in the table). The dispatch ranks backends per op and arch, not
-# per batch. GDN_BACKEND=cutedsl still selects it.
+# Dispatch order per arch (registry.Impl.arch_priority): first on sm_90 and sm_100 (issue #6). With the tile
+# tables of 2026-11-23 04:45-05:39 UTC (one- and two-warp vk tiles, 64/128-column kv tiles, MTP rows per T,
+# per-GPU rows) this family was faster than or level with the Triton decode family at 24 of 30 points of the
+# H200 table (bench/results/decode_h200_2026-11-23_0542.md) and at most 3.5% slower at the other 6 (bf16 B = 8:
+# 5.84 against 5.65 us; the rest within 1.3%); on the H100 (decode_h100_2026-11-23_0505.md, before the MTP rows
+# per T) its decode was faster or level at 18 of 21 points. Before those tables it lost at 26 of 30 points and
+# ranked below Triton on sm_90. The dispatch ranks backends per op and arch, not per batch. GDN_BACKEND=triton
+# selects the Triton family.
 PRIORITY = 40
 ARCH_PRIORITY: dict = {}
-MTP_ARCH_PRIORITY = {"sm_90": 5}
-MTP_SM90_NOTE = " (on sm_90 dispatch prefers the Triton decode_mtp, measured faster there at T = 2)"
 TARGET = {"sm_90": "sm_90a", "sm_100": "sm_100a"}
 HEAD_DIMS = frozenset({64, 128, 256})
 MAX_T = 16
@@ -111,7 +108,7 @@ class Spec:
 NH_BUCKETS = (32, 64, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 # Filled from `python bench/bench_cutedsl_decode.py --sweep` on real hardware; keys
-# (table key, layout, state dtype, "decode" | "mtp", bucket), values tiles (a, warps) or (a, warps, opts); the table
+# (table key, layout, state dtype, "decode" | "mtp" | "mtp<T>", bucket), values tiles (a, warps) or (a, warps, opts); the table
 # key is the arch or "<arch>:<model>" (`table_key_of`). Missing keys (and entries that do not fit the head dims)
 # fall back to the arch's row, then to `default_tile`.
 # sm_90: `bench_cutedsl_decode.py --sweep --no-peers` on an H100 80GB HBM3, 2026-11-23 04:54-04:59 UTC, with the one-
@@ -155,6 +152,14 @@ TILES: dict = {
     ('sm_90', 'vk', 'fp32', 'mtp', 256): (8, 4, 'n'),
     ('sm_90', 'vk', 'fp32', 'mtp', 1024): (2, 4),
     ('sm_90', 'vk', 'fp32', 'mtp', 4096): (4, 8),
+    # MTP rows chosen at T = 2 and 8 (`--sweep --only mtp --mtp-t 2,8`, 05:35 UTC), us against the T = 4 rows and
+    # Triton: T=2 B=8 20.90 -> 19.31 (Triton 19.47), T=8 B=32 228.5 -> 220.3 (223.9)
+    ('sm_90', 'vk', 'fp32', 'mtp2', 256): (16, 1, 'en'),
+    ('sm_90', 'vk', 'fp32', 'mtp2', 1024): (4, 8),
+    ('sm_90', 'vk', 'fp32', 'mtp2', 4096): (16, 4, 'e'),
+    ('sm_90', 'vk', 'fp32', 'mtp8', 256): (8, 2, 'en'),
+    ('sm_90', 'vk', 'fp32', 'mtp8', 1024): (2, 1),
+    ('sm_90', 'vk', 'fp32', 'mtp8', 4096): (2, 4, 'e'),
     # H200 (same sm_90, its own rows: `table_key_of`): a sweep on an NVIDIA H200, 2026-11-23 04:45-04:50 UTC, with the
     # one- and two-warp vk tiles and the "n" twins at B <= 32 (each tile checked against the reference, timed
     # once, the six fastest and the sm_90 row's tile again in three interleaved rounds; the method of
@@ -193,6 +198,13 @@ TILES: dict = {
     ('sm_90:h200', 'vk', 'fp32', 'mtp', 256): (8, 1, 'n'),
     ('sm_90:h200', 'vk', 'fp32', 'mtp', 1024): (4, 4),
     ('sm_90:h200', 'vk', 'fp32', 'mtp', 4096): (8, 4),
+    # T = 2 and 8 (05:39 UTC): T=2 B=8 16.18 -> 15.22 us (Triton 15.03), T=8 B=32 166.2 -> 162.7 (165.0)
+    ('sm_90:h200', 'vk', 'fp32', 'mtp2', 256): (4, 1),
+    ('sm_90:h200', 'vk', 'fp32', 'mtp2', 1024): (8, 1, 'n'),
+    ('sm_90:h200', 'vk', 'fp32', 'mtp2', 4096): (16, 2, 'e'),
+    ('sm_90:h200', 'vk', 'fp32', 'mtp8', 256): (4, 8, 'n'),
+    ('sm_90:h200', 'vk', 'fp32', 'mtp8', 1024): (4, 2, 'e'),
+    ('sm_90:h200', 'vk', 'fp32', 'mtp8', 4096): (8, 4),
 }
 
 
@@ -340,13 +352,15 @@ def sweep_tiles(arch: str, layout: str, state: str, T: int = 1, K: int = 128, V:
 @functools.lru_cache(maxsize=4096)
 def pick_tile(arch: str, layout: str, state: str, K: int, V: int, nh: int, T: int, vec_bytes: int = 16) -> tuple:
     """The table's tile for nh = B * HV states. `arch` is a table key (`table_key_of`): an arch, or
-    "<arch>:<model>" whose own rows come first, then the arch's, then `default_tile`."""
-    kind = "decode" if T == 1 else "mtp"
+    "<arch>:<model>" whose own rows come first, then the arch's, then `default_tile`. A step kind is "decode"
+    (T = 1) or for T > 1 "mtp<T>" (rows chosen at that T) before "mtp" (rows chosen at T = 4, for any T)."""
+    kinds = ("decode",) if T == 1 else (f"mtp{T}", "mtp")
     base = arch.split(":")[0]
     for key in dict.fromkeys((arch, base)):
-        hit = TILES.get((key, layout, state, kind, nh_bucket(nh)))
-        if hit is not None and tile_ok(layout, state, K, V, norm_tile(hit), vec_bytes, T):
-            return norm_tile(hit)
+        for kind in kinds:
+            hit = TILES.get((key, layout, state, kind, nh_bucket(nh)))
+            if hit is not None and tile_ok(layout, state, K, V, norm_tile(hit), vec_bytes, T):
+                return norm_tile(hit)
     return default_tile(base, layout, state, K, V, nh, T, vec_bytes)
 
 

@@ -54,7 +54,7 @@ def aot_specs(arch: str) -> list:
     """Chain verify (fp32 intermediates, pool untouched) for T in 2, 4, 8 in vk; tree verify with read-back
     (fp32 buffer, explicit rows) and with recompute (bf16 buffer); the state update path; kv at T=4; the
     early-load option at T=4 and streamed rows at T=1; PDL twins of the T=4 chain (vk) and tree (kv) verify
-    at B=32 (run() launches grids that small with PDL); every T=4 table tile and its PDL twin."""
+    at B=32 (run() launches grids that small with PDL); every table tile at T = 2, 4, 8 and its PDL twin."""
     specs = []
     for T in (2, 4, 8):
         specs.append(C.base_spec(arch, T=T, inter="fp32", update_state=False,
@@ -77,10 +77,11 @@ def aot_specs(arch: str) -> list:
                              tile=C.tile_for(arch, "kv", "fp32", 32 * 32, 4)))
     # every tile the MTP rows pick under each table key of the arch (an H200 has its own), with the PDL twin of
     # those run() launches with PDL
-    for t in C.table_tiles(arch, "vk", "fp32", T=4):
-        specs.append(C.base_spec(arch, T=4, inter="fp32", update_state=False, tile=t))
-    for t in C.pdl_table_tiles(arch, "vk", "fp32", T=4):
-        specs.append(C.base_spec(arch, T=4, inter="fp32", update_state=False, tile=t, pdl=True))
+    for T in (2, 4, 8):
+        for t in C.table_tiles(arch, "vk", "fp32", T=T):
+            specs.append(C.base_spec(arch, T=T, inter="fp32", update_state=False, tile=t))
+        for t in C.pdl_table_tiles(arch, "vk", "fp32", T=T):
+            specs.append(C.base_spec(arch, T=T, inter="fp32", update_state=False, tile=t, pdl=True))
     return list(dict.fromkeys(specs))
 
 
@@ -89,8 +90,8 @@ def _aot(arch: str) -> list:
 
 
 register(Impl(op="decode_mtp", backend="cutedsl", fn=decode_mtp, archs=C.ARCHS, priority=C.PRIORITY,
-              arch_priority=C.MTP_ARCH_PRIORITY,
+              arch_priority=C.ARCH_PRIORITY,
               requires=C.REQUIRES, dtypes=IN_DTYPES, state_dtypes=STATE_DTYPES, layouts=("vk", "kv"),
               head_dims=C.HEAD_DIMS, check=_check, validated_on=("sm_90",), interpretable=False, aot=_aot,
               notes="the CuTeDSL decode kernel with compile-time T <= 16; tree verify reads back (fp32 "
-                    "buffer) or recomputes parents" + C.MTP_SM90_NOTE))
+                    "buffer) or recomputes parents"))
