@@ -69,5 +69,5 @@ register(Impl(op="decode", backend="cutedsl", fn=decode, archs=C.ARCHS, priority
               arch_priority=C.ARCH_PRIORITY, requires=C.REQUIRES,
               dtypes=IN_DTYPES, state_dtypes=STATE_DTYPES, layouts=("vk", "kv"), head_dims=C.HEAD_DIMS,
               validated_on=("sm_90",), interpretable=False, aot=_aot,
-              notes="CuTeDSL; state tile in registers, V split over CTAs by a (arch, batch) table, "
+              notes="CuTeDSL; state tile in registers, V split over CTAs by a (arch or GPU model, batch) table, "
                     "symbolic batch, raw-pointer launch on the current stream"))
