@@ -109,27 +109,29 @@ class Problem:
         return out, inter
 
 
-def cutedsl(p: Problem, tile=None):
-    """(calls, check): calls[c] runs rotation c in place; check() -> (out, states) of call 0 on a copy."""
+def cutedsl(p: Problem, tile=None, backend="cutedsl"):
+    """(calls, check): calls[c] runs rotation c in place; check() -> (out, states) of call 0 on a copy.
+    `tile` forces a CuTeDSL tile; backend="triton" runs the Triton decode family (its own table's config)."""
     from gdn.common.registry import get
+    kw = {"_tile": tile} if backend == "cutedsl" else {}
     if p.T is None:
-        f = get("decode", "cutedsl").fn
+        f = get("decode", backend).fn
 
         def mk(pool, c):
             return lambda: f(p.q, p.k, p.v, p.a, p.b, p.A_log, p.dt_bias, pool, p.idx[c], p.out, scale=p.scale,
-                             use_qk_l2norm=True, state_layout=p.layout, _tile=tile)
+                             use_qk_l2norm=True, state_layout=p.layout, **kw)
 
         def check():
             pool = p.fresh_pool()
             mk(pool, 0)()
             return p.out.clone(), pool[p.idx[0].long()]
     else:
-        f = get("decode_mtp", "cutedsl").fn
+        f = get("decode_mtp", backend).fn
 
         def mk(pool, c):
             return lambda: f(p.q, p.k, p.v, p.a, p.b, p.A_log, p.dt_bias, pool, p.idx[c], p.out, p.inter[c], None,
                              None, disable_state_update=True, scale=p.scale, use_qk_l2norm=True,
-                             state_layout=p.layout, _tile=tile)
+                             state_layout=p.layout, **kw)
 
         def check():
             mk(p.fresh_pool(), 0)()
@@ -363,7 +365,6 @@ def sweep(args, C, arch, l2, bw, Bs, variants, mtp):
     the table's tile and the Triton decode in three interleaved rounds (median). Prints the best per (case,
     bucket) as TILES entries under this GPU's table key (`C.table_key_of`)."""
     from gdn.common import timing
-    from gdn.common.registry import get
     tkey = C.table_key_of(torch.device(DEV), arch)
     tkey = tkey if ":" in tkey else f"{arch}:{L.model_of(torch.cuda.get_device_name())}"
     rows, entries, wrong = [], {}, []
@@ -382,19 +383,12 @@ def sweep(args, C, arch, l2, bw, Bs, variants, mtp):
             runs[tile] = calls
         if not runs:
             continue
-        first = {}
-        wu = timing.warm_up
-        timing.warm_up = lambda step, ms=8.0: wu(step, ms)      # stage 1: a short warm-up per tile
-        try:
-            for tile, calls in runs.items():
-                first[tile] = graph_us(calls, 8)
-        finally:
-            timing.warm_up = wu
+        first = {tile: graph_us(calls, 8, warm_ms=8.0) for tile, calls in runs.items()}   # stage 1: short warm-up
         dflt = C.pick_tile(tkey, lay, DNAME[sd], K, V, B * HV, T or 1)
         keep = {t: runs[t] for t in sorted(first, key=first.get)[:6]}
         if dflt in runs:
             keep[dflt] = runs[dflt]
-        tri = triton_calls(p, get)
+        tri = triton_calls(p)
         if tri is not None:
             keep["triton"] = tri
         times = timing.interleaved_us(keep, max(5, args.replays), 3)
@@ -423,17 +417,10 @@ def sweep(args, C, arch, l2, bw, Bs, variants, mtp):
     return rows
 
 
-def triton_calls(p: Problem, get):
-    """The Triton decode family on the same problem (its own table's config), for the sweep's comparison."""
+def triton_calls(p: Problem):
+    """The Triton decode family's calls on the same problem, for the sweep's comparison (None without it)."""
     try:
-        if p.T is None:
-            f = get("decode", "triton").fn
-            return [lambda c=c: f(p.q, p.k, p.v, p.a, p.b, p.A_log, p.dt_bias, p.pool, p.idx[c], p.out,
-                                  scale=p.scale, use_qk_l2norm=True, state_layout=p.layout) for c in range(p.n)]
-        f = get("decode_mtp", "triton").fn
-        return [lambda c=c: f(p.q, p.k, p.v, p.a, p.b, p.A_log, p.dt_bias, p.pool, p.idx[c], p.out, p.inter[c],
-                              None, None, disable_state_update=True, scale=p.scale, use_qk_l2norm=True,
-                              state_layout=p.layout) for c in range(p.n)]
+        return cutedsl(p, backend="triton")[0]
     except Exception as e:          # no Triton on this host: the sweep goes on without the comparison
         log(f"triton decode unavailable: {type(e).__name__}: {e}")
         return None

@@ -44,9 +44,9 @@ def warm_up(step, ms: float = WARMUP_MS):
             return
 
 
-def graph_time_us(calls, replays: int = 20) -> float:
+def graph_time_us(calls, replays: int = 20, warm_ms: float = WARMUP_MS) -> float:
     """Median per-call time (us) of a CUDA graph holding `calls` (warmed up on a side stream first, then the
-    graph replayed for WARMUP_MS before the timed replays)."""
+    graph replayed for `warm_ms` before the timed replays)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -58,7 +58,7 @@ def graph_time_us(calls, replays: int = 20) -> float:
     with torch.cuda.graph(g):
         for c in calls:
             c()
-    warm_up(g.replay)
+    warm_up(g.replay, warm_ms)
     ts = []
     for _ in range(replays):
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -303,15 +303,6 @@ def test_run_compiles_exactly_the_forced_tile(monkeypatch):
         assert len(set(specs)) == len(made) <= n_tiles           # one launcher per distinct variant
 
 
-def _load_bench():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_cutedsl_decode",
-                                                  os.path.join(ROOT, "bench", "bench_cutedsl_decode.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("T", [None, 2])
 def test_bench_checks_survive_earlier_timed_calls(T, monkeypatch):
     """The sweep checks tile after tile on one Problem while the timed calls of the earlier tiles update the
@@ -323,7 +314,8 @@ def test_bench_checks_survive_earlier_timed_calls(T, monkeypatch):
 
     from gdn.common import reference as R
     from gdn.common import registry
-    bench = _load_bench()
+    from _helpers import load_bench
+    bench = load_bench("cutedsl_decode")
     bench.H, bench.HV, bench.K, bench.V = 2, 4, 16, 16
     seen = []
 

@@ -742,9 +742,10 @@ def _table_picks(arch, layout, state, K, V, T, HV, pdl_only):
     for key in table_keys(arch):
         for B in TABLE_BATCHES:
             t = pick_tile(key, layout, state, K, V, B * HV, T, vec_bytes_for(arch))
-            n = B * base_spec(arch, layout=layout, state=state, K=K, V=V, HV=HV, T=T, tile=t).ctas()
-            if t not in out and (not pdl_only or n <= L.PDL_MAX_PROGRAMS):
-                out.append(t)
+            if t in out or (pdl_only and B * base_spec(arch, layout=layout, state=state, K=K, V=V, HV=HV, T=T,
+                                                       tile=t).ctas() > L.PDL_MAX_PROGRAMS):
+                continue
+            out.append(t)
     return out
 
 
