@@ -273,3 +273,47 @@ def test_gcum_desc_tma_addressable():
         assert d.shape == (100, 6) and torch.equal(d.base, bad)
     d = GS.gcum_desc(torch.empty(0, 6))                   # no tokens: one zero row for the descriptor
     assert d.shape == (1, 6)
+
+
+@needs_gluon
+def test_desc_build_matches_checked_constructor():
+    """Desc.build skips TensorDescriptor's constructor checks (host time): the object must be the one that
+    constructor makes, field for field, and the JIT must specialise on it the same way."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from gdn.nvidia.gluon import _common as C
+    packed = torch.empty(200, 8, 32, dtype=torch.float16)[:, 2:6]          # a view: row stride 256, heads packed
+    for t, cols in ((torch.empty(100, 4, 64, dtype=torch.bfloat16), None),
+                    (torch.empty(100, 4, 64, dtype=torch.bfloat16), 32), (packed, None)):
+        assert C.tma_ok(t)
+        d = C.head_matrix(t, 64, cols)
+        fast = d.build()
+        checked = TensorDescriptor(t, list(d.shape), [d.stride, 1], list(d.block), d.layout())
+        assert type(fast) is TensorDescriptor and vars(fast) == vars(checked)
+        assert (native_specialize_impl(CUDABackend, fast, False, True, True)
+                == native_specialize_impl(CUDABackend, checked, False, True, True))
+
+
+def test_tma_ok():
+    from gdn.nvidia.gluon import _common as C
+    bf = torch.bfloat16
+    assert C.tma_ok(torch.empty(10, 4, 64, dtype=bf))
+    assert C.tma_ok(torch.empty(10, 8, 64, dtype=bf)[:, :4])                # row stride 512 elements
+    assert C.tma_ok(torch.empty(10, 1, 64, dtype=bf).expand(10, 1, 64))
+    assert C.tma_ok(torch.empty(10, 4, 64, dtype=bf, device="meta"))
+    assert not C.tma_ok(torch.empty(10, 64, 4, dtype=bf).transpose(1, 2))   # heads not packed
+    assert not C.tma_ok(torch.empty(10, 4, 65, dtype=bf)[:, :, :64])        # 130-byte head stride
+    assert not C.tma_ok(torch.empty(10 * 4 * 64 + 1, dtype=bf)[1:].view(10, 4, 64))   # base 2 bytes off
+    assert not C.tma_ok(torch.empty(10, 4, 4, dtype=bf))                    # 8-byte rows
+
+
+def test_launch_compiled_declines_without_a_jit_binary():
+    """The launch path that skips the JIT's bookkeeping takes only calls the JIT has compiled for: an
+    interpreted kernel (no device caches) goes through the JIT."""
+    from gdn.common import launch as L
+
+    class Interpreted:          # what TRITON_INTERPRET=1 makes of a kernel: no device_caches
+        pass
+    assert L.launch_compiled(Interpreted(), (1,), [], {}) is False

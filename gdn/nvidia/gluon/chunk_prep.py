@@ -47,9 +47,8 @@ def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, ou
     C.launch(chunk_prep_sm90, (PC.num_slots(T, N) * HV,), C.head_matrix(k, C.BT), C.head_matrix(v, C.BT),
              C.head_matrix(w, C.BT), C.head_matrix(u, C.BT),
              a, b, A_log, dt_bias, g, beta, cu_seqlens, g_cum, w, u, out, rk, N, T, HV, HV // H,
-             gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0), g_cum.stride(1),
-             w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
-             0 if rk is None else rk.stride(0),
+             *gx.stride(), *bx.stride(), *g_cum.stride(), *w.stride()[:2], *u.stride()[:2], *out.stride()[:2],
+             0 if rk is None else rk.stride()[0],
              RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), num_warps=NUM_WARPS, maxnreg=MAXNREG)
 
 

@@ -59,12 +59,13 @@ def gcum_desc(g_cum):
     stride and 16-byte row stride and base: prefill allocates g_cum so (`PC.gcum_empty`); any other is copied
     into such a buffer first (T x HV x 4 bytes)."""
     T, HV = g_cum.shape
-    if T == 0 or not (g_cum.stride(1) == 1 and g_cum.stride(0) * 4 % 16 == 0
-                      and (g_cum.device.type == "meta" or g_cum.data_ptr() % 16 == 0)):
+    s_t, s_h = g_cum.stride()
+    if T == 0 or not (s_h == 1 and s_t * 4 % 16 == 0 and (g_cum.is_meta or g_cum.data_ptr() % 16 == 0)):
         g = PC.gcum_empty(max(T, 1), HV, g_cum.device)
         g[:T].copy_(g_cum)
         g_cum = g
-    return C.Desc(g_cum, tuple(g_cum.shape), g_cum.stride(0), (C.BT, G_COLS))
+        s_t = g.stride()[0]
+    return C.Desc(g_cum, (T if T else 1, HV), s_t, (C.BT, G_COLS))
 
 
 def config(arch: str, N: int, HV: int, K: int, V: int) -> dict:
@@ -243,7 +244,7 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                  C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
                  C.head_matrix(q, C.BT), None if rk is None else gcum_desc(rk), state, state_indices, cu_seqlens,
                  has_initial_state, out, o_desc, HV, HV // H,
-                 NV, float(scale), *TS.pool_strides(state, state_layout), out.stride(0), out.stride(1), V=V,
+                 NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
                  P_SPLIT=bool(cfg.get("P_SPLIT", True)), num_warps=4, maxnreg=cfg["maxnreg"])
         return

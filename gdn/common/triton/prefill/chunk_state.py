@@ -244,9 +244,8 @@ def config(arch: str, N: int, HV: int) -> dict:
 
 def pool_strides(state, state_layout):
     """(slot, head, k, v) strides of a pool in either layout."""
-    if state_layout == "vk":
-        return state.stride(0), state.stride(1), state.stride(3), state.stride(2)
-    return state.stride(0), state.stride(1), state.stride(2), state.stride(3)
+    s_slot, s_head, s2, s3 = state.stride()
+    return (s_slot, s_head, s3, s2) if state_layout == "vk" else (s_slot, s_head, s2, s3)
 
 
 TMA_ARCHS = ("sm_90", "sm_90a", "sm_100", "sm_100a")
