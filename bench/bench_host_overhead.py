@@ -1,7 +1,7 @@
 """Host (CPU) time per eager call of each public op, split into the wrapper (validation, dispatch, output
 allocation: gdn/ops.py) and the launcher (the chosen Impl's fn).
 
-    python bench/bench_host_overhead.py [--B 1] [--noop] [op ...]
+    python bench/bench_host_overhead.py [--B 1] [--lengths 4096] [--noop] [op ...]
 
 Qwen3-Next shapes (examples.example(size="qwen")). `call` times gdn.ops.<op>(...) in a loop without
 synchronising: at small B the GPU finishes each kernel before the host issues the next, so this is host
@@ -45,6 +45,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("ops", nargs="*", default=list(ops.OPS))
     p.add_argument("--B", type=int, default=1)
+    p.add_argument("--lengths", default=None,
+                   help="prefill / conv1d sequence lengths, comma separated (default: B of 64 tokens)")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--noop", action="store_true", help="no-op launchers: the wrapper's cost alone")
     args = p.parse_args()
@@ -57,7 +59,8 @@ def main() -> None:
     print(f"host us per eager call, B={args.B}, {device}{' (no-op launchers)' if args.noop else ''}")
     print(f"{'op':24s} {'backend':12s} {'call':>8s} {'launcher':>9s} {'wrapper':>8s}")
     for op in args.ops:
-        a, kw = examples.example(op, device, size="qwen", B=args.B, lengths=(64,) * args.B)
+        lengths = tuple(int(x) for x in args.lengths.split(",")) if args.lengths else (64,) * args.B
+        a, kw = examples.example(op, device, size="qwen", B=len(lengths) if args.lengths else args.B, lengths=lengths)
         props, la, lkw = ops.capture(op, *a, **kw)
         impl = registry.select(op, props)
         call = per_call_us(lambda: getattr(ops, op)(*a, **kw), args.n, device)
