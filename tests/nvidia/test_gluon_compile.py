@@ -192,14 +192,16 @@ def test_chunk_state_output_tma_o_compiles():
 
 
 @needs_gluon
-@pytest.mark.parametrize("tma_o,rk,pairs,p_split", [(True, True, 1, False), (False, False, 1, True),
-                                                    (True, True, 128, False)])
-def test_chunk_state_output_ws_compiles(tma_o, rk, pairs, p_split):
+@pytest.mark.parametrize("tma_o,rk,pairs,p_split,a_path",
+                         [(True, True, 1, False, False), (False, False, 1, True, False), (True, True, 128, False, False),
+                          (True, True, 1, False, True), (True, True, 128, False, True)])
+def test_chunk_state_output_ws_compiles(tma_o, rk, pairs, p_split, a_path):
     """The warp-specialised fused pass (prefill's entries: 32 state columns per CTA for narrow batches, 64 for
     the rest): three partitions with their register budgets (setmaxnreg), one named barrier each, no spill,
     no injected wgmma wait; o by TMA store and by plain stores (fp32 out, or a table without TMA_O); the key
     norms from prefill's first kernel (as prefill runs it) and from the k tiles; the scores times v_new as
-    one MMA (the table) and as hi + lo parts (P_SPLIT: one wgmma more per chunk)."""
+    one MMA (the table) and as hi + lo parts (P_SPLIT: one wgmma more per chunk); the A path (A' [T, HV, 64]
+    tiles in w's place, v in u's)."""
     import torch
 
     from gdn.common import examples
@@ -210,7 +212,9 @@ def test_chunk_state_output_ws_compiles(tma_o, rk, pairs, p_split):
     (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **variants[0])
     cfg = GS.fused_config("sm_90", pairs, 1, k.shape[2], u.shape[2])
     assert cfg.get("WS") and cfg["P_SPLIT"] is False
-    cfg = dict(cfg, TMA_O=tma_o, P_SPLIT=p_split)
+    cfg = dict(cfg, TMA_O=tma_o, P_SPLIT=p_split, A_PATH=a_path)
+    if a_path:
+        w = w.new_empty(w.shape[0], w.shape[1], C.BT)
     with L.recording("sm_90"), C.recording() as launches:
         GS.launch_state_output(k, w, u, torch.empty_like(k), g_cum, pool, idx, cu, has_init, torch.empty_like(u),
                                0.1, kw["use_qk_l2norm"], kw["state_layout"], cfg,
@@ -220,8 +224,9 @@ def test_chunk_state_output_ws_compiles(tma_o, rk, pairs, p_split):
     assert launch.signature["rk_desc"].startswith("tensordesc") == rk
     assert launch.options.get("maxnreg") == cfg["maxnreg"]
     assert launch.signature["o_desc"].startswith("tensordesc") == tma_o
-    assert launch.constexprs["P_SPLIT"] == p_split
-    ptx = _check_hopper_kernel(f"chunk_state_output_ws_sm90[TMA_O={tma_o},P_SPLIT={p_split}]", launch).asm["ptx"]
+    assert launch.constexprs["P_SPLIT"] == p_split and launch.constexprs["A_PATH"] == a_path
+    ptx = _check_hopper_kernel(f"chunk_state_output_ws_sm90[TMA_O={tma_o},P_SPLIT={p_split},A_PATH={a_path}]",
+                               launch).asm["ptx"]
     assert f"setmaxnreg.inc.sync.aligned.u32 \t{cfg['OUT_REGS']}" in ptx
     assert "bar.sync \t0, 128" in ptx and "mbarrier.arrive" in ptx
 
@@ -230,10 +235,10 @@ def test_chunk_state_output_ws_compiles(tma_o, rk, pairs, p_split):
 def test_chunk_prep_compiles():
     """Prefill's first kernel in Gluon (sm_90, raw and precomputed gates) at its 168-register cap (three CTAs
     per SM) without register spill (ptxas, triton 3.6: none since the 16x16 blocks are inverted by forward
-    substitution; the doubling's wgmma loop spilled 32 bytes there)."""
+    substitution; the doubling's wgmma loop spilled 32 bytes there); also with A' out instead of w and u."""
     from gdn.nvidia.gluon import chunk_prep as CP
     launches = CP.example_launches("sm_90")
-    assert len(launches) == 2
+    assert len(launches) == 3 and launches[2][1].constexprs["A_OUT"] is True
     for name, launch in launches:
         assert launch.options.get("maxnreg") == CP.MAXNREG, name       # the cap reaches the compile
         _check_hopper_kernel(name, launch)

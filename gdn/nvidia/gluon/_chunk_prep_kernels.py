@@ -183,7 +183,8 @@ def _store_rows(acc, desc, ptr, t0, eos, hv, s_t, s_h, blk: gl.constexpr):
 @gluon.jit
 def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, u, o, rkn, N, T, HV, G,
                     s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh, s_rt,
-                    RAW: gl.constexpr, L2NORM: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
+                    RAW: gl.constexpr, L2NORM: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr,
+                    A_OUT: gl.constexpr = False):
     """One CTA (one warpgroup) per (chunk slot, v-head), the v-heads of a slot adjacent (the G v-heads of one
     k tile find it in L2). As the Triton `_prep_kernel` (gdn/common/triton/prefill/prefill.py) without the
     norm buffers:
@@ -192,6 +193,9 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         w = A (beta exp(g_cum) rk k),  u = A (beta v)
     and zero output rows past cu_seqlens[-1]; with rkn (else None) also the key norms rk into rkn [T, H] fp32
     (row stride s_rt), rows before the sequence end only.
+    A_OUT: instead of w and u, A' = A diag(beta) [64, 64] per chunk into w (through w_desc, [T, HV, 64]), for
+    the state pass that forms v_new = A' (v - exp(g_cum) rk (k h)) itself (v is then not read here, u and
+    u_desc are unused): 8 KB a chunk and v-head written instead of w and u's 32 (K = V = 128).
 
     k, v arrive by TMA; K K^T is a wgmma on the shared k tile. The solve inverts growing diagonal blocks:
     the 16x16 ones by forward substitution in fp32 (`_tri_inv16`), then 32x32 and 64x64 by
@@ -260,7 +264,10 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
     if t0 < eos:
         tr = t0.to(gl.int32)
         k_smem = gl.allocate_shared_memory(DT, k_desc.block_type.shape, k_desc.layout)
-        v_smem = gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout)
+        if A_OUT:
+            v_smem = k_smem         # (v is not read)
+        else:
+            v_smem = gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout)
         # B operands (hi, lo) of the solve's products, [64, 16] and [64, 32], two pairs each used in turn (_mm)
         q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, 16], DT)
         zh = gl.allocate_shared_memory(DT, [2, BT, 16], q_layout)
@@ -270,9 +277,10 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         xl = gl.allocate_shared_memory(DT, [2, BT, 32], h_layout)
         bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(bar, count=1)
-        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        mbarrier.expect(bar, k_desc.block_type.nbytes + (0 if A_OUT else v_desc.block_type.nbytes))
         tma.async_copy_global_to_shared(k_desc, [tr, (hv // G) * K], bar, k_smem)
-        tma.async_copy_global_to_shared(v_desc, [tr, hv * V], bar, v_smem)
+        if not A_OUT:
+            tma.async_copy_global_to_shared(v_desc, [tr, hv * V], bar, v_smem)
 
         # gates and their chunk-local cumsum while TMA runs (rows past the end: 0), in a 1-D layout the scan
         # lowering supports, then moved to the MMA rows
@@ -302,7 +310,8 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         mbarrier.invalidate(bar)
         if t0 + BT > eos:           # tail chunk: rows past the end may be NaN garbage
             zero_rows_past(k_smem, t0, eos, blk)
-            zero_rows_past(v_smem, t0, eos, blk)
+            if not A_OUT:
+                zero_rows_past(v_smem, t0, eos, blk)
         kt = k_smem.permute((1, 0))
         kk = warpgroup_mma(k_smem, kt, gl.zeros([BT, BT], gl.float32, mma_s), use_acc=False, is_async=True)
         rk = inv_norm(k_smem, L2NORM, mma_s)
@@ -357,18 +366,24 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         q = _mm(q, _cols(x32, half3, mma_h, 0, False), xh.index(1), xl.index(1), a_h, mma_h)
         ai = x32 - _place(q, half3, mma_s, 0, False)
 
-        # w and u (chunk_wy_sm90): A's per-token column factors folded in, against v and k; u's factor as hi + lo
-        # parts, w's rounded to 16 bits (one MMA). w meets the state only through w h, whose h is 16-bit already:
-        # on an H100 (2026-11-23, 1x4096 / 3x777 against the float64 recurrence) w's split bought nothing (output
-        # error 3.40e-3 either way) and cost 1.3% at 1x4096 and 2.5% at 8x4096 (prefill 147.0 -> 145.1 us,
-        # 913.5 -> 890.8); u's split matters (without it 3.79e-3, state 2.45e-3 -> 2.97e-3).
-        u_acc, ua_hi, ua_lo = split_mma(ai * bc[None, :], v_smem, gl.zeros([BT, V], gl.float32, mma_u), a_u, False)
-        u_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(u_acc, v_smem, ua_hi, ua_lo))
-        # u stored before w's accumulator goes live: one [64, 128] fp32 accumulator at a time (registers);
-        # a whole chunk's u leaves by TMA while w's product runs
-        _store_rows(u_acc, u_desc, u, t0, eos, hv, s_ut, s_uh, blk)
-        wa = gl.convert_layout((ai * wc[None, :]).to(DT), a_w)
-        w_acc = warpgroup_mma(wa, k_smem, gl.zeros([BT, K], gl.float32, mma_w), use_acc=False, is_async=True)
-        w_acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(w_acc, k_smem, wa))
-        _store_rows(w_acc, w_desc, w, t0, eos, hv, s_wt, s_wh, blk)
+        if A_OUT:
+            # A' = A diag(beta): rows past the sequence end are not stored (the state pass masks them)
+            _store_rows(ai * bc[None, :], w_desc, w, t0, eos, hv, s_wt, s_wh, blk)
+        else:
+            # w and u (chunk_wy_sm90): A's per-token column factors folded in, against v and k; u's factor as
+            # hi + lo parts, w's rounded to 16 bits (one MMA). w meets the state only through w h, whose h is
+            # 16-bit already: on an H100 (2026-11-23, 1x4096 / 3x777 against the float64 recurrence) w's split
+            # bought nothing (output error 3.40e-3 either way) and cost 1.3% at 1x4096 and 2.5% at 8x4096
+            # (prefill 147.0 -> 145.1 us, 913.5 -> 890.8); u's split matters (without it 3.79e-3, state
+            # 2.45e-3 -> 2.97e-3).
+            u_acc, ua_hi, ua_lo = split_mma(ai * bc[None, :], v_smem, gl.zeros([BT, V], gl.float32, mma_u), a_u,
+                                            False)
+            u_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(u_acc, v_smem, ua_hi, ua_lo))
+            # u stored before w's accumulator goes live: one [64, 128] fp32 accumulator at a time (registers);
+            # a whole chunk's u leaves by TMA while w's product runs
+            _store_rows(u_acc, u_desc, u, t0, eos, hv, s_ut, s_uh, blk)
+            wa = gl.convert_layout((ai * wc[None, :]).to(DT), a_w)
+            w_acc = warpgroup_mma(wa, k_smem, gl.zeros([BT, K], gl.float32, mma_w), use_acc=False, is_async=True)
+            w_acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(w_acc, k_smem, wa))
+            _store_rows(w_acc, w_desc, w, t0, eos, hv, s_wt, s_wh, blk)
         tma.store_wait(0)

@@ -18,10 +18,11 @@ G_TILE: gl.constexpr = gl.constexpr(gl.DistributedLinearLayout(
 def _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred,
                 K: gl.constexpr, V: gl.constexpr, EXTRA: gl.constexpr = 0):
     """TMA of one chunk's w [64, K], k [64, K], u [64, BV] tiles onto one mbarrier (nothing when not pred);
-    EXTRA: bytes of further tiles the caller puts on the same barrier."""
+    EXTRA: bytes of further tiles the caller puts on the same barrier. (w's tile may be narrower than K: the
+    warp-specialised pass's A' [64, 64] tiles take its place there.)"""
     nbytes: gl.constexpr = w_desc.block_type.nbytes + k_desc.block_type.nbytes + u_desc.block_type.nbytes + EXTRA
     mbarrier.expect(bar, nbytes, pred=pred)
-    tma.async_copy_global_to_shared(w_desc, [t0, hv * K], bar, w_buf, pred=pred)
+    tma.async_copy_global_to_shared(w_desc, [t0, hv * w_desc.block_type.shape[1]], bar, w_buf, pred=pred)
     tma.async_copy_global_to_shared(k_desc, [t0, hk * K], bar, k_buf, pred=pred)
     tma.async_copy_global_to_shared(u_desc, [t0, hv * V + v0], bar, u_buf, pred=pred)
 

@@ -47,17 +47,19 @@ def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, empty, w_s, 
 @gluon.jit
 def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, h_s, vk_s, vec_s, vs_s, state,
            state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv,
-           L2NORM: gl.constexpr):
+           L2NORM: gl.constexpr, A_PATH: gl.constexpr):
     """The default partition (one warpgroup): the state's chain as chunk_state_sm90's, minus its h and v_new
     stores. Per chunk it hands the output partition, through a RING-slot ring (h_ready / h_free), the state
     entering the chunk (h_s[j], 16-bit), v_new with the key norms applied (vk_s[j] = v_new * rk, rows past
     the sequence end zero), the chunk's g_cum in log2 units and its query norms times the scale (vec_s rows
     2j, 2j + 1, fp32). The norms are taken here, in the shadow of w h, where they cost the chain nothing;
-    the output partition, the busier of the two, then does no reduction over a tile."""
+    the output partition, the busier of the two, then does no reduction over a tile.
+    A_PATH: w_s holds A' = A diag(beta) [64, 64] and u_s the v tile; v_new = A' (v - exp(g_cum) rk (k h)), two
+    dependent MMAs (k h, then A' times the difference through vs_s) where w h was one."""
     STAGES: gl.constexpr = w_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = w_s.shape[1]
-    K: gl.constexpr = w_s.shape[2]
+    K: gl.constexpr = k_s.shape[2]
     BV: gl.constexpr = u_s.shape[2]
     DT: gl.constexpr = w_s.dtype
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BV, 16])
@@ -85,11 +87,17 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
         S = S * gl.exp(g_last)
         w_b = w_s.index(b)
         k_b = k_s.index(b)
-        acc = warpgroup_mma(w_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
-        # in the shadow of w h: the k tail rows, the key and query norms (the query's for the output partition)
         valid = t0 + r < eos
-        if t0 + BT > eos:
-            zero_rows_past(k_b, t0, eos, blk)
+        if A_PATH:
+            # k h reads the k tile: its tail rows zeroed first (the output partition's q k^T needs them zero too)
+            if t0 + BT > eos:
+                zero_rows_past(k_b, t0, eos, blk)
+            acc = warpgroup_mma(k_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
+        else:
+            acc = warpgroup_mma(w_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
+            # in the shadow of w h: the k tail rows, the key and query norms (the query's for the output partition)
+            if t0 + BT > eos:
+                zero_rows_past(k_b, t0, eos, blk)
         if rk_desc is not None:
             rk = tile_col(rk_s.index(b), hk, row, g2)
         else:
@@ -98,9 +106,23 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
         uu = u_s.index(b).load(mma).to(gl.float32)
         fac = gl.exp(g_last - gc)
         vec_s.index(2 * j).store(gc * LOG2E)
-        acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, h_j))
-        # rows past the sequence end selected to 0, not multiplied by it: their u and w rows may be NaN
-        vk = gl.where(valid[:, None], (uu - acc) * rk[:, None], 0.0)
+        if A_PATH:
+            acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, k_b, h_j))
+            # rows past the sequence end selected to 0 (their v and k h rows may be NaN; A' has no column for
+            # them but 0 * NaN is NaN); vs_s is free here (the last state update has retired)
+            x = gl.where(valid[:, None], uu - acc * (gl.exp(gc) * rk)[:, None], 0.0)
+            vs_s.store(x.to(DT))
+            fence_async_shared()
+            gl.thread_barrier()
+            acc = warpgroup_mma(w_b, vs_s, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
+            acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, vs_s))
+            # (A' rows past the sequence end were never stored: garbage, selected away here)
+            vk = gl.where(valid[:, None], acc * rk[:, None], 0.0)
+            gl.thread_barrier()         # every warp's A' x has read vs_s before it is stored again below
+        else:
+            acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, h_j))
+            # rows past the sequence end selected to 0, not multiplied by it: their u and w rows may be NaN
+            vk = gl.where(valid[:, None], (uu - acc) * rk[:, None], 0.0)
         vs_s.store((vk * fac[:, None]).to(DT))
         vk_s.index(j).store(vk.to(DT))
         fence_async_shared()
@@ -211,7 +233,8 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
 def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, state, state_indices, cu, has_init,
                                o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
                                V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
-                               OUT_REGS: gl.constexpr, num_warps: gl.constexpr, P_SPLIT: gl.constexpr = True):
+                               OUT_REGS: gl.constexpr, num_warps: gl.constexpr, P_SPLIT: gl.constexpr = True,
+                               A_PATH: gl.constexpr = False):
     """chunk_state_output_sm90's result (o and the final state; no h, v_new) with the work split over three
     warp-specialised partitions (one warpgroup each) of one CTA per (sequence, v-head, BV state columns):
       - the chain (default partition): the state's dependency chain, two MMAs per chunk;
@@ -231,7 +254,7 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
     each chunk lands instead of by the chain: 1.075 ms against 0.73 (the loader then waits for the output's
     release before each refill, and the chain for its norms: its latency joined the chain's)."""
     BT: gl.constexpr = w_desc.block_type.shape[0]
-    K: gl.constexpr = w_desc.block_type.shape[1]
+    K: gl.constexpr = k_desc.block_type.shape[1]
     BV: gl.constexpr = u_desc.block_type.shape[1]
     DT: gl.constexpr = w_desc.dtype
     tile: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
@@ -240,7 +263,7 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
     n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
     NCL = gl.where(slot < 0, 0, NC)         # chunks the loader and the chain walk (none for a skipped sequence)
 
-    w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
+    w_s = gl.allocate_shared_memory(DT, [STAGES] + w_desc.block_type.shape, w_desc.layout)
     k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
     q_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], q_desc.layout)
     u_s = gl.allocate_shared_memory(DT, [STAGES, BT, BV], u_desc.layout)
@@ -268,7 +291,8 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
 
     gl.warp_specialize([
         (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, h_s, vk_s, vec_s, vs_s, state,
-                  state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM)),
+                  state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM,
+                  A_PATH)),
         (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC,
                    slot, s_ot, s_oh, V, P_SPLIT)),
         (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s, bos,

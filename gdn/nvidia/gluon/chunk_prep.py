@@ -8,6 +8,8 @@ from their own tiles, so prefill uses this kernel only when those run):
     k [T,H,K], v [T,HV,V] bf16/fp16 (K, V in {64, 128}; 16-byte aligned rows, packed heads; else a copy);
     raw gates a, b [T,HV] with A_log, dt_bias [HV], or g, beta [T,HV]; outputs g_cum [T,HV] fp32 (chunk-local
     cumsum), w [T,HV,K], u [T,HV,V] (k's dtype), and out rows past cu_seqlens[-1] set to zero.
+    Or (a_out, for the warp-specialised state pass's A path) A' = A diag(beta) [T,HV,64] instead of w and u:
+    row t holds row t % 64 of its chunk's matrix (rows past a sequence's end are not written).
 """
 from __future__ import annotations
 
@@ -26,15 +28,17 @@ MAXNREG = 168
 HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
 
 
-def prep_ok(q, k, v, w, u) -> bool:
-    """Whether this kernel takes these operands (else prefill runs the Triton one)."""
-    return (k.dtype in C.DTYPES and v.dtype == k.dtype and w.dtype == k.dtype and u.dtype == k.dtype
-            and k.shape[2] in HEAD_DIMS and v.shape[2] in HEAD_DIMS
-            and C.tma_ok(w) and C.tma_ok(u))
+def prep_ok(q, k, v) -> bool:
+    """Whether this kernel takes these operands (else prefill runs the Triton one; its w and u, or A', are
+    prefill's own packed buffers of k's dtype)."""
+    return (k.dtype in C.DTYPES and v.dtype == k.dtype and k.shape[2] in HEAD_DIMS and v.shape[2] in HEAD_DIMS)
 
 
-def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, use_qk_l2norm, rk=None):
-    """rk (or None): [T, H] fp32 to receive the key norms (unit column stride), for the narrow state pass."""
+def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, use_qk_l2norm, rk=None,
+                a_out=None):
+    """rk (or None): [T, H] fp32 to receive the key norms (unit column stride), for the narrow state pass.
+    a_out (or None): [T, HV, 64] (k's dtype, packed) to receive A' = A diag(beta) per chunk instead of w and u
+    (which may then be None), for the state pass's A path (chunk_state.py `A_PATH`)."""
     from gdn.nvidia.gluon._chunk_prep_kernels import chunk_prep_sm90
     T, H, _ = k.shape
     HV = v.shape[1]
@@ -44,12 +48,15 @@ def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, ou
     raw = g is None
     gx, bx = (a, b) if raw else (g, beta)
     k, v = C.tma_ready(k), C.tma_ready(v)
+    if a_out is not None:
+        w = u = a_out
     C.launch(chunk_prep_sm90, (PC.num_slots(T, N) * HV,), C.head_matrix(k, C.BT), C.head_matrix(v, C.BT),
              C.head_matrix(w, C.BT), C.head_matrix(u, C.BT),
              a, b, A_log, dt_bias, g, beta, cu_seqlens, g_cum, w, u, out, rk, N, T, HV, HV // H,
              *gx.stride(), *bx.stride(), *g_cum.stride(), *w.stride()[:2], *u.stride()[:2], *out.stride()[:2],
              0 if rk is None else rk.stride()[0],
-             RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), num_warps=NUM_WARPS, maxnreg=MAXNREG)
+             RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), A_OUT=a_out is not None,
+             num_warps=NUM_WARPS, maxnreg=MAXNREG)
 
 
 def example_launches(arch: str) -> list:
@@ -69,4 +76,10 @@ def example_launches(arch: str) -> list:
             launch_prep(m(T, H, K), m(T, HV, V), *gates, cu, m(T, HV, dt=torch.float32), m(T, HV, K), m(T, HV, V),
                         m(T, HV, V), True, m(T, H, dt=torch.float32) if raw else None)
         out += [(f"chunk_prep_sm90[raw={raw}{',rk' if raw else ''}]", r) for r in rec]
+    # A' instead of w and u (the state pass's A path)
+    with L.recording(arch), C.recording() as rec:
+        launch_prep(m(T, H, K), m(T, HV, V), None, None, m(T, HV), m(T, HV), m(HV, dt=torch.float32),
+                    m(HV, dt=torch.float32), cu, m(T, HV, dt=torch.float32), None, None, m(T, HV, V), True,
+                    m(T, H, dt=torch.float32), a_out=m(T, HV, 64))
+    out += [("chunk_prep_sm90[raw=True,rk,A_OUT]", r) for r in rec]
     return out

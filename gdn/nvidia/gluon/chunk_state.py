@@ -185,7 +185,17 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # 252, and runs ~2050 cycles behind the chain's hand-over. Moving the query norms from the chain to the
 # output (computed on the next chunk's q tile while its MMAs run) made it slower: this kernel 88.0 -> 98.2 us
 # at 1x4096, 638 -> 719 at 1x32768 (same process); the output bounds the pass more than its waits suggest.
-_WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False)
+# A_PATH: prefill's first kernel writes A' = A diag(beta) [T, HV, 64] instead of w and u, and this pass forms
+# v_new = A' (v - exp(g_cum) rk (k h)) itself (k h where w h was, then A' times the difference through vs_s, a
+# second dependent MMA on the chain). Bytes moved at K = V = 128: the first kernel no longer reads v and writes
+# 8 KB a chunk and v-head instead of 32; this pass reads v and A' instead of u and w (8 KB less per CTA and chunk).
+# H100, 2026-11-23 about 07:45 UTC (prefill under CUDA-graph replay, raw gates, one process, interleaved
+# rounds, us): 1x4096 134.8 -> 126.9, 3x1000 112.1 -> 98.9, 5 sequences (777, 0, 64, 1, 300) 56.8 -> 48.5,
+# 64x512 995.6 -> 855.3, 8x4096 822.8 -> 714.6, 1x32768 985.9 -> 922.8. A' is rounded to bf16 once where u had
+# A's factor as hi + lo parts: against the float64 recurrence the output's error 3.40e-3 -> 3.71e-3 and the
+# state's 2.45e-3 -> 2.79e-3 at 1x4096 (3x1000: 3.44 -> 3.77, 2.49 -> 2.92; FLA 4.43 / 3.38, FlashInfer
+# 4.46 / 3.69; the spec's bound for bf16 inputs 5e-3).
+_WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3)}
 
@@ -217,7 +227,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
     """The state pass with the output fused: as `launch_state`, but writes out [T,HV,V] (unit last stride)
     instead of h and v_new. q [T,H,K] of k's dtype. rk (or None): the key norms [T, H] fp32 as prefill's
     first kernel writes them (`PC.gcum_empty` rows), for the warp-specialised pass (else it takes them
-    from the k tiles)."""
+    from the k tiles). With cfg A_PATH (warp-specialised pass only) w is A' = A diag(beta) [T, HV, 64] and u
+    is v [T, HV, V] (prefill's first kernel with a_out): v_new is formed as A' (v - exp(g_cum) rk (k h))."""
     from gdn.nvidia.gluon._chunk_state_kernels import chunk_state_output_sm90
     T, H, K = k.shape
     HV, V = u.shape[1], u.shape[2]
@@ -227,7 +238,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
         raise ValueError(f"gdn.chunk_state (gluon, fused output): BV={BV} must divide V={V} and give each of "
                          f"{warps // 4} warpgroups >= 16 columns")
     if T == 0:
-        k, w, u, q = k.new_zeros(1, H, K), w.new_zeros(1, HV, K), u.new_zeros(1, HV, V), q.new_zeros(1, H, K)
+        k, q = k.new_zeros(1, H, K), q.new_zeros(1, H, K)
+        w, u = w.new_zeros(1, HV, w.shape[2]), u.new_zeros(1, HV, V)
     k, w, u, q = C.tma_ready(k), C.tma_ready(w), C.tma_ready(u), C.tma_ready(q)
     NV = V // BV
     # o by TMA store where the table asks for it and out allows it (16-bit: an fp32 tile would not fit)
@@ -246,7 +258,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                  has_initial_state, out, o_desc, HV, HV // H,
                  NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
-                 P_SPLIT=bool(cfg.get("P_SPLIT", True)), num_warps=4, maxnreg=cfg["maxnreg"])
+                 P_SPLIT=bool(cfg.get("P_SPLIT", True)), A_PATH=bool(cfg.get("A_PATH", False)), num_warps=4,
+                 maxnreg=cfg["maxnreg"])
         return
     C.launch(chunk_state_output_sm90, (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), C.head_matrix(q, C.BT),
@@ -295,11 +308,16 @@ def _fused_example_launches(arch: str) -> list:
         cfgs = [("", wide)] + ([(",TMA_O=0", dict(wide, TMA_O=False)), (",narrow", narrow),
                                 (",narrow,P_SPLIT", dict(narrow, P_SPLIT=True)),
                                 (",two_wg", fit_config(TWO_WG, u.shape[2]))] if i == 0 else [])
+        if i == 0 and wide is not None:     # the path through w and u as well as the table's
+            cfgs.append((",A_PATH=0", dict(wide, A_PATH=not wide.get("A_PATH"))))
+            cfgs.append((",narrow,A_PATH=0", dict(narrow, A_PATH=not narrow.get("A_PATH"))))
         for suffix, cfg in cfgs:
             if cfg is None:
                 continue
+            # the A path's w is A' [T, HV, 64] and its u is v (here u's stand-in)
+            w_in = w.new_empty(w.shape[0], w.shape[1], C.BT) if cfg.get("A_PATH") else w
             with L.recording(arch), C.recording() as rec:
-                launch_state_output(k, w, u, q, g_cum, pool, idx, cu, has_init, out, 0.1, kw["use_qk_l2norm"],
+                launch_state_output(k, w_in, u, q, g_cum, pool, idx, cu, has_init, out, 0.1, kw["use_qk_l2norm"],
                                     kw["state_layout"], cfg)
             tag = ",".join(f"{a}={b}" for a, b in opts.items()).replace("torch.", "") + suffix
             launches += [(f"{r.kernel.fn.__name__}[{tag}]", r) for r in rec]

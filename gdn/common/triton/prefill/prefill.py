@@ -18,7 +18,8 @@ Kernel-level signature: gdn/common/reference.py `prefill` (the token-by-token or
     product a wgmma; `_GLUON_PREP`), step 2 is Gluon's pass with the output fused and step 3 goes
     (gdn/nvidia/gluon/chunk_state.py `_FUSED`): a warp-specialised CTA per (sequence, v-head, 64 state
     columns), or 32 for a "narrow" batch (at most 32 (sequence, v-head) pairs: a long prompt), the output's
-    work in its own warpgroup beside the state's chain.
+    work in its own warpgroup beside the state's chain. There step 1 writes A' = A diag(beta) [T, HV, 64]
+    instead of w and u, and the pass forms v_new = A' (v - exp(g_cum) rk (k h)) from v (`A_PATH`).
 
 q and k are l2-normalised where they are loaded (no separate pass). Nothing is read back to the host:
 the grid of steps 1 and 3 is the static bound T // 64 + N chunk slots (see _common), so prefill can be
@@ -145,8 +146,6 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     dev = q.device
     wdt = C.dot_dtype(q.dtype)
     g_cum = C.gcum_empty(T, HV, dev)
-    w = torch.empty((T, HV, K), dtype=wdt, device=dev)
-    u = torch.empty((T, HV, V), dtype=wdt, device=dev)
     raw = g is None
     gx, bx = (a, b) if raw else (g, beta)
     l2 = bool(use_qk_l2norm)
@@ -165,16 +164,29 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     rk_ws = None
     if not norms and state_impl.backend == "gluon" and L.pick(_GLUON_PREP, arch, "any", False):
         from gdn.nvidia.gluon import chunk_prep
-        if chunk_prep.prep_ok(q, k, v, w, u):
+        if chunk_prep.prep_ok(q, k, v):
+            ws = fused_gluon is not None and fused_gluon.get("WS")
             # the warp-specialised state pass takes the key norms from the first kernel (instruction issue
             # bounds it; they are a by-product there)
-            if fused_gluon is not None and fused_gluon.get("WS") and l2:
+            if ws and l2:
                 rk_ws = C.gcum_empty(T, H, dev)
+            if ws and fused_gluon.get("A_PATH"):
+                # A' instead of w and u: the pass forms v_new from v and A' (chunk_state.py `_WS`)
+                a_mat = torch.empty((T, HV, C.BT), dtype=wdt, device=dev)
+                chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None, None, out, l2,
+                                       rk_ws, a_out=a_mat)
+                gluon_state.launch_state_output(k, a_mat, v, q, g_cum, state, state_indices, cu_seqlens,
+                                                has_initial_state, out, scale, l2, state_layout, fused_gluon, rk_ws)
+                return
+            w = torch.empty((T, HV, K), dtype=wdt, device=dev)
+            u = torch.empty((T, HV, V), dtype=wdt, device=dev)
             chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2, rk_ws)
             gluon_prep = True
     # the launch plan only where a Triton kernel runs (building it is a tenth of an eager call's host time)
     p = None if gluon_prep and fused_gluon is not None else plan(arch, N, HV, K, V)
     if not gluon_prep:
+        w = torch.empty((T, HV, K), dtype=wdt, device=dev)
+        u = torch.empty((T, HV, V), dtype=wdt, device=dev)
         L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
                  w, u, out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                  v.stride(0), v.stride(1), gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0),
