@@ -318,10 +318,12 @@ def test_gluon_first_kernel_matches_triton(monkeypatch, raw, lengths, pad, budge
     (o0, p0), (o1, p1) = res[False], res[True]
     end = int(c["cu"][-1])
     assert (o1[end:] == 0).all(), "rows past cu_seqlens[-1] must be zero"
-    # both are ~3e-3 from float64 (bf16 w, u); they differ by the solve's precision (tf32 vs 16-bit x3)
-    assert relerr(o1[:end], o0[:end]) < 4e-3
+    # both are ~3-4e-3 from float64 with independent roundings (Triton: w and u in bf16, the solve in tf32;
+    # Gluon on sm_90: A' = A diag(beta) in bf16, its warp-specialised pass's A path), so up to ~5e-3 apart;
+    # the float64 check below holds each to the spec's bound
+    assert relerr(o1[:end], o0[:end]) < 6e-3
     u = c["used"]
-    assert relerr(p1[u], p0[u]) < 4e-3
+    assert relerr(p1[u], p0[u]) < 6e-3
     assert torch.equal(p1[~u].view(torch.uint8), c["pool"][~u].view(torch.uint8))
     if budget:
         for key in ("q", "k", "v", "a", "b"):
