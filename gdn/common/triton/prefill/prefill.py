@@ -194,9 +194,10 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
                  H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V), BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw,
                  PREC=C.f32_precision(arch, q.dtype), PREC_EXACT=C.f32_exact_precision(arch), **p["prep"])
     if fused_gluon is not None:
-        # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip)
+        # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip), here
+        # on w and u (the A path returned above)
         gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out,
-                                        scale, l2, state_layout, fused_gluon, rk_ws)
+                                        scale, l2, state_layout, dict(fused_gluon, A_PATH=False), rk_ws)
         return
     # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
     # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
