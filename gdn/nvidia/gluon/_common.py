@@ -66,7 +66,7 @@ class Desc:
         a descriptor on a serving host (11 a prefill call) and re-check what the launchers established with
         `tma_ok` (16-byte base and row stride, unit column stride) before making a Desc, and the launchers'
         substitutes for empty inputs (a TMA box needs rows).
-        tests/test_gluon_host.py compares this with the checked constructor."""
+        tests/nvidia/test_gluon_compile.py compares this with the checked constructor."""
         d = object.__new__(_tensor_descriptor())
         d.__dict__.update(base=self.base, shape=list(self.shape), strides=[self.stride, 1],
                           block_shape=list(self.block), layout=self.layout(), padding="zero")

@@ -308,9 +308,10 @@ def _fused_example_launches(arch: str) -> list:
         cfgs = [("", wide)] + ([(",TMA_O=0", dict(wide, TMA_O=False)), (",narrow", narrow),
                                 (",narrow,P_SPLIT", dict(narrow, P_SPLIT=True)),
                                 (",two_wg", fit_config(TWO_WG, u.shape[2]))] if i == 0 else [])
-        if i == 0 and wide is not None:     # the path through w and u as well as the table's
-            cfgs.append((",A_PATH=0", dict(wide, A_PATH=not wide.get("A_PATH"))))
-            cfgs.append((",narrow,A_PATH=0", dict(narrow, A_PATH=not narrow.get("A_PATH"))))
+        if i == 0 and wide is not None:     # the other of the two v_new paths (A' and v, or w and u) too
+            for name, c in (("", wide), (",narrow", narrow)):
+                other = not c.get("A_PATH")
+                cfgs.append((f"{name},A_PATH={int(other)}", dict(c, A_PATH=other)))
         for suffix, cfg in cfgs:
             if cfg is None:
                 continue

@@ -162,6 +162,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     rq = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
     rk = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
     rk_ws = None
+    a_path = False      # the fused pass reads A' and v in w's and u's places (only after the Gluon first kernel)
     if not norms and state_impl.backend == "gluon" and L.pick(_GLUON_PREP, arch, "any", False):
         from gdn.nvidia.gluon import chunk_prep
         if chunk_prep.prep_ok(q, k, v):
@@ -170,17 +171,16 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
             # bounds it; they are a by-product there)
             if ws and l2:
                 rk_ws = C.gcum_empty(T, H, dev)
-            if ws and fused_gluon.get("A_PATH"):
+            a_path = bool(ws and fused_gluon.get("A_PATH"))
+            if a_path:
                 # A' instead of w and u: the pass forms v_new from v and A' (chunk_state.py `_WS`)
-                a_mat = torch.empty((T, HV, C.BT), dtype=wdt, device=dev)
+                w, u = torch.empty((T, HV, C.BT), dtype=wdt, device=dev), v
                 chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None, None, out, l2,
-                                       rk_ws, a_out=a_mat)
-                gluon_state.launch_state_output(k, a_mat, v, q, g_cum, state, state_indices, cu_seqlens,
-                                                has_initial_state, out, scale, l2, state_layout, fused_gluon, rk_ws)
-                return
-            w = torch.empty((T, HV, K), dtype=wdt, device=dev)
-            u = torch.empty((T, HV, V), dtype=wdt, device=dev)
-            chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2, rk_ws)
+                                       rk_ws, a_out=w)
+            else:
+                w = torch.empty((T, HV, K), dtype=wdt, device=dev)
+                u = torch.empty((T, HV, V), dtype=wdt, device=dev)
+                chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2, rk_ws)
             gluon_prep = True
     # the launch plan only where a Triton kernel runs (building it is a tenth of an eager call's host time)
     p = None if gluon_prep and fused_gluon is not None else plan(arch, N, HV, K, V)
@@ -194,10 +194,9 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
                  H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V), BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw,
                  PREC=C.f32_precision(arch, q.dtype), PREC_EXACT=C.f32_exact_precision(arch), **p["prep"])
     if fused_gluon is not None:
-        # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip), here
-        # on w and u (the A path returned above)
+        # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip)
         gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out,
-                                        scale, l2, state_layout, dict(fused_gluon, A_PATH=False), rk_ws)
+                                        scale, l2, state_layout, dict(fused_gluon, A_PATH=a_path), rk_ws)
         return
     # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
     # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
