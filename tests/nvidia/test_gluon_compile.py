@@ -235,12 +235,16 @@ def test_chunk_state_output_ws_compiles(tma_o, rk, pairs, p_split, a_path):
 def test_chunk_prep_compiles():
     """Prefill's first kernel in Gluon (sm_90, raw and precomputed gates) at its 168-register cap (three CTAs
     per SM) without register spill (ptxas, triton 3.6: none since the 16x16 blocks are inverted by forward
-    substitution; the doubling's wgmma loop spilled 32 bytes there); also with A' out instead of w and u."""
+    substitution; the doubling's wgmma loop spilled 32 bytes there); also with A' out instead of w and u, at
+    its 128-register cap (four CTAs per SM) with the solve's single-product merges."""
     from gdn.nvidia.gluon import chunk_prep as CP
     launches = CP.example_launches("sm_90")
     assert len(launches) == 3 and launches[2][1].constexprs["A_OUT"] is True
     for name, launch in launches:
-        assert launch.options.get("maxnreg") == CP.MAXNREG, name       # the cap reaches the compile
+        a_out = launch.constexprs["A_OUT"]
+        # the cap and the solve's precision reach the compile
+        assert launch.options.get("maxnreg") == (CP.A_OUT_MAXNREG if a_out else CP.MAXNREG), name
+        assert launch.constexprs["SOLVE_SPLIT"] == (CP.A_OUT_SOLVE_SPLIT if a_out else True), name
         _check_hopper_kernel(name, launch)
 
 

@@ -20,37 +20,48 @@ def _softplus(x):
 
 
 @gluon.jit
-def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, K0: gl.constexpr = 0):
+def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, K0: gl.constexpr = 0,
+        SPLIT: gl.constexpr = True):
     """x @ y[K0:K0 + Kx] for fp32 x [64, Kx] (registers, wgmma's A) and y [64, N] (through the shared tiles
     y_hi_s / y_lo_s [64, N], wgmma's B): both as 16-bit hi + lo parts with the three significant products
-    (hi hi + hi lo + lo hi), about 16-bit operands with fp32 accumulation. Returns [64, N] in acc_layout.
+    (hi hi + hi lo + lo hi), about 16-bit operands with fp32 accumulation; without SPLIT one product of the
+    operands rounded to 16 bits (y_lo_s unused). Returns [64, N] in acc_layout.
     (A from shared memory as well measured slower on an H100: 0.98 vs 0.85 ms for the kernel at 8x4096.)
     No barrier after the MMAs: consecutive calls alternate between pairs of tiles, so a pair is written
     again only after the next call's barrier, which every warp reaches past its wait on this call's MMAs."""
     DT: gl.constexpr = y_hi_s.dtype
     KX: gl.constexpr = x.shape[1]
-    y_hi, y_lo = split16(y, DT)
-    y_hi_s.store(y_hi)
-    y_lo_s.store(y_lo)
+    acc = gl.zeros([x.shape[0], y.shape[1]], gl.float32, acc_layout)
+    if SPLIT:
+        y_hi, y_lo = split16(y, DT)
+        y_hi_s.store(y_hi)
+        y_lo_s.store(y_lo)
+    else:
+        y_hi_s.store(y.to(DT))
     fence_async_shared()
     gl.thread_barrier()
     b_hi = y_hi_s.slice(K0, KX, dim=0)
     b_lo = y_lo_s.slice(K0, KX, dim=0)
-    x_hi, x_lo = split16(x, DT)
-    xa_hi = gl.convert_layout(x_hi, a_op)
-    xa_lo = gl.convert_layout(x_lo, a_op)
-    acc = gl.zeros([x.shape[0], y.shape[1]], gl.float32, acc_layout)
-    acc = warpgroup_mma(xa_hi, b_hi, acc, use_acc=False, is_async=True)
-    acc = warpgroup_mma(xa_hi, b_lo, acc, is_async=True)
-    acc = warpgroup_mma(xa_lo, b_hi, acc, is_async=True)
+    if SPLIT:
+        x_hi, x_lo = split16(x, DT)
+        xa_hi = gl.convert_layout(x_hi, a_op)
+        xa_lo = gl.convert_layout(x_lo, a_op)
+        acc = warpgroup_mma(xa_hi, b_hi, acc, use_acc=False, is_async=True)
+        acc = warpgroup_mma(xa_hi, b_lo, acc, is_async=True)
+        acc = warpgroup_mma(xa_lo, b_hi, acc, is_async=True)
+    else:
+        xa_hi = gl.convert_layout(x.to(DT), a_op)
+        xa_lo = xa_hi
+        acc = warpgroup_mma(xa_hi, b_hi, acc, use_acc=False, is_async=True)
     acc, _, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, b_hi, b_lo, xa_hi, xa_lo))
     return acc
 
 
 @gluon.jit
-def _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, b: gl.constexpr, OFF: gl.constexpr, acc_layout: gl.constexpr):
-    """Issue X @ Y_(b - OFF) (three async wgmmas of the hi + lo parts) for _bd_mm; zeros when b < OFF.
-    Returns (acc, B operands hi, lo): the slices must be deps of the retiring wait."""
+def _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, b: gl.constexpr, OFF: gl.constexpr, acc_layout: gl.constexpr,
+         SPLIT: gl.constexpr):
+    """Issue X @ Y_(b - OFF) (three async wgmmas of the hi + lo parts, one without SPLIT) for _bd_mm; zeros
+    when b < OFF. Returns (acc, B operands hi, lo): the slices must be deps of the retiring wait."""
     BT: gl.constexpr = xa_hi.shape[0]
     W: gl.constexpr = y_hi_s.shape[1]
     acc = gl.zeros([BT, W], gl.float32, acc_layout)
@@ -60,35 +71,45 @@ def _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, b: gl.constexpr, OFF: gl.constexpr, acc_l
         b_hi = y_hi_s.slice((b - OFF) * W, W, dim=0)
         b_lo = y_lo_s.slice((b - OFF) * W, W, dim=0)
         acc = warpgroup_mma(xa_hi, b_hi, acc, use_acc=False, is_async=True)
-        acc = warpgroup_mma(xa_hi, b_lo, acc, is_async=True)
-        acc = warpgroup_mma(xa_lo, b_hi, acc, is_async=True)
+        if SPLIT:
+            acc = warpgroup_mma(xa_hi, b_lo, acc, is_async=True)
+            acc = warpgroup_mma(xa_lo, b_hi, acc, is_async=True)
     return acc, b_hi, b_lo
 
 
 @gluon.jit
-def _bd_mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, OFF: gl.constexpr = 0):
+def _bd_mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, OFF: gl.constexpr = 0,
+           SPLIT: gl.constexpr = True):
     """Products of 16x16 blocks kept as row-stacks: x, y [64, 16] hold blocks X_b, Y_b in rows 16b..16b+15;
     returns the row-stack of X_b @ Y_(b - OFF) (zero rows for b < OFF), with _mm's hi + lo precision.
     A block-diagonal [64, 64] x [64, 16] product as _mm computes it splits 32 values per thread, 24 of them
     zeros; here each warp's rows (one block) are the A operand against each 16-row slice of y's shared tile
     (four [64, 16] x [16, 16] products) and every row keeps the product with its own block's slice.
+    SPLIT as _mm's.
     Same tile-pair alternation as _mm (no barrier after the MMAs)."""
     BT: gl.constexpr = x.shape[0]
     W: gl.constexpr = x.shape[1]
     gl.static_assert(BT == 4 * W)
     DT: gl.constexpr = y_hi_s.dtype
-    y_hi, y_lo = split16(y, DT)
-    y_hi_s.store(y_hi)
-    y_lo_s.store(y_lo)
+    if SPLIT:
+        y_hi, y_lo = split16(y, DT)
+        y_hi_s.store(y_hi)
+        y_lo_s.store(y_lo)
+    else:
+        y_hi_s.store(y.to(DT))
     fence_async_shared()
     gl.thread_barrier()
-    x_hi, x_lo = split16(x, DT)
-    xa_hi = gl.convert_layout(x_hi, a_op)
-    xa_lo = gl.convert_layout(x_lo, a_op)
-    c0, h0, l0 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 0, OFF, acc_layout)
-    c1, h1, l1 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 1, OFF, acc_layout)
-    c2, h2, l2 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 2, OFF, acc_layout)
-    c3, h3, l3 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 3, OFF, acc_layout)
+    if SPLIT:
+        x_hi, x_lo = split16(x, DT)
+        xa_hi = gl.convert_layout(x_hi, a_op)
+        xa_lo = gl.convert_layout(x_lo, a_op)
+    else:
+        xa_hi = gl.convert_layout(x.to(DT), a_op)
+        xa_lo = xa_hi
+    c0, h0, l0 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 0, OFF, acc_layout, SPLIT)
+    c1, h1, l1 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 1, OFF, acc_layout, SPLIT)
+    c2, h2, l2 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 2, OFF, acc_layout, SPLIT)
+    c3, h3, l3 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 3, OFF, acc_layout, SPLIT)
     c0, c1, c2, c3 = warpgroup_mma_wait(num_outstanding=0, deps=(c0, c1, c2, c3, h0, l0, h1, l1, h2, l2, h3, l3,
                                                                  xa_hi, xa_lo))[:4]
     blk = gl.arange(0, BT, layout=gl.SliceLayout(1, acc_layout))[:, None] // W
@@ -184,7 +205,7 @@ def _store_rows(acc, desc, ptr, t0, eos, hv, s_t, s_h, blk: gl.constexpr):
 def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, u, o, rkn, N, T, HV, G,
                     s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh, s_rt,
                     RAW: gl.constexpr, L2NORM: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr,
-                    A_OUT: gl.constexpr = False):
+                    A_OUT: gl.constexpr = False, SOLVE_SPLIT: gl.constexpr = True):
     """One CTA (one warpgroup) per (chunk slot, v-head), the v-heads of a slot adjacent (the G v-heads of one
     k tile find it in L2). As the Triton `_prep_kernel` (gdn/common/triton/prefill/prefill.py) without the
     norm buffers:
@@ -200,7 +221,8 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
     k, v arrive by TMA; K K^T is a wgmma on the shared k tile. The solve inverts growing diagonal blocks:
     the 16x16 ones by forward substitution in fp32 (`_tri_inv16`), then 32x32 and 64x64 by
     (I + X E)^-1 X = X - X E X (E the block below the diagonal, (X E)^2 = 0). Each of those products is three
-    wgmmas of 16-bit hi + lo parts and only touches the blocks that can be non-zero: the 16x16 blocks stay
+    wgmmas of 16-bit hi + lo parts (SOLVE_SPLIT; else one wgmma of the operands rounded to 16 bits, chunk_prep.py
+    has the measurements) and only touches the blocks that can be non-zero: the 16x16 blocks stay
     row-stacks [64, 16] and are multiplied block by block (`_bd_mm`, four [64, 16] x [16, 16] products), the
     last two are [64, 32] x [32, 32] (`_mm`). (On an H100 at 8x4096, two CTAs per SM, with the 16x16 blocks
     still inverted by doubling on the tensor cores: 565 us; 625 with the block products as block-diagonal
@@ -356,14 +378,14 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         # P_b = X_b E1_b, then P_b X_(b-1), placed one block below the diagonal
         odd = ((rq // 16) % 2) == 1
         e1_st = gl.where(odd[:, None], _cols(nm, blk3, mma_q, 1, True), 0.0)
-        p_st = _bd_mm(xi_st, e1_st, zh.index(0), zl.index(0), a_q, mma_q)
-        p_st = _bd_mm(p_st, xi_st, zh.index(1), zl.index(1), a_q, mma_q, OFF=1)
+        p_st = _bd_mm(xi_st, e1_st, zh.index(0), zl.index(0), a_q, mma_q, SPLIT=SOLVE_SPLIT)
+        p_st = _bd_mm(p_st, xi_st, zh.index(1), zl.index(1), a_q, mma_q, OFF=1, SPLIT=SOLVE_SPLIT)
         x32 = _place(xi_st, blk3, mma_s, 0, True) - _place(p_st, blk3, mma_s, 1, True)
         # 64x64: with E2 = N[32:, :32], A = X32 - X32[:, 32:] E2 X32[:32, :32] in the lower-left quadrant:
         # two [64, 32] x [32, 32] MMAs (the upper rows of the first are zeros)
         q = _mm(_cols(x32, half3, mma_h, 1, False), _cols(nm, half3, mma_h, 0, False), xh.index(0), xl.index(0),
-                a_h, mma_h, K0=32)
-        q = _mm(q, _cols(x32, half3, mma_h, 0, False), xh.index(1), xl.index(1), a_h, mma_h)
+                a_h, mma_h, K0=32, SPLIT=SOLVE_SPLIT)
+        q = _mm(q, _cols(x32, half3, mma_h, 0, False), xh.index(1), xl.index(1), a_h, mma_h, SPLIT=SOLVE_SPLIT)
         ai = x32 - _place(q, half3, mma_s, 0, False)
 
         if A_OUT:

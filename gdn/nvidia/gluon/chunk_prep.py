@@ -25,6 +25,22 @@ from gdn.nvidia.gluon import _common as C
 # 994 -> 1040-1048, 64x512 1090 -> 1151-1173, 1x32768 1223 -> 1245-1272); not kept.
 NUM_WARPS = 4
 MAXNREG = 168
+# With a_out (A' instead of w and u: no [64, 128] accumulators) the kernel fits 128 registers without spill (ptxas
+# -v, 2026-11-23; 112: 24 bytes of spill, 96: 136): four CTAs per SM (41.7 KB of shared memory each). And its
+# solve's block products as one MMA of operands rounded to 16 bits (SOLVE_SPLIT=False) instead of three of hi + lo
+# parts: A' is rounded to 16 bits once anyway. H100, 2026-11-23 about 09:40 UTC (prefill under CUDA-graph replay,
+# raw gates, one process, interleaved rounds; this kernel's profiler time in brackets, us):
+#                168 / split     128 / split     128 / one product
+#   1x4096       127.5           124.6           120.9
+#   3x1000       99.8 (27.7)     98.0 (25.3)     94.5 (22.3)
+#   64x512       857.7 (262.3)   827.7 (225.4)   802.8 (201.9)
+#   8x4096       731.4 (254.5)   710.7 (235.9)   689.0 (188.3)
+#   1x32768      927.6 (241.1)   898.2 (221.2)   877.5 (183.8)
+# Error against the float64 recurrence, 1x4096: output 3.714e-3 -> 3.720e-3, state 2.793e-3 -> 2.802e-3 (3x1000:
+# 3.772 -> 3.781, 2.921 -> 2.938). 96 registers (five CTAs per SM): no faster (8x4096 710.2, 1x32768 955.0 split).
+# The w/u path keeps 168 and the hi + lo products (not re-measured: u carries A's factor at ~16 bits there).
+A_OUT_MAXNREG = 128
+A_OUT_SOLVE_SPLIT = False
 HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
 
 
@@ -56,7 +72,8 @@ def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, ou
              *gx.stride(), *bx.stride(), *g_cum.stride(), *w.stride()[:2], *u.stride()[:2], *out.stride()[:2],
              0 if rk is None else rk.stride()[0],
              RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), A_OUT=a_out is not None,
-             num_warps=NUM_WARPS, maxnreg=MAXNREG)
+             SOLVE_SPLIT=a_out is None or A_OUT_SOLVE_SPLIT, num_warps=NUM_WARPS,
+             maxnreg=MAXNREG if a_out is None else A_OUT_MAXNREG)
 
 
 def example_launches(arch: str) -> list:
