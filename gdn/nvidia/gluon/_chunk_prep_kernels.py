@@ -20,6 +20,30 @@ def _softplus(x):
 
 
 @gluon.jit
+def _operands(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, SPLIT: gl.constexpr):
+    """The 16-bit operands of x @ y for _mm and _bd_mm: y into its shared tiles (hi + lo parts with SPLIT,
+    else rounded into y_hi_s), visible to every warp's wgmma; returns x as wgmma's A in registers (hi, lo;
+    without SPLIT the rounded x twice, so both can be named as deps)."""
+    DT: gl.constexpr = y_hi_s.dtype
+    if SPLIT:
+        y_hi, y_lo = split16(y, DT)
+        y_hi_s.store(y_hi)
+        y_lo_s.store(y_lo)
+    else:
+        y_hi_s.store(y.to(DT))
+    fence_async_shared()
+    gl.thread_barrier()
+    if SPLIT:
+        x_hi, x_lo = split16(x, DT)
+        xa_hi = gl.convert_layout(x_hi, a_op)
+        xa_lo = gl.convert_layout(x_lo, a_op)
+    else:
+        xa_hi = gl.convert_layout(x.to(DT), a_op)
+        xa_lo = xa_hi
+    return xa_hi, xa_lo
+
+
+@gluon.jit
 def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, K0: gl.constexpr = 0,
         SPLIT: gl.constexpr = True):
     """x @ y[K0:K0 + Kx] for fp32 x [64, Kx] (registers, wgmma's A) and y [64, N] (through the shared tiles
@@ -29,30 +53,15 @@ def _mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, K0: 
     (A from shared memory as well measured slower on an H100: 0.98 vs 0.85 ms for the kernel at 8x4096.)
     No barrier after the MMAs: consecutive calls alternate between pairs of tiles, so a pair is written
     again only after the next call's barrier, which every warp reaches past its wait on this call's MMAs."""
-    DT: gl.constexpr = y_hi_s.dtype
     KX: gl.constexpr = x.shape[1]
     acc = gl.zeros([x.shape[0], y.shape[1]], gl.float32, acc_layout)
-    if SPLIT:
-        y_hi, y_lo = split16(y, DT)
-        y_hi_s.store(y_hi)
-        y_lo_s.store(y_lo)
-    else:
-        y_hi_s.store(y.to(DT))
-    fence_async_shared()
-    gl.thread_barrier()
+    xa_hi, xa_lo = _operands(x, y, y_hi_s, y_lo_s, a_op, SPLIT)
     b_hi = y_hi_s.slice(K0, KX, dim=0)
     b_lo = y_lo_s.slice(K0, KX, dim=0)
+    acc = warpgroup_mma(xa_hi, b_hi, acc, use_acc=False, is_async=True)
     if SPLIT:
-        x_hi, x_lo = split16(x, DT)
-        xa_hi = gl.convert_layout(x_hi, a_op)
-        xa_lo = gl.convert_layout(x_lo, a_op)
-        acc = warpgroup_mma(xa_hi, b_hi, acc, use_acc=False, is_async=True)
         acc = warpgroup_mma(xa_hi, b_lo, acc, is_async=True)
         acc = warpgroup_mma(xa_lo, b_hi, acc, is_async=True)
-    else:
-        xa_hi = gl.convert_layout(x.to(DT), a_op)
-        xa_lo = xa_hi
-        acc = warpgroup_mma(xa_hi, b_hi, acc, use_acc=False, is_async=True)
     acc, _, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, b_hi, b_lo, xa_hi, xa_lo))
     return acc
 
@@ -90,22 +99,7 @@ def _bd_mm(x, y, y_hi_s, y_lo_s, a_op: gl.constexpr, acc_layout: gl.constexpr, O
     BT: gl.constexpr = x.shape[0]
     W: gl.constexpr = x.shape[1]
     gl.static_assert(BT == 4 * W)
-    DT: gl.constexpr = y_hi_s.dtype
-    if SPLIT:
-        y_hi, y_lo = split16(y, DT)
-        y_hi_s.store(y_hi)
-        y_lo_s.store(y_lo)
-    else:
-        y_hi_s.store(y.to(DT))
-    fence_async_shared()
-    gl.thread_barrier()
-    if SPLIT:
-        x_hi, x_lo = split16(x, DT)
-        xa_hi = gl.convert_layout(x_hi, a_op)
-        xa_lo = gl.convert_layout(x_lo, a_op)
-    else:
-        xa_hi = gl.convert_layout(x.to(DT), a_op)
-        xa_lo = xa_hi
+    xa_hi, xa_lo = _operands(x, y, y_hi_s, y_lo_s, a_op, SPLIT)
     c0, h0, l0 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 0, OFF, acc_layout, SPLIT)
     c1, h1, l1 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 1, OFF, acc_layout, SPLIT)
     c2, h2, l2 = _blk(xa_hi, xa_lo, y_hi_s, y_lo_s, 2, OFF, acc_layout, SPLIT)
