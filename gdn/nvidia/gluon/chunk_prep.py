@@ -44,7 +44,7 @@ A_OUT_SOLVE_SPLIT = False
 HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
 
 
-def prep_ok(q, k, v) -> bool:
+def prep_ok(k, v) -> bool:
     """Whether this kernel takes these operands (else prefill runs the Triton one; its w and u, or A', are
     prefill's own packed buffers of k's dtype)."""
     return (k.dtype in C.DTYPES and v.dtype == k.dtype and k.shape[2] in HEAD_DIMS and v.shape[2] in HEAD_DIMS)

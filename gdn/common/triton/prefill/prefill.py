@@ -165,28 +165,26 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     a_path = False      # the fused pass reads A' and v in w's and u's places (only after the Gluon first kernel)
     if not norms and state_impl.backend == "gluon" and L.pick(_GLUON_PREP, arch, "any", False):
         from gdn.nvidia.gluon import chunk_prep
-        if chunk_prep.prep_ok(q, k, v):
-            ws = fused_gluon is not None and fused_gluon.get("WS")
-            # the warp-specialised state pass takes the key norms from the first kernel (instruction issue
-            # bounds it; they are a by-product there)
-            if ws and l2:
-                rk_ws = C.gcum_empty(T, H, dev)
-            a_path = bool(ws and fused_gluon.get("A_PATH"))
-            if a_path:
-                # A' instead of w and u: the pass forms v_new from v and A' (chunk_state.py `_WS`)
-                w, u = torch.empty((T, HV, C.BT), dtype=wdt, device=dev), v
-                chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None, None, out, l2,
-                                       rk_ws, a_out=w)
-            else:
-                w = torch.empty((T, HV, K), dtype=wdt, device=dev)
-                u = torch.empty((T, HV, V), dtype=wdt, device=dev)
-                chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2, rk_ws)
-            gluon_prep = True
-    # the launch plan only where a Triton kernel runs (building it is a tenth of an eager call's host time)
-    p = None if gluon_prep and fused_gluon is not None else plan(arch, N, HV, K, V)
-    if not gluon_prep:
+        gluon_prep = chunk_prep.prep_ok(k, v)
+    if gluon_prep:
+        ws = fused_gluon is not None and fused_gluon.get("WS")
+        # the warp-specialised state pass takes the key norms from the first kernel (instruction issue bounds
+        # it; they are a by-product there)
+        if ws and l2:
+            rk_ws = C.gcum_empty(T, H, dev)
+        # A' instead of w and u: the pass forms v_new from v and A' (chunk_state.py `_WS`)
+        a_path = bool(ws and fused_gluon.get("A_PATH"))
+    if a_path:
+        w, u = torch.empty((T, HV, C.BT), dtype=wdt, device=dev), v
+    else:
         w = torch.empty((T, HV, K), dtype=wdt, device=dev)
         u = torch.empty((T, HV, V), dtype=wdt, device=dev)
+    # the launch plan only where a Triton kernel runs (building it is a tenth of an eager call's host time)
+    p = None if gluon_prep and fused_gluon is not None else plan(arch, N, HV, K, V)
+    if gluon_prep:
+        chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None if a_path else w,
+                               None if a_path else u, out, l2, rk_ws, a_out=w if a_path else None)
+    else:
         L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
                  w, u, out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                  v.stride(0), v.stride(1), gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0),
