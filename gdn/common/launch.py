@@ -142,34 +142,149 @@ def launch(kernel, grid, *args, num_warps: int = 4, num_stages: int = 2, pdl: bo
     rec[1].append(Launch(kernel, sig, cexp, options, attrs))
 
 
-def launch_compiled(kernel, grid, args: list, kwargs: dict) -> bool:
+def launch_compiled(kernel, grid, args, kwargs: dict) -> bool:
     """Launch `kernel` on the current stream with the binary its JIT already compiled for these arguments, as
-    `kernel[grid](*args, **kwargs)` would, minus that call's per-launch bookkeeping (~20 us of a serving host's
-    time a launch; an eager prefill makes two). The binary is looked up exactly as the JIT does (its binder: the
-    arguments' specialisation, and the options), so a new specialisation misses. Returns False, launching
+    `kernel[grid](*args, **kwargs)` would, minus that call's per-launch bookkeeping. Returns False, launching
     nothing, where the JIT must take the call: nothing compiled for it yet (the JIT compiles, and checks the
     kernel's globals, on that first call), launch hooks installed (a profiler's), or a Triton other than the
-    3.6 this follows."""
+    3.6 this follows. `args` may hold host TMA descriptors of a type given to `plan_arg_type` (Gluon's `Desc`),
+    unbuilt: the JIT path builds them, a plan encodes them itself.
+
+    Two levels. A *plan* (`_Plan`) is found by a key computed from the arguments in a few microseconds
+    (`_plan_key`: per argument exactly what Triton's specialisation reads of it) and launches the C launcher
+    directly, encoding TMA descriptors straight from their fields. Without one, the binary is looked up as the
+    JIT does (its binder, ~20-45 us a launch on a serving host: ~5 us per TMA descriptor argument alone) and a
+    plan made for next time."""
     if not _LAUNCH_COMPILED or not hasattr(kernel, "device_caches"):    # (the interpreter's kernels have none)
         return False
     from triton import knobs
-    from triton.runtime.jit import compute_cache_key
+    if knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls:
+        return False
     dev = torch.cuda.current_device()
-    caches = kernel.device_caches.get(dev)
-    if caches is None or knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls:
-        return False
-    kernel_cache, key_cache, _, _, binder = caches
-    kwargs["debug"] = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
-    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-    bound, specialization, options = binder(*args, **kwargs)
-    compiled = kernel_cache.get(compute_cache_key(key_cache, specialization, options))
-    if compiled is None or hasattr(compiled, "result"):
-        return False
-    g = (*grid, 1, 1)
-    run = compiled.run          # (first: the property loads the module, which sets compiled.function)
-    run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(dev), compiled.function, compiled.packed_metadata,
-        None, None, None, *bound.values())      # no launch metadata: no hook reads it
+    debug = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
+    mode = knobs.compilation.instrumentation_mode
+    key = _plan_key(kernel, dev, args, kwargs, debug, mode)
+    try:
+        plan = _PLANS.get(key) if key is not None else None
+    except TypeError:       # an unhashable keyword argument: no plan
+        key = plan = None
+    if not plan:            # (None: not planned yet; False: these arguments take Triton's own launcher)
+        caches = kernel.device_caches.get(dev)
+        if caches is None:
+            return False
+        from triton.runtime.jit import compute_cache_key
+        kernel_cache, key_cache, _, _, binder = caches
+        built = [a.build() if type(a) in _TMA_TYPES else a for a in args]
+        bound, specialization, options = binder(*built, **{**kwargs, "debug": debug, "instrumentation_mode": mode})
+        compiled = kernel_cache.get(compute_cache_key(key_cache, specialization, options))
+        if compiled is None or hasattr(compiled, "result"):
+            return False
+        if plan is None and key is not None:
+            plan = _make_plan(compiled, args, list(bound.values())[len(args):]) or False
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = plan
+        if not plan:
+            g = (*grid, 1, 1)
+            run = compiled.run          # (first: the property loads the module, which sets compiled.function)
+            run(g[0], g[1], g[2], torch._C._cuda_getCurrentRawStream(dev), compiled.function,
+                compiled.packed_metadata, None, None, None, *bound.values())    # no launch metadata: no hook reads it
+            return True
+    plan.launch(grid, args, torch._C._cuda_getCurrentRawStream(dev))
     return True
+
+
+# ---- launch plans -------------------------------------------------------------------------------------
+# What Triton 3.6's specialisation (native_specialize_impl) reads of an argument, per type: a tensor's dtype and
+# whether its address is 16-byte aligned (tt.divisibility), an int's equality to 1 (a constant), divisibility by
+# 16 and width (i32, i64, u64), only the type of a float, bool or None. A key made of these is as fine as the
+# JIT's, so a plan never launches a binary compiled for other arguments (tests/gpu/test_launch_gpu.py).
+def _int_key(v: int):
+    if v == 1:
+        return 1
+    return (v % 16 == 0, 0 if -0x80000000 <= v < 0x80000000 else (1 if -(2**63) <= v < 2**63 else 2))
+
+
+def _tensor_key(t: torch.Tensor):
+    return t.dtype, t.data_ptr() % 16 == 0
+
+
+_ARG_KEYS = {torch.Tensor: _tensor_key, torch.nn.Parameter: _tensor_key, int: _int_key,
+             bool: lambda v: "u1", float: lambda v: "fp32", type(None): lambda v: None}
+_TMA_TYPES: dict = {}           # host TMA descriptor type -> its key function (plan_arg_type)
+_PLAN_KWARG_TYPES = (int, float, bool, str, type(None))
+_PLANS: dict = {}
+_MAX_PLANS = 4096
+
+
+def plan_arg_type(cls, key) -> None:
+    """Declare `cls` a host TMA descriptor argument for launch plans. Its instances have `base` (the tensor),
+    `shape` (2 ints), `stride` (the row stride; unit column stride), `block` and `build()` (Triton's
+    TensorDescriptor), and `key(d)` is what the kernel's specialisation reads of one (dtype and block)."""
+    _TMA_TYPES[cls] = key
+    _ARG_KEYS[cls] = key
+
+
+def _plan_key(kernel, dev: int, args, kwargs: dict, debug, mode):
+    keys = []
+    for a in args:
+        f = _ARG_KEYS.get(type(a))
+        if f is None:
+            return None
+        keys.append(f(a))
+    return kernel, dev, tuple(keys), tuple(kwargs.items()), debug, mode
+
+
+class _Plan:
+    """One compiled binary's launch with the arguments laid out as its C launcher takes them: the positional
+    arguments, TMA descriptors expanded to (CUtensorMap, shape, strides) and encoded per call (the address
+    changes), then the constexpr tail fixed by the key (the keyword arguments)."""
+    __slots__ = ("c_launch", "function", "metadata", "coop", "pdl", "descs", "tail")
+
+    def launch(self, grid, args, stream) -> None:
+        a = [*args, *self.tail]
+        for i, swizzle, elem_size, elem_type, block in self.descs:      # (descending positions)
+            d = a[i]
+            strides = (d.stride, 1)
+            a[i:i + 1] = (_fill_tma(d.base.data_ptr(), swizzle, elem_size, elem_type, block, d.shape, strides, 0),
+                          *d.shape, *strides)
+        g = (*grid, 1, 1)
+        self.c_launch(g[0], g[1], g[2], stream, self.function, self.coop, self.pdl, None, None, self.metadata,
+                      None, None, None, *a)
+
+
+_fill_tma = None
+
+
+def _make_plan(compiled, args, tail: list) -> _Plan | None:
+    """The plan of `compiled` for arguments like `args`, or None where one would not launch exactly as Triton's
+    launcher does: scratch memory to allocate, a kernel without TMA metadata for its descriptors."""
+    global _fill_tma
+    run = compiled.run                  # (the property loads the module, which sets compiled.function)
+    if (run.global_scratch_size or run.profile_scratch_size
+            or any(isinstance(v, torch.Tensor) or not isinstance(v, _PLAN_KWARG_TYPES) for v in tail)):
+        return None
+    c_launch = run.launch
+    descs = [i for i, a in enumerate(args) if type(a) in _TMA_TYPES]
+    if descs:
+        # Triton wraps the C launcher in a closure that encodes TensorDescriptor arguments (driver.py,
+        # wrap_handle_tensordesc); the plan encodes them itself and calls the C launcher under it
+        from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST
+        from triton.runtime import driver
+        metas = getattr(compiled.metadata, "tensordesc_meta", None)
+        cells = dict(zip(c_launch.__code__.co_freevars, (c.cell_contents for c in c_launch.__closure__ or ())))
+        if (not metas or len(metas) != len(descs) or "launcher" not in cells
+                or any(m is None or m["fp4_padded"] for m in metas)):
+            return None
+        c_launch = cells["launcher"]
+        _fill_tma = driver.active.utils.fill_tma_descriptor
+        descs = [(i, m["swizzle"], m["elem_size"], TMA_DTYPE_DEVICE_TO_HOST[m["elem_type"]], list(m["block_size"]))
+                 for i, m in zip(descs, metas)][::-1]
+    plan = _Plan()
+    plan.c_launch, plan.function, plan.metadata = c_launch, compiled.function, compiled.packed_metadata
+    plan.coop, plan.pdl = run.launch_cooperative_grid, run.launch_pdl
+    plan.descs, plan.tail = tuple(descs), tail
+    return plan
 
 
 def _launch_compiled_ok() -> bool:

@@ -48,3 +48,45 @@ def test_launch_compiled_taken_and_identical(op, backend, monkeypatch):
     assert n > 0 and all(taken[n:]), taken
     for (o_j, s_j), (o_f, s_f) in zip(jit, fast):
         assert torch.equal(o_j, o_f) and torch.equal(s_j, s_f)
+
+
+def _copy_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def copy_scaled(x, y, n, s, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(y + i, tl.load(x + i, mask=i < n) * s, mask=i < n)
+    return copy_scaled
+
+
+def test_launch_plans_follow_the_specialisation(monkeypatch):
+    """Launch plans (found by a key of the arguments, not Triton's binder) launch the binary the JIT would:
+    an address off 16 bytes, an int equal to 1 or not a multiple of 16 after aligned ones each get their own binary (a
+    vectorised load from a misaligned address would fault or read wrong), and every later launch takes a plan."""
+    if not L._launch_compiled_ok():
+        pytest.skip("a Triton other than 3.6: the JIT takes every launch")
+    kernel = _copy_kernel()
+    plans = []
+    real = L._Plan.launch
+
+    def spy(self, *a):
+        plans.append(self)
+        return real(self, *a)
+    monkeypatch.setattr(L._Plan, "launch", spy)
+    x = torch.randn(4096 + 8, device="cuda")
+    for rnd in range(2):
+        for off, n in ((0, 4096), (1, 4096), (0, 1), (0, 4095), (0, 4096)):
+            y = torch.full((n + 8,), float("nan"), device="cuda")
+            L.launch(kernel, (triton_cdiv(n, 256),), x[off:], y[off:], n, 0.5, BLOCK=256)
+            torch.cuda.synchronize()
+            assert torch.equal(y[off:off + n], x[off:off + n] * 0.5), (rnd, off, n)
+            assert y[:off].isnan().all() and y[off + n:].isnan().all()
+    assert len(plans) == 6          # the JIT compiles each specialisation's first launch, plans take the rest
+    assert len({id(p) for p in plans}) == 4             # (0, 4096) thrice: one plan; the others each their own
+    assert len({p.function for p in plans}) == 4        # and each its own binary
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)

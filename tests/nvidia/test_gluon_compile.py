@@ -326,3 +326,33 @@ def test_launch_compiled_declines_without_a_jit_binary():
     class Interpreted:          # what TRITON_INTERPRET=1 makes of a kernel: no device_caches
         pass
     assert L.launch_compiled(Interpreted(), (1,), [], {}) is False
+
+
+@needs_gluon
+def test_launch_plan_keys_as_fine_as_triton_specialisation():
+    """A launch plan is found by a key of the arguments (gdn.common.launch._plan_key) instead of Triton's
+    binder: two arguments with one key must specialise alike in Triton 3.6 (else a plan would launch a binary
+    compiled for other arguments), and a Desc's key must determine its signature."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+    from gdn.common import launch as L
+    from gdn.nvidia.gluon import _common as C
+    buf = torch.empty(4096, dtype=torch.uint8)
+    vals = [0, 1, 2, 15, 16, 17, 32, -16, -5, 2**31 - 16, 2**31 - 1, 2**31, 2**32 + 16, 2**63 - 1, 2**63, 2**64 - 16,
+            True, False, 0.0, 1.0, 3.5, None]
+    vals += [buf[o:o + 64].view(dt) for o in (0, 16, 32, 4, 8) for dt in (torch.bfloat16, torch.float32, torch.int32)]
+    vals += [buf[2:66].view(torch.bfloat16), buf[18:82].view(torch.float16)]
+    vals += [torch.nn.Parameter(torch.zeros(8)), buf[1:9]]
+    seen = {}
+    for v in vals:
+        key = L._ARG_KEYS[type(v)](v)
+        spec = native_specialize_impl(CUDABackend, v, False, True, True)
+        assert seen.setdefault(key, spec) == spec, (v, key, spec, seen[key])
+    assert len(seen) >= 15          # (the keys do tell these apart)
+    bf = torch.bfloat16
+    descs = [C.head_matrix(torch.empty(rows, 4, d, dtype=dt), 64, bc) for rows in (64, 200) for d in (64, 128)
+             for dt in (bf, torch.float16) for bc in (None, 32)]
+    sigs = {}
+    for d in descs:
+        assert sigs.setdefault(L._ARG_KEYS[C.Desc](d), d.signature()) == d.signature()
+    assert len(sigs) == 6           # tiles [64, 64], [64, 128], [64, 32] in two dtypes

@@ -73,6 +73,11 @@ class Desc:
         return d
 
 
+# launch plans encode a Desc straight from its fields (no TensorDescriptor built); what the kernel's
+# specialisation reads of one is its dtype and tile (the layout follows from them)
+L.plan_arg_type(Desc, lambda d: (d.base.dtype, d.block))
+
+
 @functools.lru_cache(maxsize=None)
 def _tensor_descriptor():
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -124,9 +129,8 @@ def launch(kernel, grid, *args, num_warps: int = 4, maxnreg: int | None = None, 
     rec = _RECORD.get()
     opts = dict(num_warps=num_warps) if maxnreg is None else dict(num_warps=num_warps, maxnreg=maxnreg)
     if rec is None:
-        built = [a.build() if isinstance(a, Desc) else a for a in args]
-        if not L.launch_compiled(kernel, grid, built, {**opts, **constexprs}):
-            kernel[grid](*built, **opts, **constexprs)
+        if not L.launch_compiled(kernel, grid, args, {**opts, **constexprs}):
+            kernel[grid](*[a.build() if isinstance(a, Desc) else a for a in args], **opts, **constexprs)
         return
     # the JIT's specialisation of the plain arguments (L.specialized), the descriptors' own signatures
     sig, cexp, attrs = L.specialized(kernel, L.recording_arch() or "sm_90",
