@@ -180,7 +180,7 @@ def launch_compiled(kernel, grid, args, kwargs: dict) -> bool:
         if compiled is None or hasattr(compiled, "result"):
             return False
         if plan is None and key is not None:
-            plan = _make_plan(compiled, args, list(bound.values())[len(args):]) or False
+            plan = _make_plan(kernel, compiled, args, list(bound.values())[len(args):]) or False
             if len(_PLANS) >= _MAX_PLANS:
                 _PLANS.clear()
             _PLANS[key] = plan
@@ -200,9 +200,9 @@ def launch_compiled(kernel, grid, args, kwargs: dict) -> bool:
 # 16 and width (i32, i64, u64), only the type of a float, bool or None. A key made of these is as fine as the
 # JIT's, so a plan never launches a binary compiled for other arguments (tests/gpu/test_launch_gpu.py).
 def _int_key(v: int):
-    if v == 1:
-        return 1
-    return (v % 16 == 0, 0 if -0x80000000 <= v < 0x80000000 else (1 if -(2**63) <= v < 2**63 else 2))
+    if -0x80000000 <= v < 0x80000000:           # (as _plan_key's inline case)
+        return 1 if v == 1 else (3 if v % 16 == 0 else 2)
+    return v % 16 == 0, 1 if -(2**63) <= v < 2**63 else 2
 
 
 def _tensor_key(t: torch.Tensor):
@@ -226,20 +226,30 @@ def plan_arg_type(cls, key) -> None:
 
 
 def _plan_key(kernel, dev: int, args, kwargs: dict, debug, mode):
+    """The plan key of a launch, or None where an argument's type has no key. The common types inline (an
+    eager prefill keys ~55 arguments a call): an i32 int as 1 (the constant), 2 or 3 (divisible by 16)."""
     keys = []
+    add = keys.append
     for a in args:
-        f = _ARG_KEYS.get(type(a))
-        if f is None:
-            return None
-        keys.append(f(a))
-    return kernel, dev, tuple(keys), tuple(kwargs.items()), debug, mode
+        t = type(a)
+        if t is int and -0x80000000 <= a < 0x80000000:
+            add(1 if a == 1 else (3 if a % 16 == 0 else 2))
+        elif t is torch.Tensor:
+            add((a.dtype, a.data_ptr() % 16 == 0))
+        else:
+            f = _ARG_KEYS.get(t)
+            if f is None:
+                return None
+            add(f(a))
+    # the kernel by identity (its __hash__ computes a cache key); the plan holds it, so the id stays its own
+    return id(kernel), dev, tuple(keys), tuple(kwargs.items()), debug, mode
 
 
 class _Plan:
     """One compiled binary's launch with the arguments laid out as its C launcher takes them: the positional
     arguments, TMA descriptors expanded to (CUtensorMap, shape, strides) and encoded per call (the address
     changes), then the constexpr tail fixed by the key (the keyword arguments)."""
-    __slots__ = ("c_launch", "function", "metadata", "coop", "pdl", "descs", "tail")
+    __slots__ = ("kernel", "c_launch", "function", "metadata", "coop", "pdl", "descs", "tail")
 
     def launch(self, grid, args, stream) -> None:
         a = [*args, *self.tail]
@@ -256,7 +266,7 @@ class _Plan:
 _fill_tma = None
 
 
-def _make_plan(compiled, args, tail: list) -> _Plan | None:
+def _make_plan(kernel, compiled, args, tail: list) -> _Plan | None:
     """The plan of `compiled` for arguments like `args`, or None where one would not launch exactly as Triton's
     launcher does: scratch memory to allocate, a kernel without TMA metadata for its descriptors."""
     global _fill_tma
@@ -281,6 +291,7 @@ def _make_plan(compiled, args, tail: list) -> _Plan | None:
         descs = [(i, m["swizzle"], m["elem_size"], TMA_DTYPE_DEVICE_TO_HOST[m["elem_type"]], list(m["block_size"]))
                  for i, m in zip(descs, metas)][::-1]
     plan = _Plan()
+    plan.kernel = kernel            # (kept alive: the key has its id)
     plan.c_launch, plan.function, plan.metadata = c_launch, compiled.function, compiled.packed_metadata
     plan.coop, plan.pdl = run.launch_cooperative_grid, run.launch_pdl
     plan.descs, plan.tail = tuple(descs), tail
