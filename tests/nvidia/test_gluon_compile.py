@@ -105,10 +105,12 @@ def _spill_bytes(info: str | None) -> int | None:
 
 
 def _injected_waits(info: str | None) -> list[str]:
-    """ptxas's C7517 notes in its report `info` (_ptxas_info): a register of an in-flight wgmma's accumulator
-    side was touched, so ptxas made the warps wait for the MMA there, which silently serialises it with the
-    work meant to overlap it (seen when the state pass's decay of S moved after `w h` was issued)."""
-    return [line for line in (info or "").splitlines() if "C7517" in line]
+    """ptxas's notes in its report `info` (_ptxas_info) that it serialised wgmmas: C7517, a register of an
+    in-flight wgmma's accumulator side was touched, so ptxas made the warps wait for the MMA there (seen when
+    the state pass's decay of S moved after `w h` was issued); C7512, too few registers for the accumulators
+    of the wgmmas in flight together (seen in the fused-prefill experiment with three 64x64 accumulators and
+    the state live at 176 registers). Both silently serialise MMAs meant to overlap other work."""
+    return [line for line in (info or "").splitlines() if "C7517" in line or "C7512" in line]
 
 
 def _check_hopper_kernel(name, launch, max_spill=0):
