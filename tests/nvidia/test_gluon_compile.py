@@ -169,7 +169,10 @@ def test_chunk_state_output_fused_compiles():
     from gdn.nvidia.gluon import chunk_state as GS
     launches = GS._fused_example_launches("sm_90")
     assert launches and any("TMA_O=0" in name for name, _ in launches[:2])      # both output branches
-    for name, launch in launches[:2]:
+    # and as prefill launches it: the key and query norms as TMA tiles from the first kernel
+    norms = [(name, launch) for name, launch in launches if name.endswith(",norms]")]
+    assert len(norms) == 1 and "rq_desc" in norms[0][1].signature, [name for name, _ in launches]
+    for name, launch in launches[:2] + norms:
         _check_hopper_kernel(name, launch, max_spill=32)
 
 

@@ -4,7 +4,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._jit import (_add, exp2_ftz, inv_norm, log2_ftz, row_sum, seq_of_slot, split16, split_mma,
+from gdn.nvidia.gluon._jit import (_add, exp2_ftz, log2_ftz, row_sum, seq_of_slot, split16, split_mma,
                                    zero_rows_past)
 
 
@@ -196,8 +196,8 @@ def _store_rows(acc, desc, ptr, t0, eos, hv, s_t, s_h, blk: gl.constexpr):
 
 
 @gluon.jit
-def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, u, o, rkn, N, T, HV, G,
-                    s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh, s_rt,
+def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, u, o, rkn, q_desc, rqn,
+                    N, T, HV, G, s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh, s_rt,
                     RAW: gl.constexpr, L2NORM: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr,
                     A_OUT: gl.constexpr = False, SOLVE_SPLIT: gl.constexpr = True):
     """One CTA (one warpgroup) per (chunk slot, v-head), the v-heads of a slot adjacent (the G v-heads of one
@@ -207,7 +207,9 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         A = (I + strict_lower(beta_i rk_i rk_j k_i.k_j exp(gc_i - gc_j)))^-1
         w = A (beta exp(g_cum) rk k),  u = A (beta v)
     and zero output rows past cu_seqlens[-1]; with rkn (else None) also the key norms rk into rkn [T, H] fp32
-    (row stride s_rt), rows before the sequence end only.
+    (row stride s_rt), rows before the sequence end only; with rqn (and q_desc, q's [64, K] TMA view) the query
+    norms likewise into rqn [T, H] (same row stride), for the warp-specialised state pass, whose chain otherwise
+    reads a q tile into registers each chunk in every one of its G x V / BV CTAs per k head.
     A_OUT: instead of w and u, A' = A diag(beta) [64, 64] per chunk into w (through w_desc, [T, HV, 64]), for
     the state pass that forms v_new = A' (v - exp(g_cum) rk (k h)) itself (v is then not read here, u and
     u_desc are unused): 8 KB a chunk and v-head written instead of w and u's 32 (K = V = 128).
@@ -287,16 +289,30 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         # B operands (hi, lo) of the solve's products, [64, 16] and [64, 32], two pairs each used in turn (_mm)
         q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, 16], DT)
         zh = gl.allocate_shared_memory(DT, [2, BT, 16], q_layout)
-        zl = gl.allocate_shared_memory(DT, [2, BT, 16], q_layout)
         h_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, 32], DT)
         xh = gl.allocate_shared_memory(DT, [2, BT, 32], h_layout)
-        xl = gl.allocate_shared_memory(DT, [2, BT, 32], h_layout)
+        # the lo parts only with SOLVE_SPLIT (12 KB: with A' out and the query's tile, they decide between four
+        # CTAs per SM and three)
+        zl = zh
+        xl = xh
+        if SOLVE_SPLIT:
+            zl = gl.allocate_shared_memory(DT, [2, BT, 16], q_layout)
+            xl = gl.allocate_shared_memory(DT, [2, BT, 32], h_layout)
         bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(bar, count=1)
         mbarrier.expect(bar, k_desc.block_type.nbytes + (0 if A_OUT else v_desc.block_type.nbytes))
         tma.async_copy_global_to_shared(k_desc, [tr, (hv // G) * K], bar, k_smem)
         if not A_OUT:
             tma.async_copy_global_to_shared(v_desc, [tr, hv * V], bar, v_smem)
+        # the query norms: one v-head of each k head loads q's tile too (its own barrier)
+        q_mine = hv % G == 0
+        if rqn is not None:
+            q_smem = gl.allocate_shared_memory(DT, q_desc.block_type.shape, q_desc.layout)
+            qbar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+            mbarrier.init(qbar, count=1)
+            if q_mine:
+                mbarrier.expect(qbar, q_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(q_desc, [tr, (hv // G) * K], qbar, q_smem)
 
         # gates and their chunk-local cumsum while TMA runs (rows past the end: 0), in a 1-D layout the scan
         # lowering supports, then moved to the MMA rows
@@ -322,6 +338,18 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         r = gl.arange(0, BT, layout=row)
         ok = t0 + r < eos
 
+        if rqn is not None:
+            if q_mine:
+                # Q Q^T's diagonal (rows past the end: whatever q holds there, not stored), before K K^T is
+                # issued: no wgmma in flight across this runtime branch
+                mbarrier.wait(qbar, 0)
+                qt = q_smem.permute((1, 0))
+                qq = warpgroup_mma(q_smem, qt, gl.zeros([BT, BT], gl.float32, mma_s), use_acc=False, is_async=True)
+                qq, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(qq, q_smem, qt))
+                cq = gl.arange(0, BT, layout=col)
+                rq = gl.rsqrt(row_sum(gl.where(r[:, None] == cq[None, :], qq, 0.0), 1) + 1e-6)
+                gl.store(rqn + (t0 + r) * s_rt + hv // G, rq, mask=ok)
+            mbarrier.invalidate(qbar)
         mbarrier.wait(bar, 0)
         mbarrier.invalidate(bar)
         if t0 + BT > eos:           # tail chunk: rows past the end may be NaN garbage
@@ -330,17 +358,23 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
                 zero_rows_past(v_smem, t0, eos, blk)
         kt = k_smem.permute((1, 0))
         kk = warpgroup_mma(k_smem, kt, gl.zeros([BT, BT], gl.float32, mma_s), use_acc=False, is_async=True)
-        rk = inv_norm(k_smem, L2NORM, mma_s)
+        kk, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(kk, k_smem, kt))
+        c = gl.arange(0, BT, layout=col)
+        if L2NORM:
+            # the key norms are K K^T's diagonal (fp32 sums of exact products): a select-sum in registers instead
+            # of reading the [64, K] tile into registers again (inv_norm: ~64 shared loads and conversions and
+            # 64 FMAs a thread, in a kernel bound by instruction issue)
+            rk = gl.rsqrt(row_sum(gl.where(r[:, None] == c[None, :], kk, 0.0), 1) + 1e-6)
+        else:
+            rk = gl.full([BT], 1.0, gl.float32, row)
         vec_s.index(2).store(rk)
         gl.thread_barrier()
         gc = vec_s.index(0).load(row)
         bb = vec_s.index(1).load(row)
-        kk, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(kk, k_smem, kt))
         if rkn is not None:
             # the key norms for the state pass, by one v-head of each k head (a mask, not a branch)
             gl.store(rkn + (t0 + r) * s_rt + hv // G, rk, mask=ok & (hv % G == 0))
 
-        c = gl.arange(0, BT, layout=col)
         ok_c = t0 + c < eos
         gc_c = vec_s.index(0).load(col)
         rk_c = vec_s.index(2).load(col)

@@ -15,13 +15,14 @@ LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
 
 
 @gluon.jit
-def _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, c, bos, hv,
-                hk, v0, K: gl.constexpr, V: gl.constexpr):
-    """TMA of chunk c's w, k, q [64, K], u [64, BV], g_cum [64, 4] and (with rk_desc) key-norm [64, 4] tiles
-    into stage c % STAGES on ready[stage]."""
+def _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, rq_s,
+                c, bos, hv, hk, v0, K: gl.constexpr, V: gl.constexpr):
+    """TMA of chunk c's w, k, q [64, K], u [64, BV], g_cum [64, 4] and (with rk_desc, rq_desc) key- and
+    query-norm [64, 4] tiles into stage c % STAGES on ready[stage]."""
     STAGES: gl.constexpr = w_s.shape[0]
     BT: gl.constexpr = w_s.shape[1]
-    extra: gl.constexpr = q_desc.block_type.nbytes + (0 if rk_desc is None else rk_desc.block_type.nbytes)
+    extra: gl.constexpr = (q_desc.block_type.nbytes + (0 if rk_desc is None else rk_desc.block_type.nbytes)
+                           + (0 if rq_desc is None else rq_desc.block_type.nbytes))
     b = c % STAGES
     bar = ready.index(b)
     t0 = bos + c * BT
@@ -30,22 +31,25 @@ def _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, w_s, k_s
     tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_s.index(b))
     if rk_desc is not None:      # (16-byte column offsets, as g_cum's)
         tma.async_copy_global_to_shared(rk_desc, [t0, hk - hk % rk_desc.block_type.shape[1]], bar, rk_s.index(b))
+    if rq_desc is not None:
+        tma.async_copy_global_to_shared(rq_desc, [t0, hk - hk % rq_desc.block_type.shape[1]], bar, rq_s.index(b))
 
 
 @gluon.jit
-def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s, bos, NCL,
-            hv, hk, v0, K: gl.constexpr, V: gl.constexpr):
+def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s,
+            rq_s, bos, NCL, hv, hk, v0, K: gl.constexpr, V: gl.constexpr):
     """One warp: chunk c's tiles into stage c % STAGES once the chain and the output have released the chunk
     that held it (empty, two arrivals)."""
     STAGES: gl.constexpr = w_s.shape[0]
     for c in range(0, NCL):
         mbarrier.wait(empty.index(c % STAGES), ((c // STAGES) & 1) ^ 1)
-        _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, c, bos, hv,
-                    hk, v0, K, V)
+        _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s,
+                    rq_s, c, bos, hv, hk, v0, K, V)
 
 
 @gluon.jit
-def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, h_s, vk_s, vec_s, vs_s, state,
+def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s, vec_s, vs_s,
+           state,
            state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv,
            L2NORM: gl.constexpr, A_PATH: gl.constexpr):
     """The default partition (one warpgroup): the state's chain as chunk_state_sm90's, minus its h and v_new
@@ -102,7 +106,11 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
             rk = tile_col(rk_s.index(b), hk, row, g2)
         else:
             rk = inv_norm(k_b, L2NORM, mma)
-        vec_s.index(2 * j + 1).store(inv_norm(q_s.index(b), L2NORM, mma) * scale)
+        if rq_desc is not None:
+            rq = tile_col(rq_s.index(b), hk, row, g2)
+        else:
+            rq = inv_norm(q_s.index(b), L2NORM, mma)
+        vec_s.index(2 * j + 1).store(rq * scale)
         uu = u_s.index(b).load(mma).to(gl.float32)
         fac = gl.exp(g_last - gc)
         vec_s.index(2 * j).store(gc * LOG2E)
@@ -230,7 +238,8 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
 
 
 @gluon.jit
-def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, state, state_indices, cu, has_init,
+def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, state, state_indices, cu,
+                               has_init,
                                o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
                                V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
                                OUT_REGS: gl.constexpr, num_warps: gl.constexpr, P_SPLIT: gl.constexpr = True,
@@ -247,8 +256,8 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
     h_ready[j] / h_free[j] (the state entering a chunk, its v_new * rk, g_cum and query norms, chain ->
     output).
 
-    rk_desc (or None): the key norms [T, H] as prefill's first kernel writes them, as [64, 4] TMA tiles on
-    each stage; without it the chain takes them from the k tiles.
+    rk_desc, rq_desc (or None): the key and query norms [T, H] as prefill's first kernel writes them, as [64, 4]
+    TMA tiles on each stage; without them the chain takes them from the k and q tiles.
 
     Tried (H100, 1x32768, this kernel alone): the norms of q and k taken by a four-warp loader partition as
     each chunk lands instead of by the chain: 1.075 ms against 0.73 (the loader then waits for the output's
@@ -268,9 +277,12 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
     q_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], q_desc.layout)
     u_s = gl.allocate_shared_memory(DT, [STAGES, BT, BV], u_desc.layout)
     g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
-    rk_s = g_s          # placeholder without rk_desc
+    rk_s = g_s          # placeholders without rk_desc, rq_desc
+    rq_s = g_s
     if rk_desc is not None:
         rk_s = gl.allocate_shared_memory(rk_desc.dtype, [STAGES] + rk_desc.block_type.shape, rk_desc.layout)
+    if rq_desc is not None:
+        rq_s = gl.allocate_shared_memory(rq_desc.dtype, [STAGES] + rq_desc.block_type.shape, rq_desc.layout)
     h_s = gl.allocate_shared_memory(DT, [RING, K, BV], gl.NVMMASharedLayout.get_default_for([K, BV], DT))
     vk_s = gl.allocate_shared_memory(DT, [RING, BT, BV], tile)
     vec_s = gl.allocate_shared_memory(gl.float32, [2 * RING, BT], vec)
@@ -290,11 +302,12 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
         mbarrier.init(h_free.index(i), count=1)
 
     gl.warp_specialize([
-        (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, h_s, vk_s, vec_s, vs_s, state,
+        (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s, vec_s,
+                  vs_s, state,
                   state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM,
                   A_PATH)),
         (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC,
                    slot, s_ot, s_oh, V, P_SPLIT)),
-        (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s, bos,
-                   NCL, hv, hk, v0, K, V)),
+        (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s,
+                   rk_s, rq_s, bos, NCL, hv, hk, v0, K, V)),
     ], [4, 1], [OUT_REGS, 24])

@@ -51,8 +51,9 @@ def prep_ok(k, v) -> bool:
 
 
 def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, use_qk_l2norm, rk=None,
-                a_out=None):
-    """rk (or None): [T, H] fp32 to receive the key norms (unit column stride), for the narrow state pass.
+                a_out=None, q=None, rq=None):
+    """rk (or None): [T, H] fp32 to receive the key norms (unit column stride), for the narrow state pass;
+    rq (or None; with rk, and q [T, H, K] of k's dtype): likewise the query norms.
     a_out (or None): [T, HV, 64] (k's dtype, packed) to receive A' = A diag(beta) per chunk instead of w and u
     (which may then be None), for the state pass's A path (chunk_state.py `A_PATH`)."""
     from gdn.nvidia.gluon._chunk_prep_kernels import chunk_prep_sm90
@@ -64,11 +65,14 @@ def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, ou
     raw = g is None
     gx, bx = (a, b) if raw else (g, beta)
     k, v = C.tma_ready(k), C.tma_ready(v)
+    if rq is not None and (rk is None or rq.stride() != rk.stride()):
+        raise ValueError("gdn.chunk_prep (gluon): rq needs rk, with the same strides")
+    q_desc = None if rq is None else C.head_matrix(C.tma_ready(q), C.BT)
     if a_out is not None:
         w = u = a_out
     C.launch(chunk_prep_sm90, (PC.num_slots(T, N) * HV,), C.head_matrix(k, C.BT), C.head_matrix(v, C.BT),
              C.head_matrix(w, C.BT), C.head_matrix(u, C.BT),
-             a, b, A_log, dt_bias, g, beta, cu_seqlens, g_cum, w, u, out, rk, N, T, HV, HV // H,
+             a, b, A_log, dt_bias, g, beta, cu_seqlens, g_cum, w, u, out, rk, q_desc, rq, N, T, HV, HV // H,
              *gx.stride(), *bx.stride(), *g_cum.stride(), *w.stride()[:2], *u.stride()[:2], *out.stride()[:2],
              0 if rk is None else rk.stride()[0],
              RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), A_OUT=a_out is not None,
@@ -93,10 +97,10 @@ def example_launches(arch: str) -> list:
             launch_prep(m(T, H, K), m(T, HV, V), *gates, cu, m(T, HV, dt=torch.float32), m(T, HV, K), m(T, HV, V),
                         m(T, HV, V), True, m(T, H, dt=torch.float32) if raw else None)
         out += [(f"chunk_prep_sm90[raw={raw}{',rk' if raw else ''}]", r) for r in rec]
-    # A' instead of w and u (the state pass's A path)
+    # A' instead of w and u (the state pass's A path), with the key and query norms as prefill asks for them
     with L.recording(arch), C.recording() as rec:
         launch_prep(m(T, H, K), m(T, HV, V), None, None, m(T, HV), m(T, HV), m(HV, dt=torch.float32),
                     m(HV, dt=torch.float32), cu, m(T, HV, dt=torch.float32), None, None, m(T, HV, V), True,
-                    m(T, H, dt=torch.float32), a_out=m(T, HV, 64))
-    out += [("chunk_prep_sm90[raw=True,rk,A_OUT]", r) for r in rec]
+                    m(T, H, dt=torch.float32), a_out=m(T, HV, 64), q=m(T, H, K), rq=m(T, H, dt=torch.float32))
+    out += [("chunk_prep_sm90[raw=True,rk,rq,A_OUT]", r) for r in rec]
     return out

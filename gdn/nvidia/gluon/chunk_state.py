@@ -127,7 +127,11 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # and the norms were a fifth of the chain's instructions): 1x32768 0.75 -> 0.70 ms (prefill 1.15), 1x4096
 # 0.103 -> 0.096, 2x8192 0.38 -> 0.36. The norms' tiles read in 16-byte row vectors instead: slower (0.82).
 # The query norms from the first kernel too (it then loads q): this kernel unchanged (0.69-0.70 ms), the first
-# kernel 0.44 -> 0.48 ms at 1x32768 (its spill 16 -> 36 bytes); not kept. The scores times v_new as one bf16
+# kernel 0.44 -> 0.48 ms at 1x32768 (its spill 16 -> 36 bytes); not kept then. Tried again 2026-11-23 on the A
+# path, with both norms as MMA diagonals in the first kernel (K K^T's, and Q Q^T's for one v-head of each k head)
+# and its unused lo tiles dropped so it keeps four CTAs per SM: this kernel 0.478 -> 0.453 ms at 8x4096, 0.680
+# -> 0.622 at 1x32768, the first kernel 0.190 -> 0.201 and 0.186 -> 0.198, prefill better in all four bench
+# cases (H100, same run; bench/results/prefill_h100_2026-11-23_1900_norms.md); kept. The scores times v_new as one bf16
 # product instead of the hi + lo split (as FLA and FlashInfer round them): this kernel 0.701 -> 0.638 ms at
 # 1x32768, 0.096 -> 0.089 at 1x4096, but the output's error against the float64 recurrence 3.0e-3 -> 3.4e-3
 # (1x4096); the split was kept then (every gdn kernel kept such factors at ~16 bits), and is now a table
@@ -223,12 +227,13 @@ def fit_config(cfg: dict, V: int) -> dict:
 
 
 def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale,
-                        use_qk_l2norm, state_layout, cfg, rk=None):
+                        use_qk_l2norm, state_layout, cfg, rk=None, rq=None):
     """The state pass with the output fused: as `launch_state`, but writes out [T,HV,V] (unit last stride)
-    instead of h and v_new. q [T,H,K] of k's dtype. rk (or None): the key norms [T, H] fp32 as prefill's
-    first kernel writes them (`PC.gcum_empty` rows), for the warp-specialised pass (else it takes them
-    from the k tiles). With cfg A_PATH (warp-specialised pass only) w is A' = A diag(beta) [T, HV, 64] and u
-    is v [T, HV, V] (prefill's first kernel with a_out): v_new is formed as A' (v - exp(g_cum) rk (k h))."""
+    instead of h and v_new. q [T,H,K] of k's dtype. rk, rq (or None): the key and query norms [T, H] fp32 as
+    prefill's first kernel writes them (`PC.gcum_empty` rows), for the warp-specialised pass (else it takes
+    them from the k and q tiles). With cfg A_PATH (warp-specialised pass only) w is A' = A diag(beta)
+    [T, HV, 64] and u is v [T, HV, V] (prefill's first kernel with a_out): v_new is formed as
+    A' (v - exp(g_cum) rk (k h))."""
     from gdn.nvidia.gluon._chunk_state_kernels import chunk_state_output_sm90
     T, H, K = k.shape
     HV, V = u.shape[1], u.shape[2]
@@ -254,7 +259,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                              "must both be >= 2")
         C.launch(chunk_state_output_ws_sm90, (N * HV * NV,),
                  C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
-                 C.head_matrix(q, C.BT), None if rk is None else gcum_desc(rk), state, state_indices, cu_seqlens,
+                 C.head_matrix(q, C.BT), None if rk is None else gcum_desc(rk), None if rq is None else gcum_desc(rq),
+                 state, state_indices, cu_seqlens,
                  has_initial_state, out, o_desc, HV, HV // H,
                  NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
@@ -312,14 +318,17 @@ def _fused_example_launches(arch: str) -> list:
             for name, c in (("", wide), (",narrow", narrow)):
                 other = not c.get("A_PATH")
                 cfgs.append((f"{name},A_PATH={int(other)}", dict(c, A_PATH=other)))
+            # as prefill launches it: the key and query norms from the first kernel
+            cfgs.append((",norms", dict(wide, NORMS=True)))
         for suffix, cfg in cfgs:
             if cfg is None:
                 continue
             # the A path's w is A' [T, HV, 64] and its u is v (here u's stand-in)
             w_in = w.new_empty(w.shape[0], w.shape[1], C.BT) if cfg.get("A_PATH") else w
+            norms = [PC.gcum_empty(k.shape[0], k.shape[1], k.device) for _ in range(2)] if cfg.get("NORMS") else []
             with L.recording(arch), C.recording() as rec:
                 launch_state_output(k, w_in, u, q, g_cum, pool, idx, cu, has_init, out, 0.1, kw["use_qk_l2norm"],
-                                    kw["state_layout"], cfg)
+                                    kw["state_layout"], cfg, *norms)
             tag = ",".join(f"{a}={b}" for a, b in opts.items()).replace("torch.", "") + suffix
             launches += [(f"{r.kernel.fn.__name__}[{tag}]", r) for r in rec]
     return launches

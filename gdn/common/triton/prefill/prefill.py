@@ -161,17 +161,18 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     gluon_prep = False
     rq = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
     rk = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
-    rk_ws = None
+    rk_ws = rq_ws = None
     a_path = False      # the fused pass reads A' and v in w's and u's places (only after the Gluon first kernel)
     if not norms and state_impl.backend == "gluon" and L.pick(_GLUON_PREP, arch, "any", False):
         from gdn.nvidia.gluon import chunk_prep
         gluon_prep = chunk_prep.prep_ok(k, v)
     if gluon_prep:
         ws = fused_gluon is not None and fused_gluon.get("WS")
-        # the warp-specialised state pass takes the key norms from the first kernel (instruction issue bounds
-        # it; they are a by-product there)
+        # the warp-specialised state pass takes the key and query norms from the first kernel (instruction
+        # issue bounds it; there the key norms are K K^T's diagonal and the query norms one MMA more for one
+        # v-head of each k head, where each of the pass's G x V / BV CTAs per k head read a q tile every chunk)
         if ws and l2:
-            rk_ws = C.gcum_empty(T, H, dev)
+            rk_ws, rq_ws = C.gcum_empty(T, H, dev), C.gcum_empty(T, H, dev)
         # A' instead of w and u: the pass forms v_new from v and A' (chunk_state.py `_WS`)
         a_path = bool(ws and fused_gluon.get("A_PATH"))
     if a_path:
@@ -183,7 +184,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     p = None if gluon_prep and fused_gluon is not None else plan(arch, N, HV, K, V)
     if gluon_prep:
         chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None if a_path else w,
-                               None if a_path else u, out, l2, rk_ws, a_out=w if a_path else None)
+                               None if a_path else u, out, l2, rk_ws, a_out=w if a_path else None, q=q, rq=rq_ws)
     else:
         L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
                  w, u, out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0), k.stride(1),
@@ -194,7 +195,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     if fused_gluon is not None:
         # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip)
         gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out,
-                                        scale, l2, state_layout, dict(fused_gluon, A_PATH=a_path), rk_ws)
+                                        scale, l2, state_layout, dict(fused_gluon, A_PATH=a_path), rk_ws, rq_ws)
         return
     # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
     # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
