@@ -168,13 +168,15 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
         gluon_prep = chunk_prep.prep_ok(k, v)
     if gluon_prep:
         ws = fused_gluon is not None and fused_gluon.get("WS")
-        # the warp-specialised state pass takes the key and query norms from the first kernel (instruction
-        # issue bounds it; there the key norms are K K^T's diagonal and the query norms one MMA more for one
-        # v-head of each k head, where each of the pass's G x V / BV CTAs per k head read a q tile every chunk)
-        if ws and l2:
-            rk_ws, rq_ws = C.gcum_empty(T, H, dev), C.gcum_empty(T, H, dev)
         # A' instead of w and u: the pass forms v_new from v and A' (chunk_state.py `_WS`)
         a_path = bool(ws and fused_gluon.get("A_PATH"))
+        # the warp-specialised state pass takes the key norms from the first kernel (instruction issue bounds
+        # it; there they are K K^T's diagonal), and on the A path the query norms too (one MMA more for one
+        # v-head of each k head, where each of the pass's G x V / BV CTAs per k head read a q tile every chunk;
+        # the A' kernel has the shared memory for q's tile at four CTAs per SM, the w and u one would not)
+        if ws and l2:
+            rk_ws = C.gcum_empty(T, H, dev)
+            rq_ws = C.gcum_empty(T, H, dev) if a_path else None
     if a_path:
         w, u = torch.empty((T, HV, C.BT), dtype=wdt, device=dev), v
     else:
