@@ -4,8 +4,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._jit import (_add, exp2_ftz, log2_ftz, row_sum, seq_of_slot, split16, split_mma,
-                                   zero_rows_past)
+from gdn.nvidia.gluon._jit import (_add, exp2_ftz, inv_norm_gram, log2_ftz, row_sum, seq_of_slot, split16,
+                                   split_mma, zero_rows_past)
 
 
 @gluon.jit
@@ -304,13 +304,14 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         tma.async_copy_global_to_shared(k_desc, [tr, (hv // G) * K], bar, k_smem)
         if not A_OUT:
             tma.async_copy_global_to_shared(v_desc, [tr, hv * V], bar, v_smem)
-        # the query norms: one v-head of each k head loads q's tile too (its own barrier)
-        q_mine = hv % G == 0
+        # the norms for the state pass are stored by one v-head of each k head, which for the query norms also
+        # loads q's tile (its own barrier)
+        k_lead = hv % G == 0
         if rqn is not None:
             q_smem = gl.allocate_shared_memory(DT, q_desc.block_type.shape, q_desc.layout)
             qbar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
             mbarrier.init(qbar, count=1)
-            if q_mine:
+            if k_lead:
                 mbarrier.expect(qbar, q_desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(q_desc, [tr, (hv // G) * K], qbar, q_smem)
 
@@ -339,16 +340,14 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         ok = t0 + r < eos
 
         if rqn is not None:
-            if q_mine:
+            if k_lead:
                 # Q Q^T's diagonal (rows past the end: whatever q holds there, not stored), before K K^T is
                 # issued: no wgmma in flight across this runtime branch
                 mbarrier.wait(qbar, 0)
                 qt = q_smem.permute((1, 0))
                 qq = warpgroup_mma(q_smem, qt, gl.zeros([BT, BT], gl.float32, mma_s), use_acc=False, is_async=True)
                 qq, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(qq, q_smem, qt))
-                cq = gl.arange(0, BT, layout=col)
-                rq = gl.rsqrt(row_sum(gl.where(r[:, None] == cq[None, :], qq, 0.0), 1) + 1e-6)
-                gl.store(rqn + (t0 + r) * s_rt + hv // G, rq, mask=ok)
+                gl.store(rqn + (t0 + r) * s_rt + hv // G, inv_norm_gram(qq, L2NORM), mask=ok)
             mbarrier.invalidate(qbar)
         mbarrier.wait(bar, 0)
         mbarrier.invalidate(bar)
@@ -359,22 +358,18 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
         kt = k_smem.permute((1, 0))
         kk = warpgroup_mma(k_smem, kt, gl.zeros([BT, BT], gl.float32, mma_s), use_acc=False, is_async=True)
         kk, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(kk, k_smem, kt))
-        c = gl.arange(0, BT, layout=col)
-        if L2NORM:
-            # the key norms are K K^T's diagonal (fp32 sums of exact products): a select-sum in registers instead
-            # of reading the [64, K] tile into registers again (inv_norm: ~64 shared loads and conversions and
-            # 64 FMAs a thread, in a kernel bound by instruction issue)
-            rk = gl.rsqrt(row_sum(gl.where(r[:, None] == c[None, :], kk, 0.0), 1) + 1e-6)
-        else:
-            rk = gl.full([BT], 1.0, gl.float32, row)
+        # the key norms from K K^T's diagonal, not the [64, K] tile read into registers again (inv_norm: ~64
+        # shared loads and conversions and 64 FMAs a thread, in a kernel bound by instruction issue)
+        rk = inv_norm_gram(kk, L2NORM)
         vec_s.index(2).store(rk)
         gl.thread_barrier()
         gc = vec_s.index(0).load(row)
         bb = vec_s.index(1).load(row)
         if rkn is not None:
             # the key norms for the state pass, by one v-head of each k head (a mask, not a branch)
-            gl.store(rkn + (t0 + r) * s_rt + hv // G, rk, mask=ok & (hv % G == 0))
+            gl.store(rkn + (t0 + r) * s_rt + hv // G, rk, mask=ok & k_lead)
 
+        c = gl.arange(0, BT, layout=col)
         ok_c = t0 + c < eos
         gc_c = vec_s.index(0).load(col)
         rk_c = vec_s.index(2).load(col)

@@ -239,8 +239,7 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
 
 @gluon.jit
 def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, state, state_indices, cu,
-                               has_init,
-                               o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
+                               has_init, o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
                                V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
                                OUT_REGS: gl.constexpr, num_warps: gl.constexpr, P_SPLIT: gl.constexpr = True,
                                A_PATH: gl.constexpr = False):
@@ -303,9 +302,8 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
 
     gl.warp_specialize([
         (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s,
-                  vec_s, vs_s, state,
-                  state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, L2NORM,
-                  A_PATH)),
+                  vec_s, vs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph,
+                  s_pk, s_pv, L2NORM, A_PATH)),
         (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC,
                    slot, s_ot, s_oh, V, P_SPLIT)),
         (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s,

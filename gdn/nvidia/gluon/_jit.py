@@ -67,6 +67,21 @@ def inv_norm(x_smem, USE: gl.constexpr, layout: gl.constexpr):
 
 
 @gluon.jit
+def inv_norm_gram(gram, USE: gl.constexpr):
+    """inv_norm's rows from the Gram matrix x x^T [64, 64] fp32 already in registers (an MMA accumulator, layout
+    L): rsqrt(diag + 1e-6) in SliceLayout(1, L), a select-sum per row instead of reading x's tile again (the
+    products of 16-bit values are exact in fp32; only the summation order differs)."""
+    L: gl.constexpr = gram.type.layout
+    r = gl.arange(0, gram.shape[0], layout=gl.SliceLayout(1, L))
+    if USE:
+        c = gl.arange(0, gram.shape[1], layout=gl.SliceLayout(0, L))
+        out = gl.rsqrt(row_sum(gl.where(r[:, None] == c[None, :], gram, 0.0), 1) + 1e-6)
+    else:
+        out = gl.full([gram.shape[0]], 1.0, gl.float32, layout=gl.SliceLayout(1, L))
+    return out
+
+
+@gluon.jit
 def zero_rows_past(x_smem, t0, eos, layout: gl.constexpr):
     """Zero the rows of a [64, D] TMA tile at or past token eos (tile row 0 is token t0), then make the stores
     visible to the async proxy (wgmma) of every warp. A tail chunk's tile holds the next sequence's rows or,

@@ -131,9 +131,9 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
 # path, with both norms as MMA diagonals in the first kernel (K K^T's, and Q Q^T's for one v-head of each k head)
 # and its unused lo tiles dropped so it keeps four CTAs per SM: this kernel 0.478 -> 0.453 ms at 8x4096, 0.680
 # -> 0.622 at 1x32768, the first kernel 0.190 -> 0.201 and 0.186 -> 0.198, prefill better in all four bench
-# cases (H100, same run; bench/results/prefill_h100_2026-11-23_1900_norms.md); kept. The scores times v_new as one bf16
-# product instead of the hi + lo split (as FLA and FlashInfer round them): this kernel 0.701 -> 0.638 ms at
-# 1x32768, 0.096 -> 0.089 at 1x4096, but the output's error against the float64 recurrence 3.0e-3 -> 3.4e-3
+# cases (H100, same run; bench/results/prefill_h100_2026-11-23_1900_norms.md); kept. The scores times v_new as
+# one bf16 product instead of the hi + lo split (as FLA and FlashInfer round them): this kernel 0.701 -> 0.638
+# ms at 1x32768, 0.096 -> 0.089 at 1x4096, but the output's error against the float64 recurrence 3.0e-3 -> 3.4e-3
 # (1x4096); the split was kept then (every gdn kernel kept such factors at ~16 bits), and is now a table
 # option (P_SPLIT; see _WS).
 # Later the same day (H100, this kernel's profiler time in one process; 1x4096 / 1x32768 / 2x8192 in us):
@@ -260,8 +260,7 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
         C.launch(chunk_state_output_ws_sm90, (N * HV * NV,),
                  C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
                  C.head_matrix(q, C.BT), None if rk is None else gcum_desc(rk), None if rq is None else gcum_desc(rq),
-                 state, state_indices, cu_seqlens,
-                 has_initial_state, out, o_desc, HV, HV // H,
+                 state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H,
                  NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
                  P_SPLIT=bool(cfg.get("P_SPLIT", True)), A_PATH=bool(cfg.get("A_PATH", False)), num_warps=4,
