@@ -93,9 +93,14 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
         k_b = k_s.index(b)
         valid = t0 + r < eos
         if A_PATH:
-            # k h reads the k tile: its tail rows zeroed first (the output partition's q k^T needs them zero too)
+            # k h reads the k tile: its tail rows zeroed first (the output partition's q k^T needs them zero too),
+            # and those of v and A' (rows past the sequence end may be NaN: v past cu_seqlens[-1], A' never
+            # stored there), so that every row past the end comes out exactly 0 below with row factors zeroed,
+            # not a select on every element (64 a thread and chunk) in each chunk
             if t0 + BT > eos:
                 zero_rows_past(k_b, t0, eos, blk)
+                zero_rows_past(u_s.index(b), t0, eos, blk)
+                zero_rows_past(w_b, t0, eos, blk)
             acc = warpgroup_mma(k_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
         else:
             acc = warpgroup_mma(w_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
@@ -116,16 +121,18 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
         vec_s.index(2 * j).store(gc * LOG2E)
         if A_PATH:
             acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, k_b, h_j))
-            # rows past the sequence end selected to 0 (their v and k h rows may be NaN; A' has no column for
-            # them but 0 * NaN is NaN); vs_s is free here (the last state update has retired)
-            x = gl.where(valid[:, None], uu - acc * (gl.exp(gc) * rk)[:, None], 0.0)
+            # rows past the sequence end: v's and k's rows are 0 (zeroed above), so x's are 0 with the row factor
+            # selected to 0 (rk there is whatever the norms buffer holds); vs_s is free here (the last state
+            # update has retired)
+            rk = gl.where(valid, rk, 0.0)
+            x = uu - acc * (gl.exp(gc) * rk)[:, None]
             vs_s.store(x.to(DT))
             fence_async_shared()
             gl.thread_barrier()
             acc = warpgroup_mma(w_b, vs_s, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
             acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, vs_s))
-            # (A' rows past the sequence end were never stored: garbage, selected away here)
-            vk = gl.where(valid[:, None], acc * rk[:, None], 0.0)
+            # (A' rows past the sequence end are zeroed above, and rk is 0 there)
+            vk = acc * rk[:, None]
             gl.thread_barrier()         # every warp's A' x has read vs_s before it is stored again below
         else:
             acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, h_j))
