@@ -9,7 +9,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from gdn.nvidia.gluon._chunk_state_kernels import (G_TILE, _decays_tma, _initial_state, _load_chunk_g, _pass_of,
                                                     _pool_ptrs, tile_col)
-from gdn.nvidia.gluon._jit import exp2_ftz, inv_norm, split_mma, store_rows, store_tile, zero_rows_past
+from gdn.nvidia.gluon._jit import exp2_ftz, inv_norm, log2_ftz, split_mma, store_rows, store_tile, zero_rows_past
 
 LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
 
@@ -115,7 +115,8 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
             rq = tile_col(rq_s.index(b), hk, row, g2)
         else:
             rq = inv_norm(q_s.index(b), L2NORM, mma)
-        vec_s.index(2 * j + 1).store(rq * scale)
+        # (log2 units: the output partition folds the query norms into its decays' exponents)
+        vec_s.index(2 * j + 1).store(log2_ftz(rq * scale))
         uu = u_s.index(b).load(mma).to(gl.float32)
         fac = gl.exp(g_last - gc)
         vec_s.index(2 * j).store(gc * LOG2E)
@@ -214,19 +215,23 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
             nxt = c + 1 < NC
             acc_n, s_n, q_n, kt_n, h_n = _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, gl.where(nxt, c + 1, c), nxt,
                                                       mma, mma_s)
-            # this chunk's scores while those run
+            # this chunk's scores while those run; the row factor rq rides in the decays' row exponent (and in
+            # exp(g_cum)'s), so o needs no multiply of its own
             gc = vec_s.index(2 * j)
-            decay = exp2_ftz(gl.where(tri, gc.load(row_s)[:, None] - gc.load(col_s)[None, :], float("-inf")))
+            lrq = vec_s.index(2 * j + 1)
+            decay = exp2_ftz(gl.where(tri, (gc.load(row_s) + lrq.load(row_s))[:, None] - gc.load(col_s)[None, :],
+                                      float("-inf")))
             vk_j = vk_s.index(j)
             if P_SPLIT:
-                acc_o, pa_hi, pa_lo = split_mma(s_acc * decay, vk_j, acc_o * exp2_ftz(gc.load(row))[:, None], p_op)
+                acc_o, pa_hi, pa_lo = split_mma(s_acc * decay, vk_j,
+                                                acc_o * exp2_ftz(gc.load(row) + lrq.load(row))[:, None], p_op)
             else:
                 # the decayed scores rounded to v_new's 16-bit type, one MMA (pa_lo a stand-in dep; chunk_state.py
                 # _WS has the measurements)
                 pa_hi = gl.convert_layout((s_acc * decay).to(vk_j.dtype), p_op)
                 pa_lo = pa_hi
-                acc_o = warpgroup_mma(pa_hi, vk_j, acc_o * exp2_ftz(gc.load(row))[:, None], is_async=True)
-            rq = vec_s.index(2 * j + 1).load(row)
+                acc_o = warpgroup_mma(pa_hi, vk_j, acc_o * exp2_ftz(gc.load(row) + lrq.load(row))[:, None],
+                                      is_async=True)
             acc_o, acc_n, s_n, _, _, _, _, _, _ = warpgroup_mma_wait(
                 num_outstanding=0, deps=(acc_o, acc_n, s_n, vk_j, pa_hi, pa_lo, q_n, kt_n, h_n))
             # every warp is past its reads of ring slot j and of the next chunk's stage: the stage goes back to
@@ -237,7 +242,7 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
             mbarrier.arrive(empty.index((c + 1) % STAGES), pred=nxt)
             if o_desc is not None:
                 tma.store_wait(0)       # the previous chunk's o_s has been read (store_tile's barrier orders it)
-            store_tile(acc_o * rq[:, None], o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V, mma)
+            store_tile(acc_o, o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V, mma)
             acc_o = acc_n
             s_acc = s_n
         if o_desc is not None:
