@@ -199,6 +199,17 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # A's factor as hi + lo parts: against the float64 recurrence the output's error 3.40e-3 -> 3.71e-3 and the
 # state's 2.45e-3 -> 2.79e-3 at 1x4096 (3x1000: 3.44 -> 3.77, 2.49 -> 2.92; FLA 4.43 / 3.38, FlashInfer
 # 4.46 / 3.69; the spec's bound for bf16 inputs 5e-3).
+# Then (H100, 2026-11-23 about 21:10 UTC; all 27 prefill GPU tests passed first): the chain's tail rows of v and
+# A' zeroed in shared memory once per sequence instead of a select on every element each chunk, and the query
+# norms handed over in log2 units and folded into the output's decay exponents (no multiply of o). Prefill under
+# CUDA-graph replay, this pass's profiler time in brackets, us, main before (1f9c452) and after, back to back:
+# 1x32768 810.9 (631.2) -> 788.1 (590.2), 8x4096 648.6 (474.6) -> 639.9 (458.4), 64x512 807.8 (576.4) -> 785.8
+# (573.5), 1x4096 115.0 (83.6) -> 115.4 (83.8). Which partition bounds it now (same run, timing probes that skip
+# one partition's MMAs, wrong numbers): this pass at 1x32768 / 8x4096 / 1x4096 590 / 458 / 83.8 with both, 498 /
+# 403 / 69.8 with the output's MMAs off (the chain's cost), 410 / 387 / 57.3 with the chain's off (the output's),
+# 550 / 416 / 74.0 with only the output's scores (q k^T, decays, P v_new) off. The chain is now the longer of
+# the two at every width, and the pair costs 15-20% more than the longer alone (shared issue slots and tensor
+# pipe).
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3)}
