@@ -209,7 +209,18 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # 403 / 69.8 with the output's MMAs off (the chain's cost), 410 / 387 / 57.3 with the chain's off (the output's),
 # 550 / 416 / 74.0 with only the output's scores (q k^T, decays, P v_new) off. The chain is now the longer of
 # the two at every width, and the pair costs 15-20% more than the longer alone (shared issue slots and tensor
-# pipe).
+# pipe). Two ways to shorten the chain's step, tried next (same day, ~21:45-22:10 UTC, all 27 prefill GPU tests
+# passed with each; branches kept):
+# - v_new = u - W h with W = A' diag(-exp(g_cum) rk) k (A' scaled in registers, wgmma's A) and u = A' v issued a
+#   chunk ahead in the shadow of W h (branch wip/w-chain, `_chain_w`, narrow only: it holds two stages, so it
+#   needs three): one dependent MMA, a fence and two barriers fewer per step, but 20% more instructions in the
+#   chain's loop (947 against 789 static, the A' scaling and W's conversion) and 0.6 MFLOP more per chunk on
+#   the tensor pipe: this pass 615 -> 724 us at 1x32768, 84.4 -> 99.9 at 1x4096, 162 -> 188 at 1x8192. Slower
+#   by about the instructions added: the chain is bound by its instruction stream, not by its steps' latency.
+# - the chunk's decays, norms and tail rows taken between h's store and the barrier that publishes it (the first
+#   MMA then follows that barrier directly), x in its own tile (no barrier between A' x and the hand-over stores;
+#   branch wip/chain-order): this pass 597.6 -> 590.4 at 1x32768, 83.5 -> 81.1 at 1x4096, 442.8 -> 448.7 at
+#   8x4096, 578.6 -> 577.7 at 64x512 (back to back, separate processes): within the runs' noise, not kept.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3)}
