@@ -221,6 +221,10 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 #   MMA then follows that barrier directly), x in its own tile (no barrier between A' x and the hand-over stores;
 #   branch wip/chain-order): this pass 597.6 -> 590.4 at 1x32768, 83.5 -> 81.1 at 1x4096, 442.8 -> 448.7 at
 #   8x4096, 578.6 -> 577.7 at 64x512 (back to back, separate processes): within the runs' noise, not kept.
+# - the chain in transposed form, S^T as its accumulator and every MMA's A operand from registers (branch
+#   wip/t-chain, `_chain_t`, 64 columns): non-finite outputs on the H100 (a bug not yet found), and slower as
+#   compiled (this pass 446 -> 461 us at 8x4096, 560 -> 603 at 64x512; per-token factors along the columns cost
+#   8x those along the rows); docs/backends.md has the reasoning.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3)}
