@@ -55,9 +55,10 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
     """The default partition (one warpgroup): the state's chain as chunk_state_sm90's, minus its h and v_new
     stores. Per chunk it hands the output partition, through a RING-slot ring (h_ready / h_free), the state
     entering the chunk (h_s[j], 16-bit), v_new with the key norms applied (vk_s[j] = v_new * rk, rows past
-    the sequence end zero), the chunk's g_cum in log2 units and its query norms times the scale (vec_s rows
-    2j, 2j + 1, fp32). The norms are taken here, in the shadow of w h, where they cost the chain nothing;
-    the output partition, the busier of the two, then does no reduction over a tile.
+    the sequence end zero), the chunk's g_cum and its query norms times the scale, both in log2 units (vec_s
+    rows 2j, 2j + 1, fp32). The norms are taken here (from the first kernel's [T, H] tiles, or from the k and q
+    tiles) so the output partition does no reduction over a tile. This partition bounds the pass (H100,
+    2026-11-23: chunk_state.py has the probes).
     A_PATH: w_s holds A' = A diag(beta) [64, 64] and u_s the v tile; v_new = A' (v - exp(g_cum) rk (k h)), two
     dependent MMAs (k h, then A' times the difference through vs_s) where w h was one."""
     STAGES: gl.constexpr = w_s.shape[0]
@@ -179,10 +180,10 @@ def _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, c, pred, mma: gl.constexpr, mma_
 def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC, slot,
             s_ot, s_oh, V: gl.constexpr, P_SPLIT: gl.constexpr):
     """The output partition (one warpgroup): chunk_output's formula on the chain's hand-over, per chunk
-        o = rq * (exp(g_cum) (q h) + causal(q k^T * exp(gc_i - gc_j)) (v_new * rk))
-    then o's tile by TMA store (whole chunks) or masked stores. The row factor rq (with the scale) goes on
-    after the products and rk is in the hand-over, so each score costs a subtraction, a select, an ex2 and a
-    multiply. Software-pipelined: the next chunk's q h and q k^T are issued before this chunk's scores are
+        o = exp2(lg_i + lq_i) (q h) + causal(q k^T * exp2(lg_i + lq_i - lg_j)) (v_new * rk)
+    (lg = g_cum log2 e, lq = log2(rq * scale): the row factor rides in the exponents, rk in the hand-over),
+    then o's tile by TMA store (whole chunks) or masked stores: each score costs a subtraction, a select, an ex2
+    and a multiply, and o none. Software-pipelined: the next chunk's q h and q k^T are issued before this chunk's scores are
     formed, so their latency hides behind that math, and a chunk's stage (q, k) is released as soon as those
     MMAs retire. Past the last chunk the issue repeats this chunk's (no later chunk refills its stage; the
     result is unused): no branch while a wgmma is in flight (ptxas would make the warps wait for it there,
