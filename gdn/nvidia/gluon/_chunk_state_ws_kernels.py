@@ -48,10 +48,25 @@ def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, emp
 
 
 @gluon.jit
+def _chunk_norms(rk_b, rk_desc, rq_b, rq_desc, k_b, q_b, hk, L2NORM: gl.constexpr, mma: gl.constexpr):
+    """The chunk's key and query norms in mma's rows: from the first kernel's [64, 4] tiles (rk_desc, rq_desc)
+    or from the k and q tiles."""
+    row: gl.constexpr = gl.SliceLayout(1, mma)
+    if rk_desc is not None:
+        rk = tile_col(rk_b, hk, row, G_TILE)
+    else:
+        rk = inv_norm(k_b, L2NORM, mma)
+    if rq_desc is not None:
+        rq = tile_col(rq_b, hk, row, G_TILE)
+    else:
+        rq = inv_norm(q_b, L2NORM, mma)
+    return rk, rq
+
+
+@gluon.jit
 def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s, vec_s, vs_s,
-           state,
-           state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv,
-           L2NORM: gl.constexpr, A_PATH: gl.constexpr):
+           xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv,
+           L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr):
     """The default partition (one warpgroup): the state's chain as chunk_state_sm90's, minus its h and v_new
     stores. Per chunk it hands the output partition, through a RING-slot ring (h_ready / h_free), the state
     entering the chunk (h_s[j], 16-bit), v_new with the key norms applied (vk_s[j] = v_new * rk, rows past
@@ -60,7 +75,11 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
     tiles) so the output partition does no reduction over a tile. This partition bounds the pass (H100,
     2026-11-23: chunk_state.py has the probes).
     A_PATH: w_s holds A' = A diag(beta) [64, 64] and u_s the v tile; v_new = A' (v - exp(g_cum) rk (k h)), two
-    dependent MMAs (k h, then A' times the difference through vs_s) where w h was one."""
+    dependent MMAs (k h, then A' times the difference through xs_s) where w h was one.
+    EARLY: the chunk's decays, norms and tail rows are taken between h's store and the barrier that publishes it
+    (the first MMA then follows that barrier directly), and x has its own tile xs_s (no barrier between A' x and
+    the hand-over stores); else they follow the barrier and xs_s is vs_s. chunk_state.py `_WS` has the
+    measurements (it pays at 32 columns, not at 64)."""
     STAGES: gl.constexpr = w_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = w_s.shape[1]
@@ -80,62 +99,76 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
         j = c % RING
         t0 = bos + c * BT
         h_j = h_s.index(j)
+        w_b = w_s.index(b)
+        k_b = k_s.index(b)
         # slot j is free once the output partition has retired chunk c - RING's MMAs on it
         mbarrier.wait(h_free.index(j), ((c // RING) & 1) ^ 1)
         h_j.store(S.to(DT))
+        if EARLY:
+            # the chunk's tiles, decays, norms and tail rows before the barrier that publishes h_j, so that the
+            # first MMA on it goes out right after that barrier
+            mbarrier.wait(ready.index(b), (c // STAGES) & 1)
+            gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, g2)
+            if t0 + BT > eos:
+                zero_rows_past(k_b, t0, eos, blk)
+                if A_PATH:
+                    zero_rows_past(u_s.index(b), t0, eos, blk)
+                    zero_rows_past(w_b, t0, eos, blk)
+            rk, rq = _chunk_norms(rk_s.index(b), rk_desc, rq_s.index(b), rq_desc, k_b, q_s.index(b), hk, L2NORM, mma)
+            vec_s.index(2 * j + 1).store(log2_ftz(rq * scale))
+            vec_s.index(2 * j).store(gc * LOG2E)
         fence_async_shared()
         gl.thread_barrier()
         # every warp is past chunk c - 1's last MMA wait: release its stage (w, k, u, g) on our side
         mbarrier.arrive(empty.index((c + STAGES - 1) % STAGES), pred=c > 0)
-        mbarrier.wait(ready.index(b), (c // STAGES) & 1)
-        gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, g2)
-        S = S * gl.exp(g_last)
-        w_b = w_s.index(b)
-        k_b = k_s.index(b)
+        if not EARLY:
+            mbarrier.wait(ready.index(b), (c // STAGES) & 1)
+            gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, g2)
+            S = S * gl.exp(g_last)
         valid = t0 + r < eos
         if A_PATH:
             # k h reads the k tile: its tail rows zeroed first (the output partition's q k^T needs them zero too),
             # and those of v and A' (rows past the sequence end may be NaN: v past cu_seqlens[-1], A' never
             # stored there), so that every row past the end comes out exactly 0 below with row factors zeroed,
             # not a select on every element (64 a thread and chunk) in each chunk
-            if t0 + BT > eos:
-                zero_rows_past(k_b, t0, eos, blk)
-                zero_rows_past(u_s.index(b), t0, eos, blk)
-                zero_rows_past(w_b, t0, eos, blk)
+            if not EARLY:
+                if t0 + BT > eos:
+                    zero_rows_past(k_b, t0, eos, blk)
+                    zero_rows_past(u_s.index(b), t0, eos, blk)
+                    zero_rows_past(w_b, t0, eos, blk)
             acc = warpgroup_mma(k_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
         else:
             acc = warpgroup_mma(w_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
             # in the shadow of w h: the k tail rows, the key and query norms (the query's for the output partition)
-            if t0 + BT > eos:
-                zero_rows_past(k_b, t0, eos, blk)
-        if rk_desc is not None:
-            rk = tile_col(rk_s.index(b), hk, row, g2)
+            if not EARLY:
+                if t0 + BT > eos:
+                    zero_rows_past(k_b, t0, eos, blk)
+        if EARLY:
+            S = S * gl.exp(g_last)
         else:
-            rk = inv_norm(k_b, L2NORM, mma)
-        if rq_desc is not None:
-            rq = tile_col(rq_s.index(b), hk, row, g2)
-        else:
-            rq = inv_norm(q_s.index(b), L2NORM, mma)
-        # (log2 units: the output partition folds the query norms into its decays' exponents)
-        vec_s.index(2 * j + 1).store(log2_ftz(rq * scale))
+            rk, rq = _chunk_norms(rk_s.index(b), rk_desc, rq_s.index(b), rq_desc, k_b, q_s.index(b), hk, L2NORM, mma)
+            # (log2 units: the output partition folds the query norms into its decays' exponents)
+            vec_s.index(2 * j + 1).store(log2_ftz(rq * scale))
         uu = u_s.index(b).load(mma).to(gl.float32)
         fac = gl.exp(g_last - gc)
-        vec_s.index(2 * j).store(gc * LOG2E)
+        if not EARLY:
+            vec_s.index(2 * j).store(gc * LOG2E)
         if A_PATH:
             acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, k_b, h_j))
             # rows past the sequence end: v's and k's rows are 0 (zeroed above), so x's are 0 with the row factor
-            # selected to 0 (rk there is whatever the norms buffer holds); vs_s is free here (the last state
-            # update has retired)
+            # selected to 0 (rk there is whatever the norms buffer holds); xs_s is free here (the last A' x has
+            # retired)
             rk = gl.where(valid, rk, 0.0)
             x = uu - acc * (gl.exp(gc) * rk)[:, None]
-            vs_s.store(x.to(DT))
+            xs_s.store(x.to(DT))
             fence_async_shared()
             gl.thread_barrier()
-            acc = warpgroup_mma(w_b, vs_s, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
-            acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, vs_s))
+            acc = warpgroup_mma(w_b, xs_s, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
+            acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, xs_s))
             # (A' rows past the sequence end are zeroed above, and rk is 0 there)
             vk = acc * rk[:, None]
-            gl.thread_barrier()         # every warp's A' x has read vs_s before it is stored again below
+            if not EARLY:
+                gl.thread_barrier()     # every warp's A' x has read vs_s (= xs_s) before it is stored again below
         else:
             acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, w_b, h_j))
             # rows past the sequence end selected to 0, not multiplied by it: their u and w rows may be NaN
@@ -255,7 +288,7 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
                                has_init, o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
                                V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
                                OUT_REGS: gl.constexpr, num_warps: gl.constexpr, P_SPLIT: gl.constexpr = True,
-                               A_PATH: gl.constexpr = False):
+                               A_PATH: gl.constexpr = False, EARLY: gl.constexpr = False):
     """chunk_state_output_sm90's result (o and the final state; no h, v_new) with the work split over three
     warp-specialised partitions (one warpgroup each) of one CTA per (sequence, v-head, BV state columns):
       - the chain (default partition): the state's dependency chain, two MMAs per chunk;
@@ -299,6 +332,9 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
     vk_s = gl.allocate_shared_memory(DT, [RING, BT, BV], tile)
     vec_s = gl.allocate_shared_memory(gl.float32, [2 * RING, BT], vec)
     vs_s = gl.allocate_shared_memory(DT, [BT, BV], tile)
+    xs_s = vs_s         # the A path's x gets its own tile with EARLY (see _chain)
+    if EARLY and A_PATH:
+        xs_s = gl.allocate_shared_memory(DT, [BT, BV], tile)
     o_s = vs_s          # placeholder when o goes out by plain stores
     if o_desc is not None:
         o_s = gl.allocate_shared_memory(o_desc.dtype, o_desc.block_type.shape, o_desc.layout)
@@ -315,8 +351,8 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
 
     gl.warp_specialize([
         (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s,
-                  vec_s, vs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph,
-                  s_pk, s_pv, L2NORM, A_PATH)),
+                  vec_s, vs_s, xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps,
+                  s_ph, s_pk, s_pv, L2NORM, A_PATH, EARLY)),
         (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC,
                    slot, s_ot, s_oh, V, P_SPLIT)),
         (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s,

@@ -227,7 +227,7 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 #   8x those along the rows); docs/backends.md has the reasoning.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
-          ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3)}
+          ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)}
 
 
 def fused_bucket(N: int, HV: int) -> str:
@@ -289,7 +289,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                  state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H,
                  NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
-                 P_SPLIT=bool(cfg.get("P_SPLIT", True)), A_PATH=bool(cfg.get("A_PATH", False)), num_warps=4,
+                 P_SPLIT=bool(cfg.get("P_SPLIT", True)), A_PATH=bool(cfg.get("A_PATH", False)),
+                 EARLY=bool(cfg.get("EARLY", False)), num_warps=4,
                  maxnreg=cfg["maxnreg"])
         return
     C.launch(chunk_state_output_sm90, (N * HV * NV,),
@@ -344,7 +345,7 @@ def _fused_example_launches(arch: str) -> list:
                 other = not c.get("A_PATH")
                 cfgs.append((f"{name},A_PATH={int(other)}", dict(c, A_PATH=other)))
             # as prefill launches it: the key and query norms from the first kernel
-            cfgs.append((",norms", dict(wide, NORMS=True)))
+            cfgs += [(",norms", dict(wide, NORMS=True)), (",narrow,norms", dict(narrow, NORMS=True))]
         for suffix, cfg in cfgs:
             if cfg is None:
                 continue
