@@ -220,7 +220,14 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # - the chunk's decays, norms and tail rows taken between h's store and the barrier that publishes it (the first
 #   MMA then follows that barrier directly), x in its own tile (no barrier between A' x and the hand-over stores;
 #   branch wip/chain-order): this pass 597.6 -> 590.4 at 1x32768, 83.5 -> 81.1 at 1x4096, 442.8 -> 448.7 at
-#   8x4096, 578.6 -> 577.7 at 64x512 (back to back, separate processes): within the runs' noise, not kept.
+#   8x4096, 578.6 -> 577.7 at 64x512 (back to back, separate processes). Then in one process (the branch's kernel
+#   module beside main's, ~22:25 UTC; identical outputs): this pass 608.5 -> 584.7 at 1x32768, 83.3 -> 79.8 at
+#   1x4096, 449.0 -> 452.7 at 8x4096, 562.6 -> 570.5 at 64x512 (prefill under CUDA-graph replay, min of 8 rounds:
+#   792.1 -> 773.5, 114.1 -> 111.0, 644.2 -> 651.8, 792.7 -> 803.2). So it pays at 32 columns and not at 64: kept
+#   as the table's EARLY, narrow entry only (all 27 prefill GPU tests passed with it, ~22:40 UTC; that run's
+#   in-process A/B: this pass 592.6 -> 568.7 at 1x32768 and 82.2 -> 81.4 at 1x4096, though the graph replay of
+#   the whole prefill read 781.3 -> 785.8 and 113.2 -> 112.6 there: at 1x32768 the replays' spread, ~3%, is as
+#   large as the gain).
 # - the chain in transposed form, S^T as its accumulator and every MMA's A operand from registers (branch
 #   wip/t-chain, `_chain_t`, 64 columns): non-finite outputs on the H100 (a bug not yet found), and slower as
 #   compiled (this pass 446 -> 461 us at 8x4096, 560 -> 603 at 64x512; per-token factors along the columns cost
