@@ -169,9 +169,11 @@ def test_chunk_state_output_fused_compiles():
     from gdn.nvidia.gluon import chunk_state as GS
     launches = GS._fused_example_launches("sm_90")
     assert launches and any("TMA_O=0" in name for name, _ in launches[:2])      # both output branches
-    # and as prefill launches it: the key and query norms as TMA tiles from the first kernel
+    # and as prefill launches it: the key and query norms as TMA tiles from the first kernel, with the wide and
+    # the narrow table entries (the narrow one's chain takes EARLY)
     norms = [(name, launch) for name, launch in launches if name.endswith(",norms]")]
-    assert len(norms) == 1 and "rq_desc" in norms[0][1].signature, [name for name, _ in launches]
+    assert len(norms) == 2 and all("rq_desc" in launch.signature for _, launch in norms), [n for n, _ in launches]
+    assert sorted(launch.constexprs["EARLY"] for _, launch in norms) == [False, True]
     for name, launch in launches[:2] + norms:
         _check_hopper_kernel(name, launch, max_spill=32)
 
