@@ -48,6 +48,19 @@ def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, emp
 
 
 @gluon.jit
+def _zero_tails(k_b, u_s, w_b, b, t0, eos, A_PATH: gl.constexpr, blk: gl.constexpr):
+    """A tail chunk's rows past the sequence end zeroed in its k tile (the output partition's q k^T reads it too)
+    and, on the A path, in its v (stage b of u_s) and A' tiles. They may be NaN (past cu_seqlens[-1]; A' is never
+    stored there); zeroed, every row past the end comes out exactly 0 with its row factor zeroed, without a
+    select on every element each chunk."""
+    if t0 + k_b.shape[0] > eos:
+        zero_rows_past(k_b, t0, eos, blk)
+        if A_PATH:
+            zero_rows_past(u_s.index(b), t0, eos, blk)
+            zero_rows_past(w_b, t0, eos, blk)
+
+
+@gluon.jit
 def _chunk_norms(rk_b, rk_desc, rq_b, rq_desc, k_b, q_b, hk, L2NORM: gl.constexpr, mma: gl.constexpr):
     """The chunk's key and query norms in mma's rows: from the first kernel's [64, 4] tiles (rk_desc, rq_desc)
     or from the k and q tiles."""
@@ -109,11 +122,7 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
             # first MMA on it goes out right after that barrier
             mbarrier.wait(ready.index(b), (c // STAGES) & 1)
             gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, g2)
-            if t0 + BT > eos:
-                zero_rows_past(k_b, t0, eos, blk)
-                if A_PATH:
-                    zero_rows_past(u_s.index(b), t0, eos, blk)
-                    zero_rows_past(w_b, t0, eos, blk)
+            _zero_tails(k_b, u_s, w_b, b, t0, eos, A_PATH, blk)
             rk, rq = _chunk_norms(rk_s.index(b), rk_desc, rq_s.index(b), rq_desc, k_b, q_s.index(b), hk, L2NORM, mma)
             vec_s.index(2 * j + 1).store(log2_ftz(rq * scale))
             vec_s.index(2 * j).store(gc * LOG2E)
@@ -127,22 +136,15 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
             S = S * gl.exp(g_last)
         valid = t0 + r < eos
         if A_PATH:
-            # k h reads the k tile: its tail rows zeroed first (the output partition's q k^T needs them zero too),
-            # and those of v and A' (rows past the sequence end may be NaN: v past cu_seqlens[-1], A' never
-            # stored there), so that every row past the end comes out exactly 0 below with row factors zeroed,
-            # not a select on every element (64 a thread and chunk) in each chunk
+            # k h reads the k tile: its tail rows (and v's and A''s) zeroed first
             if not EARLY:
-                if t0 + BT > eos:
-                    zero_rows_past(k_b, t0, eos, blk)
-                    zero_rows_past(u_s.index(b), t0, eos, blk)
-                    zero_rows_past(w_b, t0, eos, blk)
+                _zero_tails(k_b, u_s, w_b, b, t0, eos, A_PATH, blk)
             acc = warpgroup_mma(k_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
         else:
             acc = warpgroup_mma(w_b, h_j, gl.zeros([BT, BV], gl.float32, mma), use_acc=False, is_async=True)
             # in the shadow of w h: the k tail rows, the key and query norms (the query's for the output partition)
             if not EARLY:
-                if t0 + BT > eos:
-                    zero_rows_past(k_b, t0, eos, blk)
+                _zero_tails(k_b, u_s, w_b, b, t0, eos, A_PATH, blk)
         if EARLY:
             S = S * gl.exp(g_last)
         else:
@@ -156,8 +158,8 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
         if A_PATH:
             acc, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc, k_b, h_j))
             # rows past the sequence end: v's and k's rows are 0 (zeroed above), so x's are 0 with the row factor
-            # selected to 0 (rk there is whatever the norms buffer holds); xs_s is free here (the last A' x has
-            # retired)
+            # selected to 0 (rk there is whatever the norms buffer holds); xs_s is free here (the last MMA that
+            # read it, A' x or, where it is vs_s, the state update, has retired)
             rk = gl.where(valid, rk, 0.0)
             x = uu - acc * (gl.exp(gc) * rk)[:, None]
             xs_s.store(x.to(DT))
@@ -216,8 +218,8 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
         o = exp2(lg_i + lq_i) (q h) + causal(q k^T * exp2(lg_i + lq_i - lg_j)) (v_new * rk)
     (lg = g_cum log2 e, lq = log2(rq * scale): the row factor rides in the exponents, rk in the hand-over),
     then o's tile by TMA store (whole chunks) or masked stores: each score costs a subtraction, a select, an ex2
-    and a multiply, and o none. Software-pipelined: the next chunk's q h and q k^T are issued before this chunk's scores are
-    formed, so their latency hides behind that math, and a chunk's stage (q, k) is released as soon as those
+    and a multiply, and o none. Software-pipelined: the next chunk's q h and q k^T are issued before this chunk's
+    scores are formed, so their latency hides behind that math, and a chunk's stage (q, k) is released as soon as those
     MMAs retire. Past the last chunk the issue repeats this chunk's (no later chunk refills its stage; the
     result is unused): no branch while a wgmma is in flight (ptxas would make the warps wait for it there,
     C7517). Rows past the sequence end are never stored, so their scores need no mask (their q rows may be

@@ -216,7 +216,9 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 #   needs three): one dependent MMA, a fence and two barriers fewer per step, but 20% more instructions in the
 #   chain's loop (947 against 789 static, the A' scaling and W's conversion) and 0.6 MFLOP more per chunk on
 #   the tensor pipe: this pass 615 -> 724 us at 1x32768, 84.4 -> 99.9 at 1x4096, 162 -> 188 at 1x8192. Slower
-#   by about the instructions added: the chain is bound by its instruction stream, not by its steps' latency.
+#   by about the instructions added, though ncu has the chain's warps issuing on only ~20% of their cycles
+#   (bench/results/prefill_h100_2026-11-23_2157.md): where the added work costs (issue slots shared with the
+#   output, the state update queued behind W and u on the tensor pipe) was not measured apart.
 # - the chunk's decays, norms and tail rows taken between h's store and the barrier that publishes it (the first
 #   MMA then follows that barrier directly), x in its own tile (no barrier between A' x and the hand-over stores;
 #   branch wip/chain-order): this pass 597.6 -> 590.4 at 1x32768, 83.5 -> 81.1 at 1x4096, 442.8 -> 448.7 at
