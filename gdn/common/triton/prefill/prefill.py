@@ -173,7 +173,11 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
         # the warp-specialised state pass takes the key norms from the first kernel (instruction issue bounds
         # it; there they are K K^T's diagonal), and on the A path the query norms too (one MMA more for one
         # v-head of each k head, where each of the pass's G x V / BV CTAs per k head read a q tile every chunk;
-        # the A' kernel has the shared memory for q's tile at four CTAs per SM, the w and u one would not)
+        # the A' kernel has the shared memory for q's tile at four CTAs per SM, the w and u one would not).
+        # Re-measured when DRAM bytes said the first kernel reads q (134 MB of its 404 at 8x4096) only for them
+        # (H100, 2026-11-24, one process, prefill under CUDA-graph replay, us): query norms in the pass's chain
+        # instead cost 1x32768 787.6 -> 859.5, 1x4096 109.9 -> 118.8, 8x4096 647.7 -> 655.6, 64x512 786.9 ->
+        # 784.9 (first kernel 21-28 us faster, the pass 23-100 us slower)
         if ws and l2:
             rk_ws = C.gcum_empty(T, H, dev)
             rq_ws = C.gcum_empty(T, H, dev) if a_path else None
