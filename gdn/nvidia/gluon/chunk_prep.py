@@ -39,6 +39,13 @@ MAXNREG = 168
 # Error against the float64 recurrence, 1x4096: output 3.714e-3 -> 3.720e-3, state 2.793e-3 -> 2.802e-3 (3x1000:
 # 3.772 -> 3.781, 2.921 -> 2.938). 96 registers (five CTAs per SM): no faster (8x4096 710.2, 1x32768 955.0 split).
 # The w/u path keeps 168 and the hi + lo products (not re-measured: u carries A's factor at ~16 bits there).
+# Then (H100, 2026-11-24 ~00:15 UTC, same process, HEAD's kernel module against the new one, outputs bitwise equal
+# at 1x32768, 8x4096, 64x512, 1x4096, 3x1000; all 27 prefill GPU tests passed): N's mask strictly lower only (rows
+# and columns past the sequence end were masked too, which changes no bit) and `_cols` picking blocks from a split
+# instead of a masked sum over the block axis: static SASS 2344 -> 2112 instructions (A_OUT), this kernel's
+# profiler time in two runs 1x32768 202.3 / 203.9 -> 189.8 / 188.4 us, 8x4096 208.5 / 205.2 -> 210.8 / 192.8,
+# 64x512 230.5 / 225.2 -> 227.0 / 225.5, 1x4096 31.0 -> 29.8; prefill under CUDA-graph replay 1x32768 782.9 / 787.5
+# -> 773.6 / 776.6, 8x4096 644.9 / 640.4 -> 634.5 / 631.4, 64x512 787.0 / 787.0 -> 794.1 / 785.9.
 A_OUT_MAXNREG = 128
 A_OUT_SOLVE_SPLIT = False
 HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
