@@ -234,12 +234,17 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 #   wip/t-chain, `_chain_t`, 64 columns): non-finite outputs on the H100 (a bug not yet found), and slower as
 #   compiled (this pass 446 -> 461 us at 8x4096, 560 -> 603 at 64x512; per-token factors along the columns cost
 #   8x those along the rows); docs/backends.md has the reasoning.
-# A probe (H100, 2026-11-24 ~00:50 UTC, ws_ab.py, wrong numbers): the chain without its state-update MMA (k^T v_new,
-# the step whose result the next chunk's first MMA waits for) left this pass at 588.8 -> 589.1 us at 1x32768, 80.1 ->
-# 78.7 at 1x4096, 451.6 -> 436.5 at 8x4096. So cutting the chain's dependent steps alone buys nothing at 32
-# columns: the cycles come back as the chain's waits on the output's ring slots (the clock64 stamps above had it
-# waiting 409 cycles a chunk for one), and a rewrite that takes a step off the chain's path (e.g. k h from the
-# previous chunk's, k_c h_c = g k_c h_(c-1) + (k_c k_(c-1)^T) v~_(c-1)) needs a lighter output partition with it.
+# Probes (H100, 2026-11-24 ~00:50-01:00 UTC, ws_ab.py, wrong numbers; this pass in us at 1x32768 / 1x4096 / 8x4096):
+#   as is                                               579.3 / 80.9 / 444.7
+#   the chain without its state-update MMA (k^T v_new)  591.4 / 78.9 / 437.1  (first run: 588.8 -> 589.1 at 1x32768)
+#   the output without its scores (decays, P v_new)     504.2 / 68.5 / 411.1
+#   both                                                497.3 / 67.3 / 402.2
+# So at 32 columns the output partition binds the pair now (the chain's cycles come back as waits on the output's
+# ring slots; the clock64 stamps above had it waiting 409 cycles a chunk for one), and a step taken off the
+# chain's path (e.g. k h from the previous chunk's, k_c h_c = g k_c h_(c-1) + (k_c k_(c-1)^T) v~_(c-1)) buys
+# nothing without a lighter output. The scores are the output's lever: ~13% of this pass at 1x32768. Their decays
+# exp2(lg_i - lg_j) could factor into a row factor on o and a column factor on v_new where a chunk's g_cum spans
+# less than fp32's exponent range (a per-chunk guard, the exact form otherwise); not tried yet.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)}
