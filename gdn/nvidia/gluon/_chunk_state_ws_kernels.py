@@ -85,8 +85,8 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
     entering the chunk (h_s[j], 16-bit), v_new with the key norms applied (vk_s[j] = v_new * rk, rows past
     the sequence end zero), the chunk's g_cum and its query norms times the scale, both in log2 units (vec_s
     rows 2j, 2j + 1, fp32). The norms are taken here (from the first kernel's [T, H] tiles, or from the k and q
-    tiles) so the output partition does no reduction over a tile. This partition bounds the pass (H100,
-    2026-11-23: chunk_state.py has the probes).
+    tiles) so the output partition does no reduction over a tile. With EARLY at 32 columns the output partition
+    binds the pair, not this one (H100, 2026-11-24 probes in chunk_state.py).
     A_PATH: w_s holds A' = A diag(beta) [64, 64] and u_s the v tile; v_new = A' (v - exp(g_cum) rk (k h)), two
     dependent MMAs (k h, then A' times the difference through xs_s) where w h was one.
     EARLY: the chunk's decays, norms and tail rows are taken between h's store and the barrier that publishes it
