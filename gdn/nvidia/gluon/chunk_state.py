@@ -244,7 +244,14 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # chain's path (e.g. k h from the previous chunk's, k_c h_c = g k_c h_(c-1) + (k_c k_(c-1)^T) v~_(c-1)) buys
 # nothing without a lighter output. The scores are the output's lever: ~13% of this pass at 1x32768. Their decays
 # exp2(lg_i - lg_j) could factor into a row factor on o and a column factor on v_new where a chunk's g_cum spans
-# less than fp32's exponent range (a per-chunk guard, the exact form otherwise); not tried yet.
+# less than fp32's exponent range (a per-chunk guard, the exact form otherwise); but a probe that dropped the decays
+# and kept the causal mask and P v_new (DBG, same day) made this pass slower at 32 columns (581.5 -> 604.0 us at
+# 1x32768, 81.8 -> 85.2 at 1x4096; 2-3% faster at 64 columns), so the ex2s are not the scores' cost there. Nor is
+# the store: o of chunk c stored during chunk c + 1's MMAs (chunk 0 peeled, branch-free whole-chunk stores;
+# bitwise-equal outputs, no C7517) left it at 604.8 -> 605.2 us at 1x32768 (1x4096 81.4 -> 82.8, 8x4096 455.0 ->
+# 452.0, 64x512 564.4 -> 570.5). What the scores probe removed that matters is the P v_new MMA: per chunk and SM
+# the two partitions issue ~1.5 MFLOP of N = 32 wgmmas and 1 MFLOP of q k^T (formed by each of the 8 CTAs that share a
+# k head), so the tensor pipe, not either partition's latency, is the next suspect at 32 columns.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)}
