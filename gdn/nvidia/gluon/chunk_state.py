@@ -249,9 +249,11 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # 1x32768, 81.8 -> 85.2 at 1x4096; 2-3% faster at 64 columns), so the ex2s are not the scores' cost there. Nor is
 # the store: o of chunk c stored during chunk c + 1's MMAs (chunk 0 peeled, branch-free whole-chunk stores;
 # bitwise-equal outputs, no C7517) left it at 604.8 -> 605.2 us at 1x32768 (1x4096 81.4 -> 82.8, 8x4096 455.0 ->
-# 452.0, 64x512 564.4 -> 570.5). What the scores probe removed that matters is the P v_new MMA: per chunk and SM
-# the two partitions issue ~1.5 MFLOP of N = 32 wgmmas and 1 MFLOP of q k^T (formed by each of the 8 CTAs that share a
-# k head), so the tensor pipe, not either partition's latency, is the next suspect at 32 columns.
+# 452.0, 64x512 564.4 -> 570.5). What the scores probe removed that matters is the P v_new MMA, yet ncu puts the
+# tensor pipe at 36% of this pass's cycles at 1x32768, shared memory (both wgmma operands come from shared tiles) at
+# 70%, issue at 40% (bench/results/prefill_h100_2026-11-24_dram.md): no unit is full, so the time is the coupling
+# of the two partitions' dependent steps; q k^T, formed by each of the 8 CTAs that share a k head, is the largest
+# single MMA and the obvious work to share (two v-heads of a k head per CTA at 16 columns each, or a cluster).
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)}
