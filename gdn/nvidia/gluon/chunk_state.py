@@ -253,7 +253,10 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # tensor pipe at 36% of this pass's cycles at 1x32768, shared memory (both wgmma operands come from shared tiles) at
 # 70%, issue at 40% (bench/results/prefill_h100_2026-11-24_dram.md): no unit is full, so the time is the coupling
 # of the two partitions' dependent steps; q k^T, formed by each of the 8 CTAs that share a k head, is the largest
-# single MMA and the obvious work to share (two v-heads of a k head per CTA at 16 columns each, or a cluster).
+# single MMA and the obvious work to share (two v-heads of a k head per CTA at 16 columns each, or a cluster). Its
+# whole cost, probed (q k^T not issued, scores from zeros; ~01:00 UTC): this pass 572.2 -> 528.1 us at 1x32768,
+# 81.3 -> 74.5 at 1x4096, 450.5 -> 432.1 at 8x4096, 560.7 -> 551.7 at 64x512. Sharing it between two v-heads would
+# save at most about half of that.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)}
