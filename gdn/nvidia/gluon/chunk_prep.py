@@ -46,6 +46,9 @@ MAXNREG = 168
 # profiler time in two runs 1x32768 202.3 / 203.9 -> 189.8 / 188.4 us, 8x4096 208.5 / 205.2 -> 210.8 / 192.8,
 # 64x512 230.5 / 225.2 -> 227.0 / 225.5, 1x4096 31.0 -> 29.8; prefill under CUDA-graph replay 1x32768 782.9 / 787.5
 # -> 773.6 / 776.6, 8x4096 644.9 / 640.4 -> 634.5 / 631.4, 64x512 787.0 / 787.0 -> 794.1 / 785.9.
+# ncu has this kernel's L2 at ~80% of peak (bench/results/prefill_h100_2026-11-24_dram.md), which suggested one CTA per
+# (slot, k head) loading k once for both v-heads; a probe (same day, the second v-head skipping its k tile, wrong
+# numbers) moved this kernel only 194.0 -> 190.6 us at 8x4096 (1x32768 got slower on the garbage tile), so not built.
 A_OUT_MAXNREG = 128
 A_OUT_SOLVE_SPLIT = False
 HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
