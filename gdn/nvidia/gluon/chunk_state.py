@@ -234,7 +234,7 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 #   wip/t-chain, `_chain_t`, 64 columns): non-finite outputs on the H100 (a bug not yet found), and slower as
 #   compiled (this pass 446 -> 461 us at 8x4096, 560 -> 603 at 64x512; per-token factors along the columns cost
 #   8x those along the rows); docs/backends.md has the reasoning.
-# Probes (H100, 2026-11-24 ~00:50-01:00 UTC, ws_ab.py, wrong numbers; this pass in us at 1x32768 / 1x4096 / 8x4096):
+# Probes (H100, 2026-11-24 ~00:20-00:35 UTC, ws_ab.py, wrong numbers; this pass in us at 1x32768 / 1x4096 / 8x4096):
 #   as is                                               579.3 / 80.9 / 444.7
 #   the chain without its state-update MMA (k^T v_new)  591.4 / 78.9 / 437.1  (first run: 588.8 -> 589.1 at 1x32768)
 #   the output without its scores (decays, P v_new)     504.2 / 68.5 / 411.1
@@ -254,7 +254,7 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # 70%, issue at 40% (bench/results/prefill_h100_2026-11-24_dram.md): no unit is full, so the time is the coupling
 # of the two partitions' dependent steps; q k^T, formed by each of the 8 CTAs that share a k head, is the largest
 # single MMA and the obvious work to share (two v-heads of a k head per CTA at 16 columns each, or a cluster). Its
-# whole cost, probed (q k^T not issued, scores from zeros; ~01:00 UTC): this pass 572.2 -> 528.1 us at 1x32768,
+# whole cost, probed (q k^T not issued, scores from zeros; ~00:33 UTC): this pass 572.2 -> 528.1 us at 1x32768,
 # 81.3 -> 74.5 at 1x4096, 450.5 -> 432.1 at 8x4096, 560.7 -> 551.7 at 64x512. Sharing it between two v-heads would
 # save at most about half of that.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
