@@ -256,7 +256,9 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # single MMA and the obvious work to share (two v-heads of a k head per CTA at 16 columns each, or a cluster). Its
 # whole cost, probed (q k^T not issued, scores from zeros; ~00:33 UTC): this pass 572.2 -> 528.1 us at 1x32768,
 # 81.3 -> 74.5 at 1x4096, 450.5 -> 432.1 at 8x4096, 560.7 -> 551.7 at 64x512. Sharing it between two v-heads would
-# save at most about half of that.
+# save at most about half of that. Nor is the order on the tensor pipe: P v_new issued before the next chunk's
+# q k^T, its ring slot released while q k^T still runs (bitwise-equal outputs; ~00:45 UTC) measured 597.9 -> 592.5
+# at 1x32768, 82.0 -> 82.2 at 1x4096, 440.7 -> 446.9 at 8x4096, 572.2 -> 569.3 at 64x512: noise.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)}
