@@ -259,6 +259,12 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # save at most about half of that. Nor is the order on the tensor pipe: P v_new issued before the next chunk's
 # q k^T, its ring slot released while q k^T still runs (bitwise-equal outputs; ~00:45 UTC) measured 597.9 -> 592.5
 # at 1x32768, 82.0 -> 82.2 at 1x4096, 440.7 -> 446.9 at 8x4096, 572.2 -> 569.3 at 64x512: noise.
+# Nor is it where q k^T sits: a fourth warpgroup forming the decayed scores from the landed tiles, ahead of the
+# chain's hand-over, into a shared P ring the output's P v_new reads (branch wip/scores; 128-register launch, the
+# output and scores at 152 each, the chain 184, no spill; outputs bitwise equal) made this pass slower (H100,
+# 2026-11-24 ~01:36 UTC, graph replay of the prefill: 1x32768 777.6 -> 842.6 us, the pass 571.6 -> 670.4; 1x4096
+# 110.7 -> 119.3; 3x1000 91.9 -> 94.9; 128/128 and 176/120 splits the same). Like the first kernel run beside this
+# pass (bench/results/prefill_h100_2026-11-24_0000_overlap.md), any more warps on the SM lengthen the chain's steps.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)}
