@@ -49,6 +49,17 @@ MAXNREG = 168
 # ncu has this kernel's L2 at ~80% of peak (bench/results/prefill_h100_2026-11-24_dram.md), which suggested one CTA per
 # (slot, k head) loading k once for both v-heads; a probe (same day, the second v-head skipping its k tile, wrong
 # numbers) moved this kernel only 194.0 -> 190.6 us at 8x4096 (1x32768 got slower on the garbage tile), so not built.
+# What its parts cost, probed (H100, 2026-11-24 ~01:23 UTC, this kernel's profiler time, wrong numbers;
+# scratch probes made by text substitution): 1x32768 / 8x4096 as is 188 / 191 us; without the solve (A' = N) 149 /
+# 152; without the query norms (no q tile, no Q Q^T) 167 / 172; with constant gates 182 / 186; all three 123 / 125.
+# A solve with a shorter dependent chain, tried (branch wip/solve-rows, same day ~01:28-01:32 UTC): the blocks below
+# the diagonal by block rows, each warp its own 16 rows, A_bk = -(sum_{k<m<=b} A_bm N_mk) D_k right to left as six
+# dependent mma.sync products (A operand the warp's last accumulator, B from shared stacks of N's block diagonals and
+# of D; one barrier instead of four wgmma round trips), A' stored by 16-byte row pieces: error against the float64
+# recurrence unchanged (1x4096 3.718e-3), all 27 prefill GPU tests passed, static SASS 2112 -> 1856, but this kernel
+# no faster (1x32768 186.5 -> 188.7 us; stored straight from the mma layout's 4-byte pieces, 210). At four CTAs per
+# SM the solve's latency is hidden; what it costs is its share of a kernel balanced between L2 (81%), DRAM (63%) and
+# issue (56%). The register solve is the piece a fused kernel's aux warpgroup (one tile at a time) would want.
 A_OUT_MAXNREG = 128
 A_OUT_SOLVE_SPLIT = False
 HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
