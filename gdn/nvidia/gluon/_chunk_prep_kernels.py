@@ -4,7 +4,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._jit import (_add, exp2_ftz, inv_norm_gram, log2_ftz, row_sum, seq_of_slot, split16,
+from gdn.nvidia.gluon._jit import (_add, exp2_ftz, gdc_launch_dependents, inv_norm_gram, log2_ftz, row_sum, seq_of_slot, split16,
                                    split_mma, zero_rows_past)
 
 
@@ -220,7 +220,7 @@ def _store_rows(acc, desc, ptr, t0, eos, hv, s_t, s_h, blk: gl.constexpr):
 def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, beta, cu, gcum, w, u, o, rkn, q_desc, rqn,
                     N, T, HV, G, s_gt, s_gh, s_bt, s_bh, s_ct, s_ch, s_wt, s_wh, s_ut, s_uh, s_ot, s_oh, s_rt,
                     RAW: gl.constexpr, L2NORM: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr,
-                    A_OUT: gl.constexpr = False, SOLVE_SPLIT: gl.constexpr = True):
+                    A_OUT: gl.constexpr = False, SOLVE_SPLIT: gl.constexpr = True, TRIGGER: gl.constexpr = False):
     """One CTA (one warpgroup) per (chunk slot, v-head), the v-heads of a slot adjacent (the G v-heads of one
     k tile find it in L2). As the Triton `_prep_kernel` (gdn/common/triton/prefill/prefill.py) without the
     norm buffers:
@@ -249,6 +249,10 @@ def chunk_prep_sm90(k_desc, v_desc, w_desc, u_desc, a, b, A_log, dt_bias, g, bet
     as chunk_wy_sm90 from registers against the shared k and v tiles (u's factor as hi + lo parts, w's in 16
     bits), u stored before w's accumulator.
     Rows past the sequence end: k and v rows zeroed in shared memory, their gates 0, not stored."""
+    if TRIGGER:
+        # the state pass is launched with PDL: it may be scheduled once every CTA of this grid has started (it
+        # waits for this grid's completion before its first read of A', g_cum and the norms)
+        gdc_launch_dependents()
     BT: gl.constexpr = k_desc.block_type.shape[0]
     K: gl.constexpr = k_desc.block_type.shape[1]
     V: gl.constexpr = v_desc.block_type.shape[1]

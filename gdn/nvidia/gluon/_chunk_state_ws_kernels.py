@@ -9,7 +9,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from gdn.nvidia.gluon._chunk_state_kernels import (G_TILE, _decays_tma, _initial_state, _load_chunk_g, _pass_of,
                                                     _pool_ptrs, tile_col)
-from gdn.nvidia.gluon._jit import exp2_ftz, inv_norm, log2_ftz, split_mma, store_rows, store_tile, zero_rows_past
+from gdn.nvidia.gluon._jit import (exp2_ftz, gdc_wait, inv_norm, log2_ftz, split_mma, store_rows, store_tile,
+                                   zero_rows_past)
 
 LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
 
@@ -37,10 +38,13 @@ def _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready,
 
 @gluon.jit
 def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s,
-            rq_s, bos, NCL, hv, hk, v0, K: gl.constexpr, V: gl.constexpr):
+            rq_s, bos, NCL, hv, hk, v0, K: gl.constexpr, V: gl.constexpr, PDL: gl.constexpr):
     """One warp: chunk c's tiles into stage c % STAGES once the chain and the output have released the chunk
-    that held it (empty, two arrivals)."""
+    that held it (empty, two arrivals). PDL: first wait for the previous kernel (prefill's first kernel, which
+    writes the A', g_cum and norm tiles)."""
     STAGES: gl.constexpr = w_s.shape[0]
+    if PDL:
+        gdc_wait()
     for c in range(0, NCL):
         mbarrier.wait(empty.index(c % STAGES), ((c // STAGES) & 1) ^ 1)
         _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s,
@@ -290,7 +294,7 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
                                has_init, o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
                                V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
                                OUT_REGS: gl.constexpr, num_warps: gl.constexpr, P_SPLIT: gl.constexpr = True,
-                               A_PATH: gl.constexpr = False, EARLY: gl.constexpr = False):
+                               A_PATH: gl.constexpr = False, EARLY: gl.constexpr = False, PDL: gl.constexpr = False):
     """chunk_state_output_sm90's result (o and the final state; no h, v_new) with the work split over three
     warp-specialised partitions (one warpgroup each) of one CTA per (sequence, v-head, BV state columns):
       - the chain (default partition): the state's dependency chain, two MMAs per chunk;
@@ -305,6 +309,11 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
 
     rk_desc, rq_desc (or None): the key and query norms [T, H] as prefill's first kernel writes them, as [64, 4]
     TMA tiles on each stage; without them the chain takes them from the k and q tiles.
+
+    PDL (launched with launch_pdl after prefill's first kernel, which triggers it at its start): the CTAs may be
+    resident while that kernel's last CTAs run; the loader waits for it before its first TMA (everything this pass
+    reads of that kernel comes through the loader; the initial states and the k, q, v tiles are not its), and every
+    CTA waits for it before it completes, so that the stream sees both done when this one is.
 
     Tried (H100, 1x32768, this kernel alone): the norms of q and k taken by a four-warp loader partition as
     each chunk lands instead of by the chain: 1.075 ms against 0.73 (the loader then waits for the output's
@@ -358,5 +367,7 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
         (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC,
                    slot, s_ot, s_oh, V, P_SPLIT)),
         (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s,
-                   rk_s, rq_s, bos, NCL, hv, hk, v0, K, V)),
+                   rk_s, rq_s, bos, NCL, hv, hk, v0, K, V, PDL)),
     ], [4, 1], [OUT_REGS, 24])
+    if PDL:
+        gdc_wait()

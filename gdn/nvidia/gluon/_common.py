@@ -123,11 +123,17 @@ def recording():
         _RECORD.reset(token)
 
 
-def launch(kernel, grid, *args, num_warps: int = 4, maxnreg: int | None = None, **constexprs) -> None:
+def launch(kernel, grid, *args, num_warps: int = 4, maxnreg: int | None = None, pdl: bool = False,
+           **constexprs) -> None:
     """kernel[grid](*args) with `Desc` arguments turned into TMA descriptors; under `recording()` the
-    launch is recorded (signature and constexprs) instead. maxnreg: ptxas's register cap (occupancy)."""
+    launch is recorded (signature and constexprs) instead. maxnreg: ptxas's register cap (occupancy).
+    pdl: launch with programmatic stream serialization (Triton's launch_pdl): the kernel may start once every CTA
+    of the previous kernel on the stream has run griddepcontrol.launch_dependents, so it must wait (gdc_wait)
+    before reading that kernel's results and before it completes."""
     rec = _RECORD.get()
     opts = dict(num_warps=num_warps) if maxnreg is None else dict(num_warps=num_warps, maxnreg=maxnreg)
+    if pdl:
+        opts["launch_pdl"] = True
     if rec is None:
         if not L.launch_compiled(kernel, grid, args, {**opts, **constexprs}):
             kernel[grid](*[a.build() if isinstance(a, Desc) else a for a in args], **opts, **constexprs)

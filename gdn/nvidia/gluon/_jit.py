@@ -151,3 +151,20 @@ def store_tile(acc, tile_s, desc, ptr, t0, eos, hv, v0, s_t, s_h, D: gl.constexp
                        layout)
     else:
         store_rows(gl.convert_layout(acc.to(ptr.dtype.element_ty), layout), ptr, t0, eos, hv, v0, s_t, s_h, layout)
+
+
+# Programmatic dependent launch between prefill's two kernels (gdn/common/launch.py has the host side): the first
+# kernel lets the pass be scheduled once all its CTAs have started, the pass waits for it before reading its output.
+@gluon.jit
+def gdc_launch_dependents():
+    """griddepcontrol.launch_dependents: once every CTA of this grid has run it (or exited), the next kernel on
+    the stream, if launched with programmatic stream serialization (launch_pdl), may start."""
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                              pack=1)
+
+
+@gluon.jit
+def gdc_wait():
+    """griddepcontrol.wait: block until the previous kernel on the stream has completed and its writes are
+    visible (a no-op for a kernel launched without launch_pdl)."""
+    gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)

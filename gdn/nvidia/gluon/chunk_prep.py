@@ -72,11 +72,12 @@ def prep_ok(k, v) -> bool:
 
 
 def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, use_qk_l2norm, rk=None,
-                a_out=None, q=None, rq=None):
+                a_out=None, q=None, rq=None, trigger=False):
     """rk (or None): [T, H] fp32 to receive the key norms (unit column stride), for the narrow state pass;
     rq (or None; with rk, and q [T, H, K] of k's dtype): likewise the query norms.
     a_out (or None): [T, HV, 64] (k's dtype, packed) to receive A' = A diag(beta) per chunk instead of w and u
-    (which may then be None), for the state pass's A path (chunk_state.py `A_PATH`)."""
+    (which may then be None), for the state pass's A path (chunk_state.py `A_PATH`).
+    trigger: run griddepcontrol.launch_dependents first, for a next kernel launched with PDL (the state pass)."""
     from gdn.nvidia.gluon._chunk_prep_kernels import chunk_prep_sm90
     T, H, _ = k.shape
     HV = v.shape[1]
@@ -97,7 +98,7 @@ def launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, ou
              *gx.stride(), *bx.stride(), *g_cum.stride(), *w.stride()[:2], *u.stride()[:2], *out.stride()[:2],
              0 if rk is None else rk.stride()[0],
              RAW=raw, L2NORM=bool(use_qk_l2norm), BLOCK_N=PC.block_n(N), A_OUT=a_out is not None,
-             SOLVE_SPLIT=a_out is None or A_OUT_SOLVE_SPLIT, num_warps=NUM_WARPS,
+             SOLVE_SPLIT=a_out is None or A_OUT_SOLVE_SPLIT, TRIGGER=bool(trigger), num_warps=NUM_WARPS,
              maxnreg=MAXNREG if a_out is None else A_OUT_MAXNREG)
 
 

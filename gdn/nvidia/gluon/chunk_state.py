@@ -265,9 +265,22 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # 2026-11-24 ~01:36 UTC, graph replay of the prefill: 1x32768 777.6 -> 842.6 us, the pass 571.6 -> 670.4; 1x4096
 # 110.7 -> 119.3; 3x1000 91.9 -> 94.9; 128/128 and 176/120 splits the same). Like the first kernel run beside this
 # pass (bench/results/prefill_h100_2026-11-24_0000_overlap.md), any more warps on the SM lengthen the chain's steps.
-_WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True)
+# PDL: launched with programmatic stream serialization after prefill's first kernel, which triggers it at its start
+# (pdl_pass): the pass's CTAs settle on the SMs, set up their barriers and load their initial states while that
+# kernel's last CTAs run, and its loader waits for it before the first TMA. H100, 2026-11-24 ~01:47 UTC, prefill
+# under CUDA-graph replay, two interleaved pairs, us (off -> on): 1x4096 109.8 / 109.9 -> 107.6 / 107.2, 3x1000
+# 90.9 / 90.7 -> 88.3 / 88.1, 64x512 793.1 / 793.1 -> 790.7 / 788.7, 8x4096 635.6 / 636.2 -> 633.3 / 636.1, 1x32768
+# 765.2 / 763.7 -> 760.9 / 774.3 (noise there); outputs and states bitwise equal.
+_WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True,
+           PDL=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
           ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)}
+
+
+def pdl_pass(cfg: dict, device) -> bool:
+    """Whether the warp-specialised pass of this config is launched with PDL after prefill's first kernel (which
+    must then be launched with trigger=True, chunk_prep.launch_prep)."""
+    return bool(cfg.get("PDL")) and cfg.get("WS") and L.pdl_ok(L.current_arch(device))
 
 
 def fused_bucket(N: int, HV: int) -> str:
@@ -330,8 +343,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                  NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
                  P_SPLIT=bool(cfg.get("P_SPLIT", True)), A_PATH=bool(cfg.get("A_PATH", False)),
-                 EARLY=bool(cfg.get("EARLY", False)), num_warps=4,
-                 maxnreg=cfg["maxnreg"])
+                 EARLY=bool(cfg.get("EARLY", False)), PDL=pdl_pass(cfg, k.device), num_warps=4,
+                 maxnreg=cfg["maxnreg"], pdl=pdl_pass(cfg, k.device))
         return
     C.launch(chunk_state_output_sm90, (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), C.head_matrix(q, C.BT),

@@ -190,7 +190,8 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     p = None if gluon_prep and fused_gluon is not None else plan(arch, N, HV, K, V)
     if gluon_prep:
         chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None if a_path else w,
-                               None if a_path else u, out, l2, rk_ws, a_out=w if a_path else None, q=q, rq=rq_ws)
+                               None if a_path else u, out, l2, rk_ws, a_out=w if a_path else None, q=q, rq=rq_ws,
+                               trigger=fused_gluon is not None and gluon_state.pdl_pass(fused_gluon, dev))
     else:
         L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
                  w, u, out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0), k.stride(1),
