@@ -260,6 +260,38 @@ def test_chunk_prep_compiles():
         assert ctas * (kernel.metadata.shared + 1024) <= 228 * 1024, (name, kernel.metadata.shared, ctas)
 
 
+@needs_gluon
+def test_prefill_pdl_pair_compiles(monkeypatch):
+    """Prefill's two sm_90 kernels as a PDL pair (on a GPU host by default; this CPU session has the interpreter
+    on, so PDL is forced here): the first kernel triggers its dependents at its start, the warp-specialised pass
+    is launched with launch_pdl and waits (griddepcontrol.wait) in its loader and before it completes."""
+    import torch
+
+    from gdn.common import examples
+    from gdn.common import launch as L
+    from gdn.nvidia.gluon import _common as C
+    from gdn.nvidia.gluon import chunk_prep as CP
+    from gdn.nvidia.gluon import chunk_state as GS
+    monkeypatch.setattr(L, "pdl_ok", lambda arch: True)
+    ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
+    (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **variants[0])
+    cfg = dict(GS.fused_config("sm_90", 1, 1, k.shape[2], u.shape[2]))
+    assert cfg["PDL"] and GS.pdl_pass(cfg, k.device)
+    w = w.new_empty(w.shape[0], w.shape[1], C.BT)
+    norms = [torch.empty(k.shape[:2], dtype=torch.float32, device="meta") for _ in range(2)]
+    with L.recording("sm_90"), C.recording() as launches:
+        GS.launch_state_output(k, w, u, torch.empty_like(k), g_cum, pool, idx, cu, has_init, torch.empty_like(u),
+                               0.1, kw["use_qk_l2norm"], kw["state_layout"], cfg, *norms)
+    (launch,) = launches
+    assert launch.options.get("launch_pdl") is True and launch.constexprs["PDL"] is True
+    ptx = _check_hopper_kernel("chunk_state_output_ws_sm90[PDL]", launch).asm["ptx"]
+    assert ptx.count("griddepcontrol.wait") == 2, ptx.count("griddepcontrol.wait")
+    (name, prep), = [x for x in CP.example_launches("sm_90") if x[1].constexprs["A_OUT"]]
+    prep = L.Launch(prep.kernel, prep.signature, dict(prep.constexprs, TRIGGER=True), prep.options, prep.attrs)
+    ptx = _check_hopper_kernel(name + "[TRIGGER]", prep).asm["ptx"]
+    assert "griddepcontrol.launch_dependents" in ptx and "griddepcontrol.wait" not in ptx
+
+
 def test_fused_config_table():
     """The fused pass: warp-specialised, 32 state columns per CTA up to 32 (sequence, v-head) pairs (four CTAs
     a pair fill one wave), 64 past them; at K <= 128, with >= 16 state columns per warpgroup."""
