@@ -271,6 +271,9 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # under CUDA-graph replay, two interleaved pairs, us (off -> on): 1x4096 109.8 / 109.9 -> 107.6 / 107.2, 3x1000
 # 90.9 / 90.7 -> 88.3 / 88.1, 64x512 793.1 / 793.1 -> 790.7 / 788.7, 8x4096 635.6 / 636.2 -> 633.3 / 636.1, 1x32768
 # 765.2 / 763.7 -> 760.9 / 774.3 (noise there); outputs and states bitwise equal.
+# The first kernel launched with PDL too (waiting at its start, the pass triggering at its own: the next call's first
+# kernel scheduled early) did not pay (same day ~01:55 UTC, two pairs: 1x4096 107.9 / 107.9 -> 109.0 / 108.5, 3x1000
+# 89.2 / 88.7 -> 87.8 / 88.6, 1x32768 774.4 / 789.5 -> 793.0 / 803.4, wide cases even); not kept.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True,
            PDL=True)
 _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
