@@ -4,8 +4,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._jit import (_add, exp2_ftz, gdc_launch_dependents, inv_norm_gram, log2_ftz, row_sum, seq_of_slot, split16,
-                                   split_mma, zero_rows_past)
+from gdn.nvidia.gluon._jit import (_add, exp2_ftz, gdc_launch_dependents, inv_norm_gram, log2_ftz, row_sum,
+                                   seq_of_slot, split16, split_mma, zero_rows_past)
 
 
 @gluon.jit

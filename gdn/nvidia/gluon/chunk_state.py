@@ -283,7 +283,7 @@ _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
 def pdl_pass(cfg: dict, device) -> bool:
     """Whether the warp-specialised pass of this config is launched with PDL after prefill's first kernel (which
     must then be launched with trigger=True, chunk_prep.launch_prep)."""
-    return bool(cfg.get("PDL")) and cfg.get("WS") and L.pdl_ok(L.current_arch(device))
+    return bool(cfg.get("PDL") and cfg.get("WS")) and L.pdl_ok(L.current_arch(device))
 
 
 def fused_bucket(N: int, HV: int) -> str:
