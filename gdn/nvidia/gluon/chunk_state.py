@@ -282,7 +282,10 @@ _FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
 
 def pdl_pass(cfg: dict, device) -> bool:
     """Whether the warp-specialised pass of this config is launched with PDL after prefill's first kernel (which
-    must then be launched with trigger=True, chunk_prep.launch_prep)."""
+    must then be launched with trigger=True, chunk_prep.launch_prep). The pass reads the pool's initial states
+    before its wait: safe because the kernel before it is that first kernel, an ordinary launch, which starts only
+    once every earlier kernel (a decode step writing the pool, say) is done. So no PDL where the first kernel does
+    not run (T == 0: launch_state_output)."""
     return bool(cfg.get("PDL") and cfg.get("WS")) and L.pdl_ok(L.current_arch(device))
 
 
@@ -324,6 +327,7 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
     if V % BV or BV // (warps // 4) < 16:
         raise ValueError(f"gdn.chunk_state (gluon, fused output): BV={BV} must divide V={V} and give each of "
                          f"{warps // 4} warpgroups >= 16 columns")
+    pdl = pdl_pass(cfg, k.device) and T > 0       # (T == 0: prefill's first kernel did not run; see pdl_pass)
     if T == 0:
         k, q = k.new_zeros(1, H, K), q.new_zeros(1, H, K)
         w, u = w.new_zeros(1, HV, w.shape[2]), u.new_zeros(1, HV, V)
@@ -346,8 +350,7 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                  NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
                  P_SPLIT=bool(cfg.get("P_SPLIT", True)), A_PATH=bool(cfg.get("A_PATH", False)),
-                 EARLY=bool(cfg.get("EARLY", False)), PDL=pdl_pass(cfg, k.device), num_warps=4,
-                 maxnreg=cfg["maxnreg"], pdl=pdl_pass(cfg, k.device))
+                 EARLY=bool(cfg.get("EARLY", False)), PDL=pdl, num_warps=4, maxnreg=cfg["maxnreg"], pdl=pdl)
         return
     C.launch(chunk_state_output_sm90, (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), C.head_matrix(q, C.BT),
