@@ -168,6 +168,24 @@ def test_prefill_both_plans_against_reference_op(monkeypatch, fuse, layout, pool
     assert torch.equal(p[~u].view(torch.uint8), c["pool"][~u].view(torch.uint8))
 
 
+def test_prefill_only_empty_sequences():
+    """T == 0 with N > 0 (every sequence empty; on sm_90 the first kernel does not run, so the pass is launched
+    without PDL): each live slot as the reference leaves it (its initial state, or zeros where has_initial_state
+    is False), the padding slot's and the unused slots' bytes untouched, nothing written to the empty output."""
+    torch.manual_seed(5)
+    dev = torch.device("cuda")
+    c = make_case([0, 0, 0], torch.bfloat16, "vk", torch.float32, dev, pad_seq=1)
+    c["init"] = torch.tensor([True, True, False], device=dev)
+    o, p = run_triton(c, "vk")
+    p_ref, o_ref = c["pool"].clone(), torch.empty_like(c["v"])
+    R.prefill(c["q"], c["k"], c["v"], p_ref, c["idx"], c["cu"], o_ref, None, None, c["a"], c["b"], c["A_log"],
+              c["dt_bias"], c["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout="vk")
+    torch.cuda.synchronize()
+    assert o.shape[0] == 0
+    assert torch.equal(p.view(torch.uint8), p_ref.view(torch.uint8))
+    assert torch.equal(p[~c["used"]].view(torch.uint8), c["pool"][~c["used"]].view(torch.uint8))
+
+
 @pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])
 @pytest.mark.parametrize("lengths,pad", [
     pytest.param([300, 64, 0, 129], 1, id="4seq-pad1-zero1"),

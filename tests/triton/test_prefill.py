@@ -434,6 +434,33 @@ MANY = [   # lengths, slots, output fused into the state pass
 ]
 
 
+@pytest.mark.parametrize("budget", [0, 40], ids=["T0", "tail-only"])
+def test_prefill_only_empty_sequences(plan, budget):
+    """Every sequence empty: T == 0, or only an unused token budget past cu_seqlens[-1]. Each live slot as the
+    reference leaves it (its initial state, or zeros without one), padding and unused slots untouched, the
+    budget rows zero."""
+    plan(True, 16)
+    H, HV, K, V = 1, 2, 16, 32
+    cu = cu_of([0, 0, 0])
+    q, k = torch.randn(budget, H, K).bfloat16(), torch.randn(budget, H, K).bfloat16()
+    v = torch.randn(budget, HV, V).bfloat16()
+    a, b, A_log, dt_bias = gates(budget, HV, torch.bfloat16)
+    idx = torch.tensor([2, -1, 0], dtype=torch.int32)
+    init = torch.tensor([True, True, False])
+    pool = pool_of(4, HV, K, V, "vk", torch.float32)
+    used = poison_unused(pool, idx)
+    res = {}
+    for name, fn in (("ref", R.prefill), ("tri", triton("prefill"))):
+        p, o = pool.clone(), torch.full((budget, HV, V), NAN, dtype=torch.bfloat16)
+        fn(q, k, v, p, idx, cu, o, None, None, a, b, A_log, dt_bias, init, scale=K ** -0.5, use_qk_l2norm=True,
+           state_layout="vk")
+        res[name] = p, o
+    (p0, o0), (p1, o1) = res["ref"], res["tri"]
+    assert (o1 == 0).all()
+    assert torch.equal(p1.view(torch.uint8), p0.view(torch.uint8))
+    assert torch.equal(p1[~used].view(torch.uint8), pool[~used].view(torch.uint8))
+
+
 @pytest.mark.skipif(not probe.interpreter_on(), reason="bounds checks hook the Triton interpreter")
 @pytest.mark.parametrize("lengths,idx,fuse", MANY)
 def test_prefill_many_sequences_in_bounds(plan, poisoned_workspace, fuse, lengths, idx):

@@ -333,8 +333,9 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
         w, u = w.new_zeros(1, HV, w.shape[2]), u.new_zeros(1, HV, V)
     k, w, u, q = C.tma_ready(k), C.tma_ready(w), C.tma_ready(u), C.tma_ready(q)
     NV = V // BV
-    # o by TMA store where the table asks for it and out allows it (16-bit: an fp32 tile would not fit)
-    o_desc = (C.head_matrix(out, C.BT, BV) if cfg.get("TMA_O") and out.dtype in C.DTYPES and C.tma_ok(out)
+    # o by TMA store where the table asks for it and out allows it (16-bit: an fp32 tile would not fit; T == 0:
+    # no rows to store, and a TMA view needs one)
+    o_desc = (C.head_matrix(out, C.BT, BV) if cfg.get("TMA_O") and out.dtype in C.DTYPES and C.tma_ok(out) and T > 0
               else None)
     if cfg.get("WS"):
         from gdn.nvidia.gluon._chunk_state_ws_kernels import chunk_state_output_ws_sm90
