@@ -59,7 +59,11 @@ MAXNREG = 168
 # recurrence unchanged (1x4096 3.718e-3), all 27 prefill GPU tests passed, static SASS 2112 -> 1856, but this kernel
 # no faster (1x32768 186.5 -> 188.7 us; stored straight from the mma layout's 4-byte pieces, 210). At four CTAs per
 # SM the solve's latency is hidden; what it costs is its share of a kernel balanced between L2 (81%), DRAM (63%) and
-# issue (56%). The register solve is the piece a fused kernel's aux warpgroup (one tile at a time) would want.
+# issue (56%). The register solve is the piece a fused kernel's aux warpgroup (one tile at a time) would want: its
+# latency, clock64 from N ready to the solve's last product per CTA (same day ~02:26 UTC; bench/wip/stamp_ab.py on
+# that branch), one CTA per SM: 2563 -> 1691 cycles (median; 1x4096 2425 -> 1735); at the full grid, 8x4096, 4082 ->
+# 2848 (without the placement into a [64, 64] tile, which a shared A' tile for wgmma would add back). Of the 1691,
+# the forward substitution of the 16x16 blocks (_tri_inv16) is the larger part.
 A_OUT_MAXNREG = 128
 A_OUT_SOLVE_SPLIT = False
 HEAD_DIMS = (64, 128)  # w and u accumulators [64, K] + [64, V] fp32 in registers at once
