@@ -120,11 +120,17 @@ def use_pdl(arch: str, grid) -> bool:
     return n <= PDL_MAX_PROGRAMS and pdl_ok(arch)
 
 
+def check_pdl(kernel, pdl: bool, constexprs: dict, who: str = "gdn.launch") -> None:
+    """A launch with PDL (launch_pdl) needs the kernel's constexpr PDL=True, the switch of its gdc_wait: without
+    the wait it would race the previous kernel on the stream. Shared by this launch and Gluon's (_common.launch)."""
+    if pdl and constexprs.get("PDL") is not True:
+        raise ValueError(f"{who}: pdl=True needs the constexpr PDL=True ({kernel.fn.__name__})")
+
+
 def launch(kernel, grid, *args, num_warps: int = 4, num_stages: int = 2, pdl: bool = False, **constexprs) -> None:
     """kernel[grid](*args, ...) or, under `recording`, its record. pdl=True adds Triton's launch_pdl (the
-    kernel must get PDL=True among `constexprs`: without its gdc_wait it would race the previous kernel)."""
-    if pdl and constexprs.get("PDL") is not True:
-        raise ValueError(f"gdn.launch: pdl=True needs the constexpr PDL=True ({kernel.fn.__name__})")
+    kernel must get PDL=True among `constexprs`: check_pdl)."""
+    check_pdl(kernel, pdl, constexprs)
     rec = _RECORD.get()
     if rec is None:
         if pdl:

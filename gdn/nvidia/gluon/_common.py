@@ -129,10 +129,9 @@ def launch(kernel, grid, *args, num_warps: int = 4, maxnreg: int | None = None, 
     launch is recorded (signature and constexprs) instead. maxnreg: ptxas's register cap (occupancy).
     pdl: launch with programmatic stream serialization (Triton's launch_pdl): the kernel may start once every CTA
     of the previous kernel on the stream has run griddepcontrol.launch_dependents, so it must wait (gdc_wait)
-    before reading that kernel's results and before it completes: as gdn.common.launch.launch, the kernel must
-    get PDL=True among `constexprs` (the switch of its gdc_wait)."""
-    if pdl and constexprs.get("PDL") is not True:
-        raise ValueError(f"gdn.launch (gluon): pdl=True needs the constexpr PDL=True ({kernel.fn.__name__})")
+    before reading that kernel's results and before it completes: the kernel must get PDL=True among
+    `constexprs` (the switch of its gdc_wait; L.check_pdl)."""
+    L.check_pdl(kernel, pdl, constexprs, "gdn.launch (gluon)")
     rec = _RECORD.get()
     opts = dict(num_warps=num_warps) if maxnreg is None else dict(num_warps=num_warps, maxnreg=maxnreg)
     if pdl:
