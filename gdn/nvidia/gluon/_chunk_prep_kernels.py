@@ -130,6 +130,7 @@ def _cols(x, lay3: gl.constexpr, out: gl.constexpr, OFF: gl.constexpr, BY_ROW: g
     W: gl.constexpr = lay3.shape[2]
     NB: gl.constexpr = BT // W
     gl.static_assert(NB == 2 or NB == 4)
+    gl.static_assert(BY_ROW or OFF < NB, "_cols: column block OFF past the tile")
     t = gl.convert_layout(gl.reshape(x, [BT, NB, W]), lay3)
     # the blocks as separate tensors (the block axis last, then split: register renames, no instruction), so
     # picking one costs at most a select per element (a masked sum over the block axis cost 4 FSEL + 3 FADD)
@@ -140,7 +141,7 @@ def _cols(x, lay3: gl.constexpr, out: gl.constexpr, OFF: gl.constexpr, BY_ROW: g
         b1, b3 = gl.split(hi)
     else:
         b0, b1 = gl.split(t)
-        b2 = b0
+        b2 = b0             # (never picked: a row's block r // W - OFF is below NB = 2, and OFF < NB above)
         b3 = b0
     if BY_ROW:
         p = _block_of_rows(gl.arange(0, BT, layout=gl.SliceLayout(1, b0.type.layout)), W, OFF, BY_ROW)[:, None]
