@@ -149,6 +149,16 @@ def launch(kernel, grid, *args, num_warps: int = 4, num_stages: int = 2, pdl: bo
 
 
 def launch_compiled(kernel, grid, args, kwargs: dict) -> bool:
+    """`_launch_compiled`, and inside `call_recording()` the launch noted for a call plan (None where it took
+    no launch plan: the JIT launched, or nothing did)."""
+    rec = _CALLS.get()
+    plan = _launch_compiled(kernel, grid, args, kwargs)
+    if rec is not None:
+        rec.append((plan, tuple(grid), args) if isinstance(plan, _Plan) else None)
+    return plan is not False
+
+
+def _launch_compiled(kernel, grid, args, kwargs: dict):
     """Launch `kernel` on the current stream with the binary its JIT already compiled for these arguments, as
     `kernel[grid](*args, **kwargs)` would, minus that call's per-launch bookkeeping. Returns False, launching
     nothing, where the JIT must take the call: nothing compiled for it yet (the JIT compiles, and checks the
@@ -160,7 +170,8 @@ def launch_compiled(kernel, grid, args, kwargs: dict) -> bool:
     (`_plan_key`: per argument exactly what Triton's specialisation reads of it) and launches the C launcher
     directly, encoding TMA descriptors straight from their fields. Without one, the binary is looked up as the
     JIT does (its binder, ~20-45 us a launch on a serving host: ~5 us per TMA descriptor argument alone) and a
-    plan made for next time."""
+    plan made for next time. Returns the plan that launched, True where the binary was launched without one,
+    False where nothing was."""
     if not _LAUNCH_COMPILED or not hasattr(kernel, "device_caches"):    # (the interpreter's kernels have none)
         return False
     from triton import knobs
@@ -197,7 +208,7 @@ def launch_compiled(kernel, grid, args, kwargs: dict) -> bool:
                 compiled.packed_metadata, None, None, None, *bound.values())    # no launch metadata: no hook reads it
             return True
     plan.launch(grid, args, torch._C._cuda_getCurrentRawStream(dev))
-    return True
+    return plan
 
 
 # ---- launch plans -------------------------------------------------------------------------------------
@@ -302,6 +313,143 @@ def _make_plan(kernel, compiled, args, tail: list) -> _Plan | None:
     plan.coop, plan.pdl = run.launch_cooperative_grid, run.launch_pdl
     plan.descs, plan.tail = tuple(descs), tail
     return plan
+
+
+# ---- call plans -------------------------------------------------------------------------------------
+# A launcher call that only allocates buffers and launches kernels (prefill's sm_90 path: two Gluon kernels, four
+# buffers) spends most of an eager call's host time deciding and building what it launches: ~130 of 180 us on an
+# H100 host (bench/wip/host_split.py). A call plan is that call's launches, each through its launch plan, with
+# every tensor argument named by position among the call's tensors (its inputs, then the buffers it allocated):
+# the next call with the same `call_key` replays them with its own tensors.
+_CALLS: contextvars.ContextVar[list | None] = contextvars.ContextVar("gdn_call_launches", default=None)
+_VERSION = [0]      # bumped by anything that changes what a launcher decides: config tables, dispatch, environment
+
+
+def bump_version() -> None:
+    """Call plans made before this are not replayed (a config table, the registry or the environment changed)."""
+    _VERSION[0] += 1
+
+
+probe._ON_DISPATCH.append(bump_version)
+
+
+class ConfigTable(dict):
+    """A launch config table (`pick`'s): a change of its contents (a benchmark sweep, a test's monkeypatch)
+    bumps the call-plan version, so no call plan made from the old contents is replayed."""
+
+    def __setitem__(self, k, v):
+        bump_version()
+        super().__setitem__(k, v)
+
+    def __delitem__(self, k):
+        bump_version()
+        super().__delitem__(k)
+
+    def clear(self):
+        bump_version()
+        super().clear()
+
+    def update(self, *a, **kw):
+        bump_version()
+        super().update(*a, **kw)
+
+    def pop(self, *a):
+        bump_version()
+        return super().pop(*a)
+
+    def setdefault(self, k, d=None):
+        bump_version()
+        return super().setdefault(k, d)
+
+    def popitem(self):
+        bump_version()
+        return super().popitem()
+
+
+@contextlib.contextmanager
+def call_recording():
+    """Note each launch (`launch_compiled`) for `CallPlan.make`."""
+    rec: list = []
+    token = _CALLS.set(rec)
+    try:
+        yield rec
+    finally:
+        _CALLS.reset(token)
+
+
+def call_key(tensors, *extra):
+    """What a launcher's decisions may read of a call: each tensor's shape, strides, dtype and 16-byte alignment
+    (launch plans and TMA read it), None for an absent one, the current device, `extra` (the call's scalars)
+    and the call-plan version. None (no plan) where the JIT must take the launches: Triton other than 3.6,
+    launch hooks installed (a profiler's), a tensor not on a GPU; or under GDN_CALL_PLANS=0."""
+    if not _LAUNCH_COMPILED or not tensors[0].is_cuda or probe.env("GDN_CALL_PLANS") == "0" or _hooks_on():
+        return None
+    key = [_VERSION[0], torch.cuda.current_device(), *extra]
+    add = key.append
+    for t in tensors:
+        if t is None:
+            add(None)
+        elif t.is_cuda:
+            add((t.shape, t.stride(), t.dtype, t.data_ptr() % 16 == 0))
+        else:
+            return None
+    return tuple(key)
+
+
+def _hooks_on() -> bool:
+    from triton import knobs
+    return bool(knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls
+                or knobs.runtime.debug or knobs.compilation.instrumentation_mode)
+
+
+class CallPlan:
+    """The launches of one launcher call (`call_recording`), replayable with another call's tensors: per launch
+    its launch plan, grid and arguments, each a constant, a tensor named by its position in the call's tensors,
+    or a TMA descriptor (`plan_arg_type`) of such a tensor, rebuilt on it."""
+    __slots__ = ("launches", "buffers")
+
+    @staticmethod
+    def make(rec: list, tensors, buffers=None) -> "CallPlan | None":
+        """The plan of the launches noted in `rec` (in order), with `tensors` the call's inputs then its buffers,
+        and `buffers` a function that allocates the buffers again (on replay); None where a launch took no
+        launch plan, none was noted, an input is passed twice, or a launch reads a tensor that is not among
+        `tensors` (a copy the launcher made: replay would skip making it)."""
+        if not rec or any(r is None for r in rec):
+            return None
+        pos = {}
+        for i, t in enumerate(tensors):
+            if t is not None:
+                if id(t) in pos:
+                    return None
+                pos[id(t)] = i
+        launches = []
+        for plan, grid, args in rec:
+            tmpl = []
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    i = pos.get(id(a))
+                    if i is None:
+                        return None
+                    tmpl.append((1, i, None))
+                elif type(a) in _TMA_TYPES:
+                    i = pos.get(id(a.base))
+                    if i is None:
+                        return None
+                    tmpl.append((2, i, a))
+                else:
+                    tmpl.append((0, a, None))
+            launches.append((plan, grid, tuple(tmpl)))
+        cp = CallPlan()
+        cp.launches, cp.buffers = tuple(launches), buffers
+        return cp
+
+    def replay(self, tensors) -> None:
+        """Launch on the current stream, `tensors` the call's inputs then its buffers (as for `make`)."""
+        stream = torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())
+        for plan, grid, tmpl in self.launches:
+            args = [a if kind == 0 else (tensors[a] if kind == 1 else type(d)(tensors[a], d.shape, d.stride, d.block))
+                    for kind, a, d in tmpl]
+            plan.launch(grid, args, stream)
 
 
 def _launch_compiled_ok() -> bool:

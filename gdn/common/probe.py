@@ -60,6 +60,7 @@ def env(name: str) -> str | None:
 
 
 _ON_RELOAD: list = []       # caches derived from env() (e.g. launch.pdl_ok), cleared with it
+_ON_DISPATCH: list = []     # told when a dispatch choice may change (launch.bump_version: call plans)
 
 
 def reload_env() -> None:
@@ -68,6 +69,13 @@ def reload_env() -> None:
     _ENV.clear()
     for clear in _ON_RELOAD:
         clear()
+    dispatch_changed()
+
+
+def dispatch_changed() -> None:
+    """The environment or the registry changed: what was cached from a dispatch choice is stale."""
+    for f in _ON_DISPATCH:
+        f()
 
 
 @contextlib.contextmanager

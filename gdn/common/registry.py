@@ -147,6 +147,7 @@ def register(impl: Impl) -> Impl:
     impls.append(impl)
     impls.sort(key=lambda i: -i.priority)
     _CACHE.clear()
+    probe.dispatch_changed()
     return impl
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gdn import ops
-from gdn.common import examples
+from gdn.common import examples, registry
 from gdn.common import launch as L
 
 _REAL = L.launch_compiled      # (the spies below wrap this one, never each other)
@@ -90,3 +90,69 @@ def test_launch_plans_follow_the_specialisation(monkeypatch):
 
 def triton_cdiv(a, b):
     return -(-a // b)
+
+
+def _prefill_inputs(seed, lengths=(300, 0, 77, 1000)):
+    torch.manual_seed(seed)         # fresh values, same shapes, strides and dtypes (the call key)
+    return examples.example("prefill", "cuda", size="qwen", lengths=lengths)
+
+
+def test_prefill_call_plans(monkeypatch):
+    """Prefill's call plans (gdn.common.launch.CallPlan): an eager call whose tensors match an earlier call's in
+    shape, strides, dtype and alignment replays that call's launches with its own tensors, and its outputs and
+    pool are bitwise those of the path that decides everything again; a config table change, a registry change
+    or launch hooks stop the replay."""
+    from gdn.common.triton.prefill import prefill as P
+    if not L._launch_compiled_ok():
+        pytest.skip("a Triton other than 3.6: the JIT takes every launch")
+    replays = []
+    real = L.CallPlan.replay
+
+    def spy(self, *a):
+        replays.append(self)
+        return real(self, *a)
+    monkeypatch.setattr(L.CallPlan, "replay", spy)
+    P._CALL_PLANS.clear()
+
+    def run(a, kw, plans: bool):
+        if not plans:
+            L.bump_version()            # (every plan made so far is stale: the call decides everything)
+        pool0 = a[3].clone()
+        n = len(replays)
+        o = ops.prefill(*a, **kw, backend="triton")
+        out = (o.clone(), a[3].clone(), len(replays) - n)
+        a[3].copy_(pool0)
+        torch.cuda.synchronize()
+        return out
+
+    a0, kw = _prefill_inputs(0)
+    run(a0, kw, True)                   # compiles, makes the plan (sm_90: the Gluon path)
+    a1, _ = _prefill_inputs(1)
+    o_plan, s_plan, n_plan = run(a1, kw, True)
+    o_ref, s_ref, n_ref = run(a1, kw, False)
+    assert torch.equal(o_plan, o_ref) and torch.equal(s_plan, s_ref)
+    assert n_ref == 0
+    from gdn.common import probe
+    if probe.device_info(torch.device("cuda")).arch != "sm_90":
+        assert n_plan == 0              # (only the sm_90 path makes call plans)
+        return
+    assert n_plan == 1
+    # stale after a config table change (here a no-op one), a registry change; skipped under launch hooks
+    from gdn.nvidia.gluon import chunk_state as GS
+    run(a1, kw, True)
+    key = next(iter(GS._FUSED))
+    monkeypatch.setitem(GS._FUSED, key, GS._FUSED[key])
+    assert run(a1, kw, True)[2] == 0 and run(a1, kw, True)[2] == 1
+    registry.clear_cache()
+    assert run(a1, kw, True)[2] == 0 and run(a1, kw, True)[2] == 1
+    from triton import knobs
+    monkeypatch.setattr(knobs.runtime, "launch_enter_hook", _Hook())
+    assert run(a1, kw, True)[2] == 0
+
+
+class _Hook:
+    """A launch hook as Triton's knobs hold one (`calls` non-empty): launches must go through the JIT."""
+    calls = [lambda *a: None]
+
+    def __call__(self, *a):
+        pass

@@ -276,8 +276,8 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # 89.2 / 88.7 -> 87.8 / 88.6, 1x32768 774.4 / 789.5 -> 793.0 / 803.4, wide cases even); not kept.
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True,
            PDL=True)
-_FUSED = {("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
-          ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)}
+_FUSED = L.ConfigTable({("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
+                        ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)})     # (call plans follow changes)
 
 
 def pdl_pass(cfg: dict, device) -> bool:

@@ -28,6 +28,8 @@ captured in a CUDA graph for a fixed token budget and traced on meta tensors. Co
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -107,7 +109,7 @@ _PREP_CONFIGS = {
 # sm_90: the first kernel in Gluon (gdn/nvidia/gluon/chunk_prep.py) when the later ones are Gluon's too
 # (they take the q/k norms from their own tiles; the Triton ones need the [T, H] buffers only the Triton
 # first kernel writes). H100, 8x4096: 0.85 vs 0.96 ms (raw gates), 0.85 vs 0.91 (g, beta).
-_GLUON_PREP = {("sm_90", "any"): True}
+_GLUON_PREP = L.ConfigTable({("sm_90", "any"): True})      # (a ConfigTable: call plans follow its changes)
 # Fuse the output into the state pass when the (sequence, v-head) pairs fill the GPU ("wide").
 # Narrow batches, tried and not kept (H100, 2026-11-22, CUDA-graph replay): the tokens cut into P pieces, each
 # piece's state pass on a high-priority side stream overlapping the next piece's first kernel and the previous
@@ -133,6 +135,28 @@ def plan(arch: str, N: int, HV: int, K: int, V: int) -> dict:
                 output=chunk_output.config(arch, K, V))
 
 
+# Call plans (launch.py): an eager call whose tensors' shapes, strides, dtypes and alignment and whose scalars match
+# an earlier call's replays that call's launches (the sm_90 path below: its four buffers, then the Gluon first kernel
+# and the warp-specialised pass), skipping the decisions, descriptors and launch-plan lookups that took ~130 of an
+# eager call's ~180 us host time on an H100 host (bench/wip/host_split.py, 1x4096).
+_CALL_PLANS: dict = {}
+_MAX_CALL_PLANS = 256
+
+
+def _gluon_buffers(T, H, HV, K, V, wdt, dev, a_path: bool, ws_norms: bool) -> tuple:
+    """The sm_90 path's buffers (g_cum, w, u, rk, rq): w is A' [T, HV, 64] on the A path, whose u is v (None
+    here); the key norms for the warp-specialised pass (ws_norms), and on the A path the query norms too."""
+    g_cum = C.gcum_empty(T, HV, dev)
+    if a_path:
+        w, u = torch.empty((T, HV, C.BT), dtype=wdt, device=dev), None
+    else:
+        w = torch.empty((T, HV, K), dtype=wdt, device=dev)
+        u = torch.empty((T, HV, V), dtype=wdt, device=dev)
+    rk = C.gcum_empty(T, H, dev) if ws_norms else None
+    rq = C.gcum_empty(T, H, dev) if ws_norms and a_path else None
+    return g_cum, w, u, rk, rq
+
+
 def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state, *,
             scale, use_qk_l2norm, state_layout):
     T, H, K = q.shape
@@ -141,11 +165,17 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     if N <= 0:
         out.zero_()
         return
+    inputs = (q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state)
+    key = None if L.is_recording() else L.call_key(inputs, float(scale), bool(use_qk_l2norm), state_layout)
+    if key is not None:
+        cp = _CALL_PLANS.get(key)
+        if cp is not None:
+            cp.replay(inputs + cp.buffers())
+            return
     q, k, v = C.last_dim_contiguous(q), C.last_dim_contiguous(k), C.last_dim_contiguous(v)
     arch = L.current_arch(q.device)
     dev = q.device
     wdt = C.dot_dtype(q.dtype)
-    g_cum = C.gcum_empty(T, HV, dev)
     raw = g is None
     gx, bx = (a, b) if raw else (g, beta)
     l2 = bool(use_qk_l2norm)
@@ -159,16 +189,13 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     # their shared tiles); the first kernel skips reading q without them
     norms = l2 and (state_impl.backend == "triton" or (out_impl.backend == "triton" and fused_gluon is None))
     gluon_prep = False
-    rq = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
-    rk = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
-    rk_ws = rq_ws = None
-    a_path = False      # the fused pass reads A' and v in w's and u's places (only after the Gluon first kernel)
     if not norms and state_impl.backend == "gluon" and L.pick(_GLUON_PREP, arch, "any", False):
         from gdn.nvidia.gluon import chunk_prep
         gluon_prep = chunk_prep.prep_ok(k, v)
-    if gluon_prep:
-        ws = fused_gluon is not None and fused_gluon.get("WS")
-        # A' instead of w and u: the pass forms v_new from v and A' (chunk_state.py `_WS`)
+    if gluon_prep and fused_gluon is not None:
+        ws = bool(fused_gluon.get("WS"))
+        # A' instead of w and u: the pass reads A' and v in w's and u's places and forms v_new itself
+        # (chunk_state.py `_WS`)
         a_path = bool(ws and fused_gluon.get("A_PATH"))
         # the warp-specialised state pass takes the key norms from the first kernel (instruction issue bounds
         # it; there they are K K^T's diagonal), and on the A path the query norms too (one MMA more for one
@@ -178,20 +205,33 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
         # (H100, 2026-11-24, one process, prefill under CUDA-graph replay, us): query norms in the pass's chain
         # instead cost 1x32768 787.6 -> 859.5, 1x4096 109.9 -> 118.8, 8x4096 647.7 -> 655.6, 64x512 786.9 ->
         # 784.9 (first kernel 21-28 us faster, the pass 23-100 us slower)
-        if ws and l2:
-            rk_ws = C.gcum_empty(T, H, dev)
-            rq_ws = C.gcum_empty(T, H, dev) if a_path else None
-    if a_path:
-        w, u = torch.empty((T, HV, C.BT), dtype=wdt, device=dev), v
-    else:
-        w = torch.empty((T, HV, K), dtype=wdt, device=dev)
-        u = torch.empty((T, HV, V), dtype=wdt, device=dev)
-    # the launch plan only where a Triton kernel runs (building it is a tenth of an eager call's host time)
-    p = None if gluon_prep and fused_gluon is not None else plan(arch, N, HV, K, V)
+        alloc = functools.partial(_gluon_buffers, T, H, HV, K, V, wdt, dev, a_path, ws and l2)
+        bufs = alloc()
+        g_cum, w, u, rk_ws, rq_ws = bufs
+        u = v if u is None else u
+        with L.call_recording() as rec:
+            chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None if a_path else w,
+                                   None if a_path else u, out, l2, rk_ws, a_out=w if a_path else None, q=q, rq=rq_ws,
+                                   trigger=gluon_state.pdl_pass(fused_gluon, dev))
+            # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip)
+            gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state,
+                                            out, scale, l2, state_layout, dict(fused_gluon, A_PATH=a_path), rk_ws,
+                                            rq_ws)
+        if key is not None:
+            cp = L.CallPlan.make(rec, inputs + bufs, alloc)
+            if cp is not None:
+                if len(_CALL_PLANS) >= _MAX_CALL_PLANS:
+                    _CALL_PLANS.clear()
+                _CALL_PLANS[key] = cp
+        return
+    g_cum = C.gcum_empty(T, HV, dev)
+    rq = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
+    rk = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
+    w = torch.empty((T, HV, K), dtype=wdt, device=dev)
+    u = torch.empty((T, HV, V), dtype=wdt, device=dev)
+    p = plan(arch, N, HV, K, V)
     if gluon_prep:
-        chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None if a_path else w,
-                               None if a_path else u, out, l2, rk_ws, a_out=w if a_path else None, q=q, rq=rq_ws,
-                               trigger=fused_gluon is not None and gluon_state.pdl_pass(fused_gluon, dev))
+        chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2)
     else:
         L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
                  w, u, out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0), k.stride(1),
@@ -200,9 +240,9 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
                  H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V), BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw,
                  PREC=C.f32_precision(arch, q.dtype), PREC_EXACT=C.f32_exact_precision(arch), **p["prep"])
     if fused_gluon is not None:
-        # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip)
+        # the Gluon fused pass after the Triton first kernel (k, v the Gluon one declines): w and u, no norms
         gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out,
-                                        scale, l2, state_layout, dict(fused_gluon, A_PATH=a_path), rk_ws, rq_ws)
+                                        scale, l2, state_layout, dict(fused_gluon, A_PATH=False))
         return
     # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
     # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
