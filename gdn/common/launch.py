@@ -435,7 +435,7 @@ class CallPlan:
                     i = pos.get(id(a.base))
                     if i is None:
                         return None
-                    tmpl.append((2, i, a))
+                    tmpl.append((2, i, (type(a), a.shape, a.stride, a.block)))     # (not a: it holds its tensor)
                 else:
                     tmpl.append((0, a, None))
             launches.append((plan, grid, tuple(tmpl)))
@@ -447,8 +447,7 @@ class CallPlan:
         """Launch on the current stream, `tensors` the call's inputs then its buffers (as for `make`)."""
         stream = torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())
         for plan, grid, tmpl in self.launches:
-            args = [a if kind == 0 else (tensors[a] if kind == 1 else type(d)(tensors[a], d.shape, d.stride, d.block))
-                    for kind, a, d in tmpl]
+            args = [a if kind == 0 else (tensors[a] if kind == 1 else d[0](tensors[a], *d[1:])) for kind, a, d in tmpl]
             plan.launch(grid, args, stream)
 
 
