@@ -172,9 +172,10 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, *, g=None, beta=None, a=N
     beta post-sigmoid, [T,HV]) or raw (a, b [T,HV], A_log, dt_bias [HV]); cu_seqlens [N+1];
     state_indices [N]; has_initial_state [N] bool (None = all True). Final states are written into the
     slots. Returns o [T,HV,V]."""
-    props, _ = checks.prefill(q, k, v, state, state_indices, cu_seqlens, g, beta, a, b, A_log, dt_bias,
-                              has_initial_state, state_layout, out)
-    q, k, v, g, beta, a, b, A_log, dt_bias = _contig(q, k, v, g, beta, a, b, A_log, dt_bias)
+    props, contiguous = checks.prefill(q, k, v, state, state_indices, cu_seqlens, g, beta, a, b, A_log, dt_bias,
+                                       has_initial_state, state_layout, out)
+    if not contiguous:
+        q, k, v, g, beta, a, b, A_log, dt_bias = _contig(q, k, v, g, beta, a, b, A_log, dt_bias)
     out = torch.empty_like(v) if out is None else out
     _run("prefill", props, backend, q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log,
          dt_bias, has_initial_state, scale=checks.scale(scale, q.shape[-1]), use_qk_l2norm=bool(use_qk_l2norm),
