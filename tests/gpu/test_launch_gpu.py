@@ -126,28 +126,49 @@ def test_prefill_call_plans(monkeypatch):
         return out
 
     a0, kw = _prefill_inputs(0)
-    run(a0, kw, True)                   # compiles, makes the plan (sm_90: the Gluon path)
-    a1, _ = _prefill_inputs(1)
-    o_plan, s_plan, n_plan = run(a1, kw, True)
-    o_ref, s_ref, n_ref = run(a1, kw, False)
-    assert torch.equal(o_plan, o_ref) and torch.equal(s_plan, s_ref)
-    assert n_ref == 0
+    run(a0, kw, True)                   # compiles (the JIT's launches: no plan)
+    run(a0, kw, True)                   # makes the plan (sm_90: the Gluon path)
     from gdn.common import probe
-    if probe.device_info(torch.device("cuda")).arch != "sm_90":
-        assert n_plan == 0              # (only the sm_90 path makes call plans)
+    sm90 = probe.device_info(torch.device("cuda")).arch == "sm_90"
+    # fresh values; then other sequence boundaries with the same T and N (cu_seqlens is read on the device only)
+    for seed, lengths in ((1, (300, 0, 77, 1000)), (2, (700, 377, 0, 300))):
+        a1, kw1 = _prefill_inputs(seed, lengths)
+        o_plan, s_plan, n_plan = run(a1, kw1, True)
+        o_ref, s_ref, n_ref = run(a1, kw1, False)
+        assert torch.equal(o_plan, o_ref) and torch.equal(s_plan, s_ref)
+        assert n_ref == 0 and n_plan == (1 if sm90 else 0)     # (only the sm_90 path makes call plans)
+        run(a1, kw1, True)              # (the plan again: run(.., False) made the version stale)
+    if not sm90:
         return
-    assert n_plan == 1
+    # captured in a CUDA graph: the replay's launches and allocations are captured like the deciding path's
+    a2, _ = _prefill_inputs(3)
+    pool0 = a2[3].clone()
+    ref_o = ops.prefill(*a2, **kw, backend="triton").clone()
+    ref_s = a2[3].clone()
+    a2[3].copy_(pool0)
+    n = len(replays)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s), torch.cuda.graph(graph):
+        o_g = ops.prefill(*a2, **kw, backend="triton")
+    torch.cuda.current_stream().wait_stream(s)
+    assert len(replays) == n + 1
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(o_g, ref_o) and torch.equal(a2[3], ref_s)
+    a2[3].copy_(pool0)
     # stale after a config table change (here a no-op one), a registry change; skipped under launch hooks
     from gdn.nvidia.gluon import chunk_state as GS
-    run(a1, kw, True)
+    run(a1, kw1, True)
     key = next(iter(GS._FUSED))
     monkeypatch.setitem(GS._FUSED, key, GS._FUSED[key])
-    assert run(a1, kw, True)[2] == 0 and run(a1, kw, True)[2] == 1
+    assert run(a1, kw1, True)[2] == 0 and run(a1, kw1, True)[2] == 1
     registry.clear_cache()
-    assert run(a1, kw, True)[2] == 0 and run(a1, kw, True)[2] == 1
+    assert run(a1, kw1, True)[2] == 0 and run(a1, kw1, True)[2] == 1
     from triton import knobs
     monkeypatch.setattr(knobs.runtime, "launch_enter_hook", _Hook())
-    assert run(a1, kw, True)[2] == 0
+    assert run(a1, kw1, True)[2] == 0
 
 
 class _Hook:
