@@ -177,3 +177,42 @@ class _Hook:
 
     def __call__(self, *a):
         pass
+
+
+@pytest.mark.parametrize("path", ["triton", "gluon_state_triton_output", "triton_prep_gluon_pass"])
+def test_prefill_call_plans_other_paths(path, monkeypatch):
+    """Prefill's other paths (forced here on sm_90) make call plans where every launch took a launch plan (launches
+    that need Triton's device-side TMA scratch take none: no call plan then); replayed or not, each call's outputs
+    and pool are bitwise those of the deciding path."""
+    from gdn.common import probe
+    from gdn.common.triton.prefill import prefill as P
+    if not L._launch_compiled_ok():
+        pytest.skip("a Triton other than 3.6: the JIT takes every launch")
+    replays = []
+    real = L.CallPlan.replay
+
+    def spy(self, *a):
+        replays.append(self)
+        return real(self, *a)
+    monkeypatch.setattr(L.CallPlan, "replay", spy)
+    env = {"triton": ("GDN_DISABLE", "gluon"), "gluon_state_triton_output": ("GDN_BACKEND_CHUNK_OUTPUT", "triton"),
+           "triton_prep_gluon_pass": ("GDN_CALL_PLANS", "1")}[path]
+    if path == "triton_prep_gluon_pass":
+        monkeypatch.setitem(P._GLUON_PREP, ("sm_90", "any"), False)
+    with probe.env_switched(*env):
+        a, kw = _prefill_inputs(0)
+        for _ in range(3):              # compile, plan, replay
+            ops.prefill(*a, **kw, backend="triton")
+        for seed, lengths in ((1, (300, 0, 77, 1000)), (2, (700, 377, 0, 300))):
+            a1, kw1 = _prefill_inputs(seed, lengths)
+            pool0 = a1[3].clone()
+            n = len(replays)
+            o = ops.prefill(*a1, **kw1, backend="triton").clone()
+            s = a1[3].clone()
+            replayed = len(replays) - n
+            a1[3].copy_(pool0)
+            L.bump_version()            # (the next call decides everything)
+            o_ref = ops.prefill(*a1, **kw1, backend="triton")
+            torch.cuda.synchronize()
+            assert torch.equal(o, o_ref) and torch.equal(s, a1[3]), (path, seed, replayed)
+            print(f"{path}: replayed {replayed}")

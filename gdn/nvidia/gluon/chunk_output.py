@@ -22,7 +22,7 @@ from gdn.nvidia.gluon import _common as C
 
 # V block per CTA by arch: 128 keeps one CTA per (slot, v-head) at K=V=128 (h and v_new read in one tile);
 # smem q, k, h, v_new = 80 KB at bf16: two CTAs per SM. One warpgroup per CTA (the 64-row wgmma tile).
-_CONFIGS = {("sm_90", "any"): dict(BV=128)}
+_CONFIGS = L.ConfigTable({("sm_90", "any"): dict(BV=128)})
 NUM_WARPS = 4
 
 

@@ -40,7 +40,8 @@ from gdn.nvidia.gluon import _common as C
 # UTC): 1x32768 0.725 -> 0.596-0.601 ms, 1x4096 0.094 -> 0.081. Re-swept with v_new by TMA (H100, 17:15 UTC,
 # CUDA-graph replay of this kernel alone, BV x STAGES in {16, 32, 64} x {2, 3, 4}): 1x32768 BV=32/4 stages
 # 0.531 ms (32/3 0.576, 64/3 0.645, 16/2 0.770), 1x4096 0.073 (32/3 0.078), 2x8192 0.277 (32/3 0.300).
-_CONFIGS = {("sm_90", "narrow"): dict(BV=32, STAGES=4), ("sm_90", "wide"): dict(BV=32, STAGES=2)}
+_CONFIGS = L.ConfigTable({("sm_90", "narrow"): dict(BV=32, STAGES=4),
+                          ("sm_90", "wide"): dict(BV=32, STAGES=2)})
 NUM_WARPS = 4                  # one warpgroup: the 64-row wgmma tile
 SMEM_BUDGET = 200 * 1024       # of sm_90's 227 KB per CTA, leaving room for layout-conversion scratch
 

@@ -80,10 +80,10 @@ def _chunk_output_kernel(q, k, v_new, h, gcum, state_indices, cu, o, rq_buf, rk_
                  mask=in_seq[:, None] & mv)
 
 
-_CONFIGS = {
+_CONFIGS = L.ConfigTable({
     "big": dict(BV=64, num_warps=4, num_stages=2),
     "small": dict(BV=64, num_warps=4, num_stages=1),
-}
+})
 
 
 def config(arch: str, K: int, V: int) -> dict:

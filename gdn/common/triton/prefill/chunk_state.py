@@ -205,7 +205,7 @@ def _chunk_state_tma_kernel(k, w, u, gcum, state, state_indices, cu, has_init, h
     tl.store(p_s, hs.to(state.dtype.element_ty), mask=m_h)
 
 
-_CONFIGS = {
+_CONFIGS = L.ConfigTable({
     # "narrow": few (sequence, v-head) pairs (long sequences): split V finely, the plain pass (prefill then
     # runs chunk_output over all chunks in parallel). "wide": enough pairs to fill the GPU: prefill fuses
     # the output into this pass. num_stages=1 is miscompiled on sm_90 (see MIN_STAGES).
@@ -220,7 +220,7 @@ _CONFIGS = {
     ("amd", "wide"): dict(BV=32, num_warps=4, num_stages=1),
     "narrow": dict(BV=32, num_warps=4, num_stages=1),
     "wide": dict(BV=32, num_warps=4, num_stages=1),
-}
+})
 NARROW_PAIRS = 128          # N * HV below this: "narrow"
 
 # Triton 3.6 on sm_90 miscompiles this kernel's chunk loop when it is not software-pipelined

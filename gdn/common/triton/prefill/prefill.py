@@ -100,16 +100,16 @@ def _prep_kernel(q, k, v, g, beta, a, b, A_log, dt_bias, cu, gcum, w, u, o, rq_b
         tl.store(u + rows[:, None] * s_ut + hv * s_uh + o_v[None, :], ut.to(u.dtype.element_ty), mask=mv)
 
 
-_PREP_CONFIGS = {
+_PREP_CONFIGS = L.ConfigTable({
     # one warpgroup: the 64-row products map onto it (8 warps replicate them); sm_90 K = V = 128:
     # 208 registers, no spill
     "big": dict(num_warps=4, num_stages=1),       # max(K, V) >= 128
     "small": dict(num_warps=4, num_stages=1),
-}
+})
 # sm_90: the first kernel in Gluon (gdn/nvidia/gluon/chunk_prep.py) when the later ones are Gluon's too
 # (they take the q/k norms from their own tiles; the Triton ones need the [T, H] buffers only the Triton
 # first kernel writes). H100, 8x4096: 0.85 vs 0.96 ms (raw gates), 0.85 vs 0.91 (g, beta).
-_GLUON_PREP = L.ConfigTable({("sm_90", "any"): True})      # (a ConfigTable: call plans follow its changes)
+_GLUON_PREP = L.ConfigTable({("sm_90", "any"): True})
 # Fuse the output into the state pass when the (sequence, v-head) pairs fill the GPU ("wide").
 # Narrow batches, tried and not kept (H100, 2026-11-22, CUDA-graph replay): the tokens cut into P pieces, each
 # piece's state pass on a high-priority side stream overlapping the next piece's first kernel and the previous
@@ -123,7 +123,7 @@ _GLUON_PREP = L.ConfigTable({("sm_90", "any"): True})      # (a ConfigTable: cal
 # math out of the loop: 448 bytes of spill, 132 with the indices made opaque), the pass at 64 columns is slower
 # per chunk (1x32768 alone: 1.19 ms against 0.67), and the profiler showed the two kernels one after the other
 # (kernel time 250 us at 1x4096). Not kept.
-_FUSE = {"wide": True, "narrow": False}
+_FUSE = L.ConfigTable({"wide": True, "narrow": False})
 
 
 def plan(arch: str, N: int, HV: int, K: int, V: int) -> dict:
@@ -136,9 +136,11 @@ def plan(arch: str, N: int, HV: int, K: int, V: int) -> dict:
 
 
 # Call plans (launch.py): an eager call whose tensors' shapes, strides, dtypes and alignment and whose scalars match
-# an earlier call's replays that call's launches (the sm_90 path below: its four buffers, then the Gluon first kernel
-# and the warp-specialised pass), skipping the decisions, descriptors and launch-plan lookups that took ~130 of an
-# eager call's ~180 us host time on an H100 host (bench/wip/host_split.py, 1x4096).
+# an earlier call's replays that call's launches (on sm_90: its four buffers, then the Gluon first kernel and the
+# warp-specialised pass; the other paths likewise where every launch takes a launch plan), skipping the decisions,
+# descriptors and launch-plan lookups that took ~130 of an eager call's ~180 us host time on an H100 host
+# (bench/wip/host_split.py, 1x4096). The config tables the decisions read are L.ConfigTables (a change makes the
+# plans stale).
 _CALL_PLANS: dict = {}
 _MAX_CALL_PLANS = 256
 
@@ -155,6 +157,19 @@ def _gluon_buffers(T, H, HV, K, V, wdt, dev, a_path: bool, ws_norms: bool) -> tu
     rk = C.gcum_empty(T, H, dev) if ws_norms else None
     rq = C.gcum_empty(T, H, dev) if ws_norms and a_path else None
     return g_cum, w, u, rk, rq
+
+
+def _general_buffers(T, N, H, HV, K, V, wdt, dev, norms: bool, plain: bool) -> tuple:
+    """The other paths' buffers (g_cum, rq, rk, w, u, h, v_new): the q/k norms [T, H] for the Triton sub-op
+    kernels (norms), h and v_new for a plain state pass and a separate output (plain)."""
+    g_cum = C.gcum_empty(T, HV, dev)
+    rq = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
+    rk = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
+    w = torch.empty((T, HV, K), dtype=wdt, device=dev)
+    u = torch.empty((T, HV, V), dtype=wdt, device=dev)
+    h = torch.empty((C.num_slots(T, N), HV, K, V), dtype=wdt, device=dev) if plain else None
+    v_new = torch.empty((T, HV, V), dtype=wdt, device=dev) if plain else None
+    return g_cum, rq, rk, w, u, h, v_new
 
 
 def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state, *,
@@ -217,52 +232,57 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
             gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state,
                                             out, scale, l2, state_layout, dict(fused_gluon, A_PATH=a_path), rk_ws,
                                             rq_ws)
-        if key is not None:
-            cp = L.CallPlan.make(rec, inputs + bufs, alloc)
-            if cp is not None:
-                if len(_CALL_PLANS) >= _MAX_CALL_PLANS:
-                    _CALL_PLANS.clear()
-                _CALL_PLANS[key] = cp
+        _keep_plan(key, rec, inputs + bufs, alloc)
         return
-    g_cum = C.gcum_empty(T, HV, dev)
-    rq = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
-    rk = torch.empty((T, H), dtype=torch.float32, device=dev) if norms else None
-    w = torch.empty((T, HV, K), dtype=wdt, device=dev)
-    u = torch.empty((T, HV, V), dtype=wdt, device=dev)
     p = plan(arch, N, HV, K, V)
-    if gluon_prep:
-        chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2)
-    else:
-        L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
-                 w, u, out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                 v.stride(0), v.stride(1), gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1), g_cum.stride(0),
-                 g_cum.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1), out.stride(0), out.stride(1),
-                 H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V), BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw,
-                 PREC=C.f32_precision(arch, q.dtype), PREC_EXACT=C.f32_exact_precision(arch), **p["prep"])
-    if fused_gluon is not None:
-        # the Gluon fused pass after the Triton first kernel (k, v the Gluon one declines): w and u, no norms
-        gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out,
-                                        scale, l2, state_layout, dict(fused_gluon, A_PATH=False))
-        return
     # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
     # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
-    if p["fuse"] and out_impl.backend == "triton" and state_impl.backend == "triton":
-        chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, None, None,
-                                 q, out, scale, l2, state_layout, p["state"], arch, rq, rk)
-        return
-    h = torch.empty((C.num_slots(T, N), HV, K, V), dtype=wdt, device=dev)
-    v_new = torch.empty((T, HV, V), dtype=wdt, device=dev)
-    if state_impl.backend == "triton":
-        chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new,
-                                 None, None, 1.0, l2, state_layout, p["state"], arch, None, rk)
-    else:
-        state_impl.fn(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new,
-                      use_qk_l2norm=l2, state_layout=state_layout)
-    if out_impl.backend == "triton":
-        chunk_output.launch_output(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale, l2, p["output"],
-                                   arch, rq, rk)
-    else:
-        out_impl.fn(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale=scale, use_qk_l2norm=l2)
+    fuse_triton = p["fuse"] and out_impl.backend == "triton" and state_impl.backend == "triton"
+    alloc = functools.partial(_general_buffers, T, N, H, HV, K, V, wdt, dev, norms,
+                              fused_gluon is None and not fuse_triton)
+    bufs = alloc()
+    g_cum, rq, rk, w, u, h, v_new = bufs
+    with L.call_recording() as rec:
+        if gluon_prep:
+            chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2)
+        else:
+            L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
+                     w, u, out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0),
+                     k.stride(1), v.stride(0), v.stride(1), gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1),
+                     g_cum.stride(0), g_cum.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1),
+                     out.stride(0), out.stride(1), H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V),
+                     BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw, PREC=C.f32_precision(arch, q.dtype),
+                     PREC_EXACT=C.f32_exact_precision(arch), **p["prep"])
+        if fused_gluon is not None:
+            # the Gluon fused pass after the Triton first kernel (k, v the Gluon one declines): w and u, no norms
+            gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state,
+                                            out, scale, l2, state_layout, dict(fused_gluon, A_PATH=False))
+        elif fuse_triton:
+            chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, None, None,
+                                     q, out, scale, l2, state_layout, p["state"], arch, rq, rk)
+        else:
+            if state_impl.backend == "triton":
+                chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h,
+                                         v_new, None, None, 1.0, l2, state_layout, p["state"], arch, None, rk)
+            else:
+                state_impl.fn(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new,
+                              use_qk_l2norm=l2, state_layout=state_layout)
+            if out_impl.backend == "triton":
+                chunk_output.launch_output(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale, l2,
+                                           p["output"], arch, rq, rk)
+            else:
+                out_impl.fn(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale=scale, use_qk_l2norm=l2)
+    _keep_plan(key, rec, inputs + bufs, alloc)
+
+
+def _keep_plan(key, rec, tensors, alloc) -> None:
+    """The call plan of the launches in `rec` (L.CallPlan.make), kept under `key` when there is one."""
+    if key is not None:
+        cp = L.CallPlan.make(rec, tensors, alloc)
+        if cp is not None:
+            if len(_CALL_PLANS) >= _MAX_CALL_PLANS:
+                _CALL_PLANS.clear()
+            _CALL_PLANS[key] = cp
 
 
 def sub_op_impl(op, q, v, state=None, state_layout=None):
