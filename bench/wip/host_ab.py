@@ -1,45 +1,80 @@
-"""Call plans on / off (GDN_CALL_PLANS): eager prefill wall time per call (bench_prefill's method: 10 back-to-back
-calls between synchronisations, best of 5; and 200 calls), host enqueue time behind a sleep, and the GPU's busy
-time and span over 20 back-to-back calls (profiler), interleaved rounds. GPU machine."""
-import sys, os, time
+"""An eager prefill's host and wall time with a switch on / off (TOGGLE: GDN_CALL_PLANS, the default, or GDN_PDL),
+interleaved rounds, on the GPU machine. Per case and setting: wall time per call of 200 and of 10 back-to-back calls
+between synchronisations (bench_prefill's wall metric is the latter, best of 5), host time per call enqueued behind a
+sleep kernel (best and median), and the time per call of 10 calls replayed from a CUDA graph.
+    CASES=1x4096,3x1000 TOGGLE=GDN_PDL python bench/wip/host_ab.py"""
+import os
+import sys
+import time
+
 import torch
-sys.path.insert(0, os.getcwd()); sys.path.insert(0, os.path.join(os.getcwd(), "bench"))
-import bench_prefill as BP
-from gdn.common import probe
-cases = [[int(t)] * int(n) for n, t in (c.split("x") for c in os.environ.get("CASES", "1x4096,3x1000,1x32768").split(","))]
+
+sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.join(os.getcwd(), "bench"))
+import bench_prefill as BP  # noqa: E402
+
+from gdn.common import probe  # noqa: E402
+
+TOGGLE = os.environ.get("TOGGLE", "GDN_CALL_PLANS")
+CASES = [[int(t)] * int(n) for n, t in (c.split("x") for c in os.environ.get("CASES", "1x4096,3x1000").split(","))]
+
+
 def wall(call, n):
-    torch.cuda.synchronize(); t = time.perf_counter()
-    for _ in range(n): call()
-    torch.cuda.synchronize(); return (time.perf_counter() - t) / n * 1e6
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        call()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1e6
+
+
 def enqueue(call, n=40):
-    torch.cuda._sleep(100_000_000); t = time.perf_counter()
-    for _ in range(n): call()
-    d = (time.perf_counter() - t) / n * 1e6; torch.cuda.synchronize(); return d
-def gpu(call, n=20):
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(n): call()
+    torch.cuda._sleep(100_000_000)
+    t = time.perf_counter()
+    for _ in range(n):
+        call()
+    d = (time.perf_counter() - t) / n * 1e6
+    torch.cuda.synchronize()
+    return d
+
+
+def graph_time(call, n=10):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            call()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(n):
+            call()
+    g.replay()
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(5):
+        e0.record()
+        g.replay()
+        e1.record()
         torch.cuda.synchronize()
-    sp = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-    busy, cur = 0, None
-    for s, e in sp:
-        if cur is None or s > cur[1]:
-            if cur: busy += cur[1] - cur[0]
-            cur = [s, e]
-        else: cur[1] = max(cur[1], e)
-    busy += cur[1] - cur[0]
-    return busy / n, (sp[-1][1] - sp[0][0]) / n
-for L in cases:
+        best = min(best, e0.elapsed_time(e1) * 1e3 / n)
+    return best
+
+
+for L in CASES:
     x = BP.make_inputs(L, 16, 32, 128, 128)
     call = BP.gdn_candidate(x, True)[0]
-    res = {"on": [], "off": []}
+    res = {"1": [], "0": []}
     for rnd in range(3):
-        for mode in ("on", "off"):
-            with probe.env_switched("GDN_CALL_PLANS", "1" if mode == "on" else "0"):
-                for _ in range(3): call()
-                w10 = min(wall(call, 10) for _ in range(5)); w200 = min(wall(call, 200) for _ in range(2))
+        for setting in res:
+            with probe.env_switched(TOGGLE, setting):
+                for _ in range(3):
+                    call()
                 e = sorted(enqueue(call) for _ in range(9))
-                b, s = gpu(call) if os.environ.get("GPU_SPAN") == "1" else (float("nan"), float("nan"))
-                res[mode].append((w10, w200, e[0], e[4], b, s))
-    for mode, r in res.items():
-        best = [min(v[i] for v in r) for i in range(6)]
-        print(f"{len(L)}x{L[0]} plans {mode}: wall10 {best[0]:.1f} wall200 {best[1]:.1f} enqueue best {best[2]:.1f} median {min(v[3] for v in r):.1f} | gpu busy {best[4]:.1f} span {best[5]:.1f} us/call", flush=True)
+                res[setting].append((min(wall(call, 200) for _ in range(2)), min(wall(call, 10) for _ in range(5)),
+                                     e[0], e[4], graph_time(call)))
+    for setting, r in res.items():
+        b = [min(v[i] for v in r) for i in range(5)]
+        print(f"{len(L)}x{L[0]} {TOGGLE}={setting}: wall200 {b[0]:.1f} wall10 {b[1]:.1f} host best {b[2]:.1f} "
+              f"median {b[3]:.1f} graph {b[4]:.1f} us/call", flush=True)

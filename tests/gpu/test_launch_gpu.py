@@ -97,6 +97,18 @@ def _prefill_inputs(seed, lengths=(300, 0, 77, 1000)):
     return examples.example("prefill", "cuda", size="qwen", lengths=lengths)
 
 
+def _replays(monkeypatch) -> list:
+    """The call plans replayed from here on (a spy on CallPlan.replay)."""
+    replays = []
+    real = L.CallPlan.replay
+
+    def spy(self, *a):
+        replays.append(self)
+        return real(self, *a)
+    monkeypatch.setattr(L.CallPlan, "replay", spy)
+    return replays
+
+
 def test_prefill_call_plans(monkeypatch):
     """Prefill's call plans (gdn.common.launch.CallPlan): an eager call whose tensors match an earlier call's in
     shape, strides, dtype and alignment replays that call's launches with its own tensors, and its outputs and
@@ -105,13 +117,7 @@ def test_prefill_call_plans(monkeypatch):
     from gdn.common.triton.prefill import prefill as P
     if not L._launch_compiled_ok():
         pytest.skip("a Triton other than 3.6: the JIT takes every launch")
-    replays = []
-    real = L.CallPlan.replay
-
-    def spy(self, *a):
-        replays.append(self)
-        return real(self, *a)
-    monkeypatch.setattr(L.CallPlan, "replay", spy)
+    replays = _replays(monkeypatch)
     P._CALL_PLANS.clear()
 
     def run(a, kw, plans: bool):
@@ -188,13 +194,7 @@ def test_prefill_call_plans_other_paths(path, monkeypatch):
     from gdn.common.triton.prefill import prefill as P
     if not L._launch_compiled_ok():
         pytest.skip("a Triton other than 3.6: the JIT takes every launch")
-    replays = []
-    real = L.CallPlan.replay
-
-    def spy(self, *a):
-        replays.append(self)
-        return real(self, *a)
-    monkeypatch.setattr(L.CallPlan, "replay", spy)
+    replays = _replays(monkeypatch)
     env = {"triton": ("GDN_DISABLE", "gluon"), "gluon_state_triton_output": ("GDN_BACKEND_CHUNK_OUTPUT", "triton"),
            "triton_prep_gluon_pass": ("GDN_CALL_PLANS", "1")}[path]
     if path == "triton_prep_gluon_pass":
