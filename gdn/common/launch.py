@@ -320,7 +320,8 @@ def _make_plan(kernel, compiled, args, tail: list) -> _Plan | None:
 # buffers) spends most of an eager call's host time deciding and building what it launches: ~130 of 180 us on an
 # H100 host (bench/wip/host_split.py). A call plan is that call's launches, each through its launch plan, with
 # every tensor argument named by position among the call's tensors (its inputs, then the buffers it allocated):
-# the next call with the same `call_key` replays them with its own tensors.
+# the next call with the same `call_key` replays them with its own tensors. Only launches replay: a launcher that
+# records must do nothing else to memory between its allocations and its launches (no .copy_(), no .zero_()).
 _CALLS: contextvars.ContextVar[list | None] = contextvars.ContextVar("gdn_call_launches", default=None)
 _VERSION = [0]      # bumped by anything that changes what a launcher decides: config tables, dispatch, environment
 
@@ -335,7 +336,8 @@ probe._ON_DISPATCH.append(bump_version)
 
 class ConfigTable(dict):
     """A launch config table (`pick`'s): a change of its contents (a benchmark sweep, a test's monkeypatch)
-    bumps the call-plan version, so no call plan made from the old contents is replayed."""
+    bumps the call-plan version, so no call plan made from the old contents is replayed. Replace an entry to change
+    it: a value (a config dict) mutated in place is not seen."""
 
     def __setitem__(self, k, v):
         bump_version()
