@@ -1,7 +1,7 @@
 """An eager prefill's host and wall time with a switch on / off (TOGGLE: GDN_CALL_PLANS, the default, or GDN_PDL),
 interleaved rounds, on the GPU machine. Per case and setting: wall time per call of 200 and of 10 back-to-back calls
-between synchronisations (bench_prefill's wall metric is the latter, best of 5), host time per call enqueued behind a
-sleep kernel (best and median), and the time per call of 10 calls replayed from a CUDA graph.
+between synchronisations (bench_prefill's `wall_time`, best of 5; its own metric is the latter), host time per
+call enqueued behind a sleep kernel (best and median), and the time per call of 10 calls replayed from a CUDA graph.
     CASES=1x4096,3x1000 TOGGLE=GDN_PDL python bench/wip/host_ab.py"""
 import os
 import sys
@@ -17,15 +17,6 @@ from gdn.common import probe  # noqa: E402
 
 TOGGLE = os.environ.get("TOGGLE", "GDN_CALL_PLANS")
 CASES = [[int(t)] * int(n) for n, t in (c.split("x") for c in os.environ.get("CASES", "1x4096,3x1000").split(","))]
-
-
-def wall(call, n):
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        call()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1e6
 
 
 def enqueue(call, n=40):
@@ -72,8 +63,9 @@ for L in CASES:
                 for _ in range(3):
                     call()
                 e = sorted(enqueue(call) for _ in range(9))
-                res[setting].append((min(wall(call, 200) for _ in range(2)), min(wall(call, 10) for _ in range(5)),
-                                     e[0], e[4], graph_time(call)))
+                # bench_prefill's wall metric (best of 5 runs of n back-to-back calls), n = 200 and its 10
+                res[setting].append((BP.wall_time(call, 200) * 1e3, BP.wall_time(call, 10) * 1e3, e[0], e[4],
+                                     graph_time(call)))
     for setting, r in res.items():
         b = [min(v[i] for v in r) for i in range(5)]
         print(f"{len(L)}x{L[0]} {TOGGLE}={setting}: wall200 {b[0]:.1f} wall10 {b[1]:.1f} host best {b[2]:.1f} "

@@ -175,7 +175,7 @@ def _launch_compiled(kernel, grid, args, kwargs: dict):
     if not _LAUNCH_COMPILED or not hasattr(kernel, "device_caches"):    # (the interpreter's kernels have none)
         return False
     from triton import knobs
-    if knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls:
+    if _hooks_installed():
         return False
     dev = torch.cuda.current_device()
     debug = kwargs.get("debug", kernel.debug) or knobs.runtime.debug
@@ -383,8 +383,12 @@ def call_key(tensors, *extra):
     """What a launcher's decisions may read of a call: each tensor's shape, strides, dtype and 16-byte alignment
     (launch plans and TMA read it), None for an absent one, the current device, `extra` (the call's scalars)
     and the call-plan version. None (no plan) where the JIT must take the launches: Triton other than 3.6,
-    launch hooks installed (a profiler's), a tensor not on a GPU; or under GDN_CALL_PLANS=0."""
-    if not _LAUNCH_COMPILED or not tensors[0].is_cuda or probe.env("GDN_CALL_PLANS") == "0" or _hooks_on():
+    launch hooks installed (a profiler's), Triton's debug or instrumentation on, a tensor not on a GPU; or under
+    GDN_CALL_PLANS=0."""
+    if not _LAUNCH_COMPILED or not tensors[0].is_cuda or probe.env("GDN_CALL_PLANS") == "0" or _hooks_installed():
+        return None
+    from triton import knobs
+    if knobs.runtime.debug or knobs.compilation.instrumentation_mode:   # (a launch plan's key reads them)
         return None
     key = [_VERSION[0], torch.cuda.current_device(), *extra]
     add = key.append
@@ -398,10 +402,10 @@ def call_key(tensors, *extra):
     return tuple(key)
 
 
-def _hooks_on() -> bool:
+def _hooks_installed() -> bool:
+    """Launch hooks (a profiler's): every launch must go through the JIT, which calls them."""
     from triton import knobs
-    return bool(knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls
-                or knobs.runtime.debug or knobs.compilation.instrumentation_mode)
+    return bool(knobs.runtime.launch_enter_hook.calls or knobs.runtime.launch_exit_hook.calls)
 
 
 class CallPlan:
