@@ -15,8 +15,11 @@ gdn is timed through the public op (`gdn.ops.prefill(..., backend="triton")`) wi
 Peers get their own conventions: FLA `chunk_gated_delta_rule(q, k, v, g, beta, ...)` with log-space g,
 post-sigmoid beta, KV initial states, use_qk_l2norm_in_kernel=True (its l2norm is in its time);
 FlashInfer `gdn_prefill.chunk_gated_delta_rule` with alpha = exp(g) (fp32), fp32 beta, VK states and q, k
-l2-normalised by the caller (outside its time). Each candidate's output and final states are checked
-against a float64 token-by-token recurrence on the GPU before its time is printed (--no-check skips).
+l2-normalised by the caller (outside its time), and again with FLA's l2norm_fwd of q and k in its time (vLLM's
+FlashInfer path normalises so before the call); gdn once more on FlashInfer's own inputs (q, k normalised
+outside its time, use_qk_l2norm=False, g and beta): the same work as FlashInfer's row. Each candidate's output
+and final states are checked against a float64 token-by-token recurrence on the GPU before its time is printed
+(--no-check skips).
 
 On a GPU every case runs in its own process (a CUDA fault poisons the process that hit it, never the other
 cases); each process writes its rows as soon as they are measured and the table is printed from whatever
@@ -116,14 +119,23 @@ def rel(x, ref):
 # ---------------------------------------------------------------------------------------------------
 # candidates: name -> (setup() -> (call, result)) where result() gives (o [T,HV,V], states [N,HV,K,V] KV)
 
-def gdn_candidate(x, raw):
+def l2normed(t):
+    """t [T, H, D] scaled to unit rows in fp32 (eps 1e-6 as in the recurrence), rounded to t's dtype: what a
+    caller hands a prefill that takes q and k already normalised."""
+    return (t.float() * torch.rsqrt((t.float() ** 2).sum(-1, keepdim=True) + 1e-6)).to(t.dtype).contiguous()
+
+
+def gdn_candidate(x, raw, prenormed=False):
+    """prenormed: q and k normalised by the caller (outside the timed call) and use_qk_l2norm=False, with
+    (g, beta): FlashInfer's inputs and work exactly."""
     pool = x["pool"].clone()
     out = torch.empty_like(x["v"])
     kw = dict(a=x["a"], b=x["b"], A_log=x["A_log"], dt_bias=x["dt_bias"]) if raw else dict(g=x["g"], beta=x["beta"])
+    q, k = (l2normed(x["q"]), l2normed(x["k"])) if prenormed else (x["q"], x["k"])
 
     def call():
-        ops.prefill(x["q"], x["k"], x["v"], pool, x["idx"], x["cu"], scale=x["scale"], state_layout="vk", out=out,
-                    backend="triton", **kw)
+        ops.prefill(q, k, x["v"], pool, x["idx"], x["cu"], scale=x["scale"], state_layout="vk", out=out,
+                    backend="triton", use_qk_l2norm=not prenormed, **kw)
 
     def reset():
         pool.copy_(x["pool"])
@@ -148,12 +160,24 @@ def fla_candidate(x, repeat_qk=False):
 
 
 PEER_MODULES = ("fla.ops.gated_delta_rule", "flashinfer.gdn_prefill")
+# The same work two more ways: FlashInfer with the q, k normalisation a server runs before it (vLLM's path), and
+# gdn on FlashInfer's own inputs (q, k normalised outside the timed call, use_qk_l2norm=False, g and beta).
+FI_SERVING = "FlashInfer 0.7 + FLA l2norm (vLLM's path)"
+GDN_PRENORMED = "gdn triton (g, beta; q, k normalised by the caller)"
+NO_KERNEL_ROWS = ("gdn triton (g, beta)", GDN_PRENORMED, FI_SERVING)      # (kernels as in the rows above them)
 
 
-def flashinfer_candidate(x):
+def flashinfer_candidate(x, fla_l2norm=False):
+    """FlashInfer takes q and k normalised (use_qk_l2norm_in_kernel=False): by the caller outside the timed call,
+    or (fla_l2norm) inside it by FLA's l2norm_fwd, as vLLM's FlashInfer prefill path does before the call."""
     from flashinfer.gdn_prefill import chunk_gated_delta_rule
-    nrm = lambda t: (t.float() * torch.rsqrt((t.float() ** 2).sum(-1, keepdim=True) + 1e-6)).to(t.dtype)
-    qn, kn = nrm(x["q"]).contiguous(), nrm(x["k"]).contiguous()        # the caller normalises (not timed)
+    if fla_l2norm:
+        from fla.modules.l2norm import l2norm_fwd
+        first = lambda r: r[0] if isinstance(r, tuple) else r             # (some FLA versions also return rstd)
+        nrm = lambda t: first(l2norm_fwd(t)).contiguous()
+    else:
+        qn, kn = l2normed(x["q"]), l2normed(x["k"])
+        nrm = None
     alpha = torch.exp(x["g"]).float().contiguous()
     beta = x["beta"].float().contiguous()
     h0 = x["pool"].contiguous()                                          # FlashInfer: [N, HV, V, K]
@@ -161,8 +185,9 @@ def flashinfer_candidate(x):
     res = {}
 
     def call():
+        q, k = (nrm(x["q"]), nrm(x["k"])) if nrm is not None else (qn, kn)
         res["o"], res["s"] = chunk_gated_delta_rule(
-            qn, kn, x["v"], g=alpha, beta=beta, scale=x["scale"], initial_state=h0, output_final_state=True,
+            q, k, x["v"], g=alpha, beta=beta, scale=x["scale"], initial_state=h0, output_final_state=True,
             cu_seqlens=cu, use_qk_l2norm_in_kernel=False)
 
     return call, lambda: None, lambda: (res["o"], res["s"].transpose(-1, -2))
@@ -252,9 +277,11 @@ def bench_case(name, lengths, dims, args, rows, kernel_rows, emit=lambda: None):
         # repeated to HV heads. Peers go first: a fault in gdn cannot cost their numbers.
         cands += [[("FLA 0.6 chunk_gated_delta_rule", lambda: fla_candidate(x)),
                    ("FLA 0.6 chunk_gated_delta_rule (q/k repeated to HV)", lambda: fla_candidate(x, True))],
-                  [("FlashInfer 0.7 gdn_prefill", lambda: flashinfer_candidate(x))]]
+                  [("FlashInfer 0.7 gdn_prefill", lambda: flashinfer_candidate(x))],
+                  [(FI_SERVING, lambda: flashinfer_candidate(x, fla_l2norm=True))]]
     cands += [[("gdn triton (raw gates)", lambda: gdn_candidate(x, True))],
-              [("gdn triton (g, beta)", lambda: gdn_candidate(x, False))]]
+              [("gdn triton (g, beta)", lambda: gdn_candidate(x, False))],
+              [(GDN_PRENORMED, lambda: gdn_candidate(x, False, prenormed=True))]]
     fail = lambda cname, why: rows.append(dict(case=name, impl=f"{cname} FAILED: {why}"[:160], tokens=T))
     broken = None
     for alternatives in cands:
@@ -303,7 +330,7 @@ def bench_case(name, lengths, dims, args, rows, kernel_rows, emit=lambda: None):
                              gpu_mtok_s=T / g_ms / 1e3 if g_ms else float("nan"), wall_ms=w_ms,
                              wall_mtok_s=T / w_ms / 1e3, wall_over_gpu=w_ms / g_ms if g_ms else float("nan"),
                              rel_l2_o=err_o, rel_l2_state=err_s, kernels=len(per)))
-            if not cname.startswith("gdn triton (g,"):
+            if cname not in NO_KERNEL_ROWS:
                 for k, ms in sorted(per.items(), key=lambda kv: -kv[1]):
                     kernel_rows.append(dict(case=name, impl=cname, kernel=k[:90], ms=ms))
             emit()
