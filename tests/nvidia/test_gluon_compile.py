@@ -15,11 +15,15 @@ VALIDATED = {"chunk_output": ("sm_90",), "chunk_wy": ("sm_90",), "chunk_state": 
 @pytest.mark.parametrize("op", HOPPER_OPS)
 def test_registered(op):
     impl = registry.get(op, "gluon")
-    assert impl.archs == ("sm_90",)
+    assert impl.archs == ("sm_90", "sm_100")
     assert impl.priority > registry.get(op, "triton").priority
     # numerics checked on an H100 (tests/gpu/test_gluon_gpu.py, 2026-11-22); others compile-only until run
     assert impl.validated_on == VALIDATED.get(op, ())
     assert impl.aot is not None and not impl.interpretable
+    # compile-only on sm_100: the first call per signature there is self-checked (registry.select), else skipped
+    from gdn.common import selfcheck
+    assert selfcheck.needed(impl, probe.DeviceInfo("cuda", "nvidia", "sm_100", "B200", 148, 0))
+    assert not selfcheck.needed(impl, probe.DeviceInfo("cuda", "nvidia", "sm_90", "H100", 132, 0))
     info = probe.DeviceInfo("cuda", "nvidia", "sm_90", "sm_90", 1, 0)
     reasons = impl.not_supported_reasons({"dtype": torch.float32, "K": 128, "V": 128}, info)
     assert any("float32" in r for r in reasons)
@@ -37,6 +41,103 @@ def test_compiles_sm90_with_wgmma_and_tma(op):
         assert "wgmma.mma_async" in ptx, f"{name}: no wgmma in the PTX"
         assert "cp.async.bulk.tensor" in ptx, f"{name}: no TMA copy in the PTX"
         assert kernel.asm["cubin"], name
+
+
+def _ptxas_sm100(kernel) -> str | None:
+    """What `ptxas -v` (Triton's Blackwell ptxas) says about the kernel's sm_100a PTX; None without it."""
+    import os
+    import subprocess
+    import tempfile
+
+    import triton
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
+    if not os.path.exists(ptxas):
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(kernel.asm["ptx"])
+        return subprocess.run([ptxas, "-v", "--gpu-name", "sm_100a", src, "-o", os.devnull], capture_output=True,
+                              text=True).stderr
+
+
+def _check_blackwell_kernel(name, kernel, mmas: int):
+    """An sm_100a build: tcgen05 MMAs (mmas instructions of K = 16) into tensor memory, TMA copies, no wgmma,
+    tensor memory allocated and freed, a cubin, and no register spill (ptxas -v)."""
+    ptx = kernel.asm["ptx"]
+    assert ".target sm_100a" in ptx, name
+    assert ptx.count("tcgen05.mma.cta_group::1.kind::f16") == mmas, (name, ptx.count("tcgen05.mma"))
+    assert "tcgen05.alloc" in ptx and "tcgen05.dealloc" in ptx and "tcgen05.commit" in ptx, name
+    assert "cp.async.bulk.tensor" in ptx and "wgmma" not in ptx, name
+    assert kernel.asm["cubin"], name
+    spill = _spill_bytes(_ptxas_sm100(kernel))
+    assert spill is None or spill == 0, (name, spill)
+
+
+# tcgen05.mma instructions per kernel at K = V = 128 (one per 16 of the reduced dimension): chunk_wy four products
+# of K = 64 (A's two parts against k and v); chunk_output q k^T and q h (K = 128) and the scores' two parts
+# against v_new (64); chunk_state w h (K = 128) and k^T vs (64)
+SM100_MMAS = {"chunk_wy": 16, "chunk_output": 24, "chunk_state": 12}
+
+
+@needs_gluon
+@pytest.mark.parametrize("op", HOPPER_OPS)
+def test_compiles_sm100_with_tcgen05_and_tma(op):
+    """The Blackwell kernel bodies (compile-only: no Blackwell GPU has run them; registry.py self-checks them on
+    first use there), as the launchers pick them for sm_100."""
+    from gdn.nvidia.gluon import _common as C
+    built = C.aot_compile(op, registry.get(op, "gluon").fn, "sm_100")
+    assert built
+    for name, kernel in built:
+        assert name.startswith(f"{op}_sm100["), name
+        _check_blackwell_kernel(name, kernel, SM100_MMAS[op])
+
+
+@needs_gluon
+def test_chunk_state_sm100_fp32_v_new_and_configs():
+    """The Blackwell plain pass's other branches: v_new by plain stores (fp32) and other BV / stage counts."""
+    import torch
+
+    from gdn.common import launch as L
+    from gdn.common.triton.prefill import chunk_state as TS
+    from gdn.nvidia.gluon import _common as C
+    from gdn.nvidia.gluon import chunk_state as GS
+    args, kw = TS._example("meta", layout="vk")
+    fp32_vn = (*args[:9], torch.empty(args[9].shape, dtype=torch.float32, device="meta"))
+    for name, a, cfg, mmas in (("v_new=fp32", fp32_vn, dict(BV=32, STAGES=2), 12),
+                               ("BV=64,STAGES=3", args, dict(BV=64, STAGES=3), 12),
+                               ("BV=16,STAGES=4", args, dict(BV=16, STAGES=4), 12)):
+        with L.recording("sm_100"), C.recording() as launches:
+            GS.launch_state(*a, kw["use_qk_l2norm"], kw["state_layout"], cfg)
+        assert launches[0].kernel.fn.__name__ == "chunk_state_sm100"
+        _check_blackwell_kernel(f"chunk_state_sm100[{name}]", C.compile_launch(launches[0], "sm_100"), mmas)
+
+
+def test_chunk_state_k256_declined_on_sm100(monkeypatch):
+    """k^T vs is one tcgen05 MMA of M = K, at most 128: K = 256 goes to the Triton pass on sm_100 (a reason in
+    the dispatch table), and a forced launch says why; sm_90 keeps K = 256."""
+    import torch
+
+    from gdn.common import launch as L
+    from gdn.common.triton.prefill import chunk_state as TS
+    from gdn.nvidia.gluon import _common as C
+    from gdn.nvidia.gluon import chunk_state as GS
+    impl = registry.get("chunk_state", "gluon")
+    for arch, declined in (("sm_100", True), ("sm_90", False)):
+        info = probe.DeviceInfo("cuda", "nvidia", arch, arch, 1, 0)
+        monkeypatch.setattr(probe, "device_info", lambda device=None, info=info: info)
+        props = {"device": torch.device("cuda"), "dtype": torch.bfloat16, "K": 256, "V": 128}
+        reasons = impl.not_supported_reasons(props, info)
+        assert any("K=256" in r and "sm_100" in r for r in reasons) == declined, (arch, reasons)
+        assert not impl.not_supported_reasons({**props, "K": 128}, info)
+    args, kw = TS._example("meta", layout="vk")
+    T, H, _ = args[0].shape
+    HV = args[2].shape[1]
+    m = lambda *s: torch.empty(s, dtype=torch.bfloat16, device="meta")
+    h = args[8]                       # (k, w, u, g_cum, pool, idx, cu, has_init, h, v_new)
+    big = (m(T, H, 256), m(T, HV, 256), *args[2:8], m(h.shape[0], h.shape[1], 256, h.shape[3]), args[9])
+    with L.recording("sm_100"), C.recording(), pytest.raises(ValueError, match="argument 'k' head dim 256.*sm_100"):
+        GS.launch_state(*big, kw["use_qk_l2norm"], kw["state_layout"], dict(BV=32, STAGES=2))
 
 
 @pytest.mark.parametrize("op,arg", [("chunk_output", "q"), ("chunk_wy", "k"), ("chunk_state", "k")])

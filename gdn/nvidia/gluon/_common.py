@@ -26,6 +26,10 @@ from gdn.common import launch as L
 
 REQUIRES = ("triton>=3.6",)
 HOPPER = ("sm_90",)
+# The sub-op kernels (chunk_wy, chunk_state, chunk_output) are built for both: wgmma on sm_90, tcgen05 with
+# tensor-memory accumulators on sm_100 (compile-only there: self-checked on first use). Prefill's first kernel
+# and its fused passes are sm_90 only.
+NVIDIA_ARCHS = ("sm_90", "sm_100")
 BT = 64                                  # chunk size of the prefill pipeline (gdn/common/triton/prefill)
 DTYPES = (torch.bfloat16, torch.float16)
 HEAD_DIMS = frozenset({64, 128, 256})    # TMA box and wgmma N limits (<= 256), 16-byte rows

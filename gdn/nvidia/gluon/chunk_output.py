@@ -1,4 +1,5 @@
-"""Gluon chunk_output for Hopper (sm_90a): TMA tiles on mbarriers, wgmma for q k^T, q h and scores x v_new.
+"""Gluon chunk_output for Hopper (sm_90a: TMA tiles on mbarriers, wgmma for q k^T, q h and scores x v_new) and
+Blackwell (sm_100a, compile-only: the same products by tcgen05 into tensor memory).
 
 Kernel-level signature and semantics as gdn/common/triton/prefill/chunk_output.py (oracle:
 gdn/common/reference_chunk.py):
@@ -33,7 +34,6 @@ def config(arch: str, V: int) -> dict:
 
 
 def launch_output(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale, use_qk_l2norm, cfg):
-    from gdn.nvidia.gluon._chunk_output_kernels import chunk_output_sm90
     T, H, K = q.shape
     HV, V = v_new.shape[1], v_new.shape[2]
     N = cu_seqlens.shape[0] - 1
@@ -45,7 +45,7 @@ def launch_output(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale, 
         raise ValueError(f"gdn.chunk_output (gluon): argument 'h' has {NS}*{HV}*{K} rows, over the int32 TMA "
                          "coordinate range")
     NV = V // BV
-    C.launch(chunk_output_sm90, (PC.num_slots(T, N) * HV * NV,),
+    C.launch(_kernel(L.current_arch(q.device)), (PC.num_slots(T, N) * HV * NV,),
              C.head_matrix(q, C.BT), C.head_matrix(k, C.BT),
              C.Desc(h, (NS * HV * K, V), V, (K, BV)), C.head_matrix(v_new, C.BT, BV),
              g_cum, state_indices, cu_seqlens, out, N, HV, HV // H, NV, float(scale),
@@ -64,10 +64,20 @@ def chunk_output(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, *, scale
                   config(L.current_arch(q.device), v_new.shape[2]))
 
 
+def _kernel(arch: str):
+    """The kernel body for the arch: wgmma on sm_90, tcgen05 with tensor-memory accumulators on sm_100."""
+    if arch == "sm_100":
+        from gdn.nvidia.gluon._chunk_output_sm100 import chunk_output_sm100
+        return chunk_output_sm100
+    from gdn.nvidia.gluon._chunk_output_kernels import chunk_output_sm90
+    return chunk_output_sm90
+
+
 def _aot(arch: str) -> list[str]:
     return [name for name, _ in C.aot_compile("chunk_output", chunk_output, arch)]
 
 
-register(Impl(op="chunk_output", backend="gluon", fn=chunk_output, archs=C.HOPPER, priority=30,
+register(Impl(op="chunk_output", backend="gluon", fn=chunk_output, archs=C.NVIDIA_ARCHS, priority=30,
               requires=C.REQUIRES, dtypes=frozenset(C.DTYPES), head_dims=C.HEAD_DIMS, validated_on=("sm_90",),
-              aot=_aot, notes="Gluon sm_90a: TMA + mbarrier, wgmma; one warpgroup per (chunk slot, v-head, V block)"))
+              aot=_aot, notes="Gluon: TMA + mbarrier; sm_90a wgmma, sm_100a tcgen05 into tensor memory; one "
+                              "warpgroup per (chunk slot, v-head, V block)"))

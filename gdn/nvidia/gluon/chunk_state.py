@@ -1,4 +1,5 @@
-"""Gluon chunk_state for Hopper (sm_90a): the sequential inter-chunk pass with the state in registers.
+"""Gluon chunk_state for Hopper (sm_90a) and Blackwell (sm_100a, compile-only; K <= 128): the sequential
+inter-chunk pass with the state in registers (the products: wgmma on sm_90, tcgen05 into tensor memory on sm_100).
 
 Kernel-level signature and semantics as gdn/common/triton/prefill/chunk_state.py (oracle:
 gdn/common/reference_chunk.py), the plain pass (h and v_new outputs):
@@ -79,13 +80,16 @@ def config(arch: str, N: int, HV: int, K: int, V: int) -> dict:
 
 def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, use_qk_l2norm,
                  state_layout, cfg):
-    from gdn.nvidia.gluon._chunk_state_kernels import chunk_state_sm90
     T, H, K = k.shape
     HV, V = u.shape[1], u.shape[2]
     N = cu_seqlens.shape[0] - 1
     BV, stages = cfg["BV"], cfg["STAGES"]
     if V % BV or BV < 16:
         raise ValueError(f"gdn.chunk_state (gluon): BV={BV} must divide V={V} and be >= 16")
+    arch = L.current_arch(k.device)
+    if arch == "sm_100" and K > SM100_MAX_K:
+        raise ValueError(f"gdn.chunk_state (gluon): argument 'k' head dim {K} not supported on sm_100 (the state "
+                         f"update is one tcgen05 MMA of M = K <= {SM100_MAX_K}); use the triton backend")
     if T == 0:      # only empty sequences (states still set): descriptors need rows, no chunk reads them
         k, w, u = k.new_zeros(1, H, K), w.new_zeros(1, HV, K), u.new_zeros(1, HV, V)
     k, w, u = C.tma_ready(k), C.tma_ready(w), C.tma_ready(u)
@@ -96,7 +100,7 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
     NV = V // BV
     # v_new by TMA store where it allows it (16-bit, TMA-addressable; see chunk_state_sm90)
     vn_desc = (C.head_matrix(v_new, C.BT, BV) if T > 0 and v_new.dtype in C.DTYPES and C.tma_ok(v_new) else None)
-    C.launch(chunk_state_sm90, (N * HV * NV,),
+    C.launch(_kernel(arch), (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
              C.Desc(h, (NS * HV * K, V), V, (K, BV)), state, state_indices, cu_seqlens, has_initial_state, v_new,
              vn_desc, HV, HV // H, NV, *TS.pool_strides(state, state_layout), v_new.stride(0), v_new.stride(1), V=V,
@@ -421,16 +425,39 @@ def _fused_example_launches(arch: str) -> list:
     return launches
 
 
+def _kernel(arch: str):
+    """The plain pass's kernel body for the arch: wgmma on sm_90, tcgen05 with tensor-memory products on
+    sm_100 (the fused passes are sm_90 only: `fused_config` has no other arch)."""
+    if arch == "sm_100":
+        from gdn.nvidia.gluon._chunk_state_sm100 import chunk_state_sm100
+        return chunk_state_sm100
+    from gdn.nvidia.gluon._chunk_state_kernels import chunk_state_sm90
+    return chunk_state_sm90
+
+
+SM100_MAX_K = 128      # tcgen05's M for one CTA; k^T vs has M = K
+
+
+def _arch_reasons(props: dict) -> list[str]:
+    """What this Impl declines beyond its head dims: K above SM100_MAX_K on sm_100 (the Triton kernel serves it)."""
+    from gdn.common import probe
+    if props.get("K", 0) > SM100_MAX_K and probe.device_info(props.get("device")).arch == "sm_100":
+        return [f"head dim K={props['K']} not supported on sm_100 (tcgen05 M <= {SM100_MAX_K})"]
+    return []
+
+
 def _aot(arch: str) -> list[str]:
     names = [name for name, _ in C.aot_compile("chunk_state", chunk_state, arch)]
+    if arch not in C.HOPPER:
+        return names
     for name, launch in _fused_example_launches(arch):
         C.compile_launch(launch, arch)
         names.append(name)
     return names
 
 
-register(Impl(op="chunk_state", backend="gluon", fn=chunk_state, archs=C.HOPPER, priority=30, requires=C.REQUIRES,
-              dtypes=frozenset(C.DTYPES), state_dtypes=dtypes("float32", "bfloat16"), layouts=("vk", "kv"),
-              head_dims=C.HEAD_DIMS, validated_on=("sm_90",), aot=_aot,
-              notes="Gluon sm_90a: fp32 state in registers, TMA-pipelined w/k/u tiles, wgmma; one warpgroup "
-                    "per (sequence, v-head, BV state columns)"))
+register(Impl(op="chunk_state", backend="gluon", fn=chunk_state, archs=C.NVIDIA_ARCHS, priority=30,
+              requires=C.REQUIRES, dtypes=frozenset(C.DTYPES), state_dtypes=dtypes("float32", "bfloat16"),
+              layouts=("vk", "kv"), head_dims=C.HEAD_DIMS, validated_on=("sm_90",), check=_arch_reasons, aot=_aot,
+              notes="Gluon: fp32 state in registers, TMA-pipelined w/k/u tiles; sm_90a wgmma, sm_100a tcgen05 "
+                    "products in tensor memory (K <= 128); one warpgroup per (sequence, v-head, BV state columns)"))
