@@ -168,6 +168,15 @@ def _device_info(device_type: str, index: int | None, arch_env: str | None) -> D
     return DeviceInfo(dtype_, vendor_of(arch), arch, name, mp, l2, overridden, versions())
 
 
+def hardware_arch(device: torch.device | str | None = None) -> str:
+    """The device's own arch, GDN_ARCH ignored: what a kernel launched on it must be compiled for."""
+    info = device_info(device)
+    if not info.arch_overridden:
+        return info.arch
+    device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    return _device_info(device.type, device.index, None).arch
+
+
 def device_info(device: torch.device | str | None = None) -> DeviceInfo:
     """DeviceInfo of `device` (default: the current CUDA device if any, else cpu)."""
     if device is None:

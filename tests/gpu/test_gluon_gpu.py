@@ -310,3 +310,41 @@ def test_chunk_state_output_fused(lengths, H, HV, K, V, slots, layout, pool_dtyp
         p1, o1 = res[other]
         assert relerr(p[used], p1[used]) < tol_p, f"pool vs {other}"
         assert relerr(o[:end], o1[:end]) < 1e-2, f"output vs {other}"
+
+
+def test_pretend_sm100_runs_the_hopper_bodies(monkeypatch, caplog):
+    """GDN_ARCH=sm_100 on a Hopper: dispatch treats the Gluon sub-ops as compile-only (so prefill self-checks
+    them first), and their launchers build the bodies for the GPU itself (an sm_100 body compiled for sm_90
+    aborts the process in LLVM). Prefill through them matches the reference, and the pool's untouched slots stay
+    bit-identical."""
+    import logging
+
+    from gdn import ops
+    from gdn.common import examples, probe
+    monkeypatch.setenv("GDN_ARCH", "sm_100")
+    probe.reload_env()
+    registry.clear_cache()
+    try:
+        args, kw = examples.example("prefill", "cuda", size="qwen", lengths=(70, 5, 0, 130))
+        pool = args[3]
+        ref_pool = pool.clone()
+        with caplog.at_level(logging.INFO):
+            o = ops.prefill(*args, **kw)
+        rows = {r["backend"]: r for r in registry.explain("chunk_state", dict(
+            device=args[0].device, dtype=args[0].dtype, H=args[0].shape[1], HV=args[2].shape[1], K=args[0].shape[2],
+            V=args[2].shape[2], state_dtype=pool.dtype, layout=kw.get("state_layout", "vk")))}
+        assert rows["gluon"]["status"] == "chosen", rows["gluon"]
+        assert rows["gluon"]["selfcheck"].startswith("self-check passed on sm_100"), rows["gluon"]
+        ref_args = list(args)
+        ref_args[3] = ref_pool
+        o_ref = ops.prefill(*ref_args, **kw, backend="reference")
+        assert relerr(o, o_ref) < 2e-2
+        touched = args[4][args[4] >= 0].long()
+        assert relerr(pool[touched], ref_pool[touched]) < 2e-2
+        keep = torch.ones(pool.shape[0], dtype=torch.bool, device=pool.device)
+        keep[touched] = False
+        assert torch.equal(pool[keep], ref_pool[keep])
+    finally:
+        monkeypatch.delenv("GDN_ARCH")
+        probe.reload_env()
+        registry.clear_cache()

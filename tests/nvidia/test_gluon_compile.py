@@ -140,6 +140,25 @@ def test_chunk_state_k256_declined_on_sm100(monkeypatch):
         GS.launch_state(*big, kw["use_qk_l2norm"], kw["state_layout"], dict(BV=32, STAGES=2))
 
 
+def test_kernel_arch_is_the_hardware_not_gdn_arch(monkeypatch):
+    """The launchers build the body of the arch being recorded for (AOT), else of the device itself: GDN_ARCH
+    changes dispatch, never which body a GPU compiles (an sm_100 body on an sm_90 GPU aborts in LLVM)."""
+    import torch
+
+    from gdn.common import launch as L
+    from gdn.nvidia.gluon import _common as C
+    monkeypatch.setenv("GDN_ARCH", "sm_100")
+    probe.reload_env()
+    try:
+        assert probe.device_info("cpu").arch == "sm_100" and probe.device_info("cpu").arch_overridden
+        assert probe.hardware_arch("cpu") == "cpu" and C.kernel_arch(torch.device("cpu")) == "cpu"
+        with L.recording("sm_100"):
+            assert C.kernel_arch(torch.device("meta")) == "sm_100"
+    finally:
+        monkeypatch.delenv("GDN_ARCH")
+        probe.reload_env()
+
+
 @pytest.mark.parametrize("op,arg", [("chunk_output", "q"), ("chunk_wy", "k"), ("chunk_state", "k")])
 def test_fp32_declined_with_a_clear_error(op, arg):
     from gdn.common import examples

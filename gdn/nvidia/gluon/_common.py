@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gdn.common import aot, examples
+from gdn.common import aot, examples, probe
 from gdn.common import launch as L
 
 REQUIRES = ("triton>=3.6",)
@@ -184,6 +184,14 @@ def aot_compile(op: str, fn, arch: str, dtypes=DTYPES) -> list:
             name = f"{l.kernel.fn.__name__}[{tag}]"
             out.append((name, compile_launch(l, arch)))
     return out
+
+
+def kernel_arch(device) -> str:
+    """The arch whose kernel body a launcher builds (sm_90: wgmma, sm_100: tcgen05): the target being recorded
+    for (AOT), else the GPU's own. GDN_ARCH pretends an arch for dispatch only: an sm_100 body compiled for an
+    sm_90 GPU aborts the process in LLVM (no sm_90 lowering of tcgen05), so a pretend sm_100 on a Hopper runs the
+    Hopper bodies (right answers, Hopper speed)."""
+    return L.current_arch(device) if L.is_recording() else probe.hardware_arch(device)
 
 
 def check_inputs(op: str, **tensors) -> None:

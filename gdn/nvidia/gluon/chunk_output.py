@@ -45,7 +45,7 @@ def launch_output(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale, 
         raise ValueError(f"gdn.chunk_output (gluon): argument 'h' has {NS}*{HV}*{K} rows, over the int32 TMA "
                          "coordinate range")
     NV = V // BV
-    C.launch(_kernel(L.current_arch(q.device)), (PC.num_slots(T, N) * HV * NV,),
+    C.launch(_kernel(C.kernel_arch(q.device)), (PC.num_slots(T, N) * HV * NV,),
              C.head_matrix(q, C.BT), C.head_matrix(k, C.BT),
              C.Desc(h, (NS * HV * K, V), V, (K, BV)), C.head_matrix(v_new, C.BT, BV),
              g_cum, state_indices, cu_seqlens, out, N, HV, HV // H, NV, float(scale),

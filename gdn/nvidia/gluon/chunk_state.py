@@ -86,7 +86,7 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
     BV, stages = cfg["BV"], cfg["STAGES"]
     if V % BV or BV < 16:
         raise ValueError(f"gdn.chunk_state (gluon): BV={BV} must divide V={V} and be >= 16")
-    arch = L.current_arch(k.device)
+    arch = C.kernel_arch(k.device)
     if arch == "sm_100" and K > SM100_MAX_K:
         raise ValueError(f"gdn.chunk_state (gluon): argument 'k' head dim {K} not supported on sm_100 (the state "
                          f"update is one tcgen05 MMA of M = K <= {SM100_MAX_K}); use the triton backend")

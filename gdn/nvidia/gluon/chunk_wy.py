@@ -12,7 +12,6 @@ bf16/fp16 k and v (the wgmma operand types); fp32 is declined (the Triton kernel
 """
 from __future__ import annotations
 
-from gdn.common import launch as L
 from gdn.common.registry import Impl, register
 from gdn.common.triton.prefill import _common as PC
 from gdn.nvidia.gluon import _common as C
@@ -31,7 +30,7 @@ def chunk_wy(k, v, g_cum, beta, A, cu_seqlens, w, u, *, use_qk_l2norm):
         if t.stride(-1) != 1:
             raise ValueError(f"gdn.chunk_wy (gluon): argument '{name}' needs a unit last stride")
     k, v = C.tma_ready(k), C.tma_ready(v)
-    C.launch(_kernel(L.current_arch(k.device)), (PC.num_slots(T, N) * HV,), C.head_matrix(k, C.BT),
+    C.launch(_kernel(C.kernel_arch(k.device)), (PC.num_slots(T, N) * HV,), C.head_matrix(k, C.BT),
              C.head_matrix(v, C.BT), g_cum, beta, A, w, u, cu_seqlens, N, HV, HV // H, g_cum.stride(0), g_cum.stride(1),
              beta.stride(0), beta.stride(1), A.stride(0), A.stride(1), w.stride(0), w.stride(1),
              u.stride(0), u.stride(1), BLOCK_N=PC.block_n(N), L2NORM=bool(use_qk_l2norm), num_warps=NUM_WARPS)
