@@ -43,24 +43,6 @@ def test_compiles_sm90_with_wgmma_and_tma(op):
         assert kernel.asm["cubin"], name
 
 
-def _ptxas_sm100(kernel) -> str | None:
-    """What `ptxas -v` (Triton's Blackwell ptxas) says about the kernel's sm_100a PTX; None without it."""
-    import os
-    import subprocess
-    import tempfile
-
-    import triton
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
-    if not os.path.exists(ptxas):
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(kernel.asm["ptx"])
-        return subprocess.run([ptxas, "-v", "--gpu-name", "sm_100a", src, "-o", os.devnull], capture_output=True,
-                              text=True).stderr
-
-
 def _check_blackwell_kernel(name, kernel, mmas: int):
     """An sm_100a build: tcgen05 MMAs (mmas instructions of K = 16) into tensor memory, TMA copies, no wgmma,
     tensor memory allocated and freed, a cubin, and no register spill (ptxas -v)."""
@@ -70,7 +52,7 @@ def _check_blackwell_kernel(name, kernel, mmas: int):
     assert "tcgen05.alloc" in ptx and "tcgen05.dealloc" in ptx and "tcgen05.commit" in ptx, name
     assert "cp.async.bulk.tensor" in ptx and "wgmma" not in ptx, name
     assert kernel.asm["cubin"], name
-    spill = _spill_bytes(_ptxas_sm100(kernel))
+    spill = _spill_bytes(_ptxas_info(kernel, "sm_100"))
     assert spill is None or spill == 0, (name, spill)
 
 
@@ -200,21 +182,23 @@ def test_async_wgmma_operands_live_until_wait(op):
         assert _injected_waits(_ptxas_info(kernel)) == [], name
 
 
-def _ptxas_info(kernel) -> str | None:
-    """What `ptxas -v` says about the kernel's PTX (sm_90a); None without ptxas."""
+def _ptxas_info(kernel, arch: str = "sm_90") -> str | None:
+    """What `ptxas -v` (Triton's own; its Blackwell build for sm_100) says about the kernel's PTX for arch (sm_90a,
+    sm_100a); None without that ptxas."""
     import os
     import subprocess
     import tempfile
 
     import triton
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                         "ptxas-blackwell" if arch == "sm_100" else "ptxas")
     if not os.path.exists(ptxas):
         return None
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
             f.write(kernel.asm["ptx"])
-        return subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", src, "-o", os.devnull], capture_output=True,
+        return subprocess.run([ptxas, "-v", "--gpu-name", f"{arch}a", src, "-o", os.devnull], capture_output=True,
                               text=True).stderr
 
 

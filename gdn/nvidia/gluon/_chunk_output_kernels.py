@@ -7,6 +7,57 @@ from gdn.nvidia.gluon._jit import inv_norm, seq_of_slot, split_mma, zero_rows_pa
 
 
 @gluon.jit
+def output_slot(cu, N, HV, NV, BT: gl.constexpr, BLOCK_N: gl.constexpr, num_warps: gl.constexpr):
+    """Program id -> (chunk slot s, v-head hv, V block iv, sequence n, first token t0, sequence end eos): the
+    v-heads and V blocks of a slot adjacent in the flat grid. The slot holds a chunk iff t0 < eos."""
+    pid = gl.program_id(0)
+    per_slot = HV * NV
+    s = pid // per_slot
+    n, t0, eos = seq_of_slot(cu, N, s, BT, BLOCK_N, num_warps)
+    return s, (pid % per_slot) // NV, pid % NV, n, t0, eos
+
+
+@gluon.jit
+def output_rows(o, t0, eos, hv, iv, s_ot, s_oh, V: gl.constexpr, BT: gl.constexpr, BV: gl.constexpr,
+                blk: gl.constexpr):
+    """Pointers [64, BV] of the chunk's output block (v-head hv, columns iv * BV..) and the store mask (rows
+    before eos, columns below V), in blk."""
+    r_st = gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
+    c_st = iv * BV + gl.arange(0, BV, layout=gl.SliceLayout(0, blk))
+    st_rows = t0 + r_st
+    return (o + st_rows[:, None] * s_ot + hv * s_oh + c_st[None, :],
+            (st_rows < eos)[:, None] & (c_st < V)[None, :])
+
+
+@gluon.jit
+def output_tiles(q_desc, k_desc, h_desc, v_desc):
+    """Shared tiles for the chunk's q, k [64, K], h [K, BV] and v_new [64, BV] (NVMMA layouts)."""
+    DT: gl.constexpr = q_desc.dtype
+    return (gl.allocate_shared_memory(DT, q_desc.block_type.shape, q_desc.layout),
+            gl.allocate_shared_memory(DT, k_desc.block_type.shape, k_desc.layout),
+            gl.allocate_shared_memory(DT, h_desc.block_type.shape, h_desc.layout),
+            gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout))
+
+
+@gluon.jit
+def load_output_tiles(q_desc, k_desc, h_desc, v_desc, q_smem, k_smem, h_smem, v_smem, bar_qk, bar_hv, t0, s, hv,
+                      hk, iv, HV, V: gl.constexpr):
+    """Initialise bar_qk and bar_hv, and TMA q, k (k head hk) onto the first, h (slot s, v-head hv, V block iv)
+    and v_new onto the second."""
+    K: gl.constexpr = q_desc.block_type.shape[1]
+    BV: gl.constexpr = v_desc.block_type.shape[1]
+    tr = t0.to(gl.int32)
+    mbarrier.init(bar_qk, count=1)
+    mbarrier.init(bar_hv, count=1)
+    mbarrier.expect(bar_qk, q_desc.block_type.nbytes + k_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [tr, hk * K], bar_qk, q_smem)
+    tma.async_copy_global_to_shared(k_desc, [tr, hk * K], bar_qk, k_smem)
+    mbarrier.expect(bar_hv, h_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(h_desc, [(s * HV + hv) * K, iv * BV], bar_hv, h_smem)
+    tma.async_copy_global_to_shared(v_desc, [tr, hv * V + iv * BV], bar_hv, v_smem)
+
+
+@gluon.jit
 def chunk_output_sm90(q_desc, k_desc, h_desc, v_desc, gcum, state_indices, cu, o, N, HV, G, NV, scale,
                       s_gt, s_gh, s_ot, s_oh, V: gl.constexpr, BLOCK_N: gl.constexpr, L2NORM: gl.constexpr,
                       num_warps: gl.constexpr):
@@ -34,36 +85,16 @@ def chunk_output_sm90(q_desc, k_desc, h_desc, v_desc, gcum, state_indices, cu, o
     col_s: gl.constexpr = gl.SliceLayout(0, mma_s)
     row_o: gl.constexpr = gl.SliceLayout(1, mma_o)
 
-    pid = gl.program_id(0)
-    per_slot = HV * NV
-    s = pid // per_slot
-    hv = (pid % per_slot) // NV
-    iv = pid % NV
-    n, t0, eos = seq_of_slot(cu, N, s, BT, BLOCK_N, num_warps)
+    s, hv, iv, n, t0, eos = output_slot(cu, N, HV, NV, BT, BLOCK_N, num_warps)
     if t0 < eos:
-        r_st = gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
-        c_st = iv * BV + gl.arange(0, BV, layout=gl.SliceLayout(0, blk))
-        st_rows = t0 + r_st
-        o_ptrs = o + st_rows[:, None] * s_ot + hv * s_oh + c_st[None, :]
-        st_mask = (st_rows < eos)[:, None] & (c_st < V)[None, :]
+        o_ptrs, st_mask = output_rows(o, t0, eos, hv, iv, s_ot, s_oh, V, BT, BV, blk)
         if gl.load(state_indices + n) >= 0:
-            tr = t0.to(gl.int32)
-            q_smem = gl.allocate_shared_memory(DT, q_desc.block_type.shape, q_desc.layout)
-            k_smem = gl.allocate_shared_memory(DT, k_desc.block_type.shape, k_desc.layout)
-            h_smem = gl.allocate_shared_memory(DT, h_desc.block_type.shape, h_desc.layout)
-            v_smem = gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout)
+            q_smem, k_smem, h_smem, v_smem = output_tiles(q_desc, k_desc, h_desc, v_desc)
             bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
             bar_qk = bars.index(0)
             bar_hv = bars.index(1)
-            mbarrier.init(bar_qk, count=1)
-            mbarrier.init(bar_hv, count=1)
-            hk = hv // G
-            mbarrier.expect(bar_qk, q_desc.block_type.nbytes + k_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [tr, hk * K], bar_qk, q_smem)
-            tma.async_copy_global_to_shared(k_desc, [tr, hk * K], bar_qk, k_smem)
-            mbarrier.expect(bar_hv, h_desc.block_type.nbytes + v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(h_desc, [(s * HV + hv) * K, iv * BV], bar_hv, h_smem)
-            tma.async_copy_global_to_shared(v_desc, [tr, hv * V + iv * BV], bar_hv, v_smem)
+            load_output_tiles(q_desc, k_desc, h_desc, v_desc, q_smem, k_smem, h_smem, v_smem, bar_qk, bar_hv, t0, s,
+                              hv, hv // G, iv, HV, V)
 
             # The decays are independent of the tiles: load them while TMA is in flight. Rows past the
             # sequence end read as 0 (their outputs are not stored; the mask below drops them anyway).

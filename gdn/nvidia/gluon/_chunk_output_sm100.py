@@ -4,10 +4,11 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.blackwell import (TensorMemoryLayout, allocate_tensor_memory,
                                                                  fence_async_shared, get_tmem_reg_layout, mbarrier,
-                                                                 tcgen05_commit, tcgen05_mma, tma)
+                                                                 tcgen05_commit, tcgen05_mma)
 
+from gdn.nvidia.gluon._chunk_output_kernels import load_output_tiles, output_rows, output_slot, output_tiles
 from gdn.nvidia.gluon._chunk_wy_sm100 import staged_split
-from gdn.nvidia.gluon._jit import inv_norm, seq_of_slot, zero_rows_past
+from gdn.nvidia.gluon._jit import inv_norm, zero_rows_past
 
 
 @gluon.jit
@@ -37,39 +38,21 @@ def chunk_output_sm100(q_desc, k_desc, h_desc, v_desc, gcum, state_indices, cu, 
     col_s: gl.constexpr = gl.SliceLayout(0, reg_s)
     row_o: gl.constexpr = gl.SliceLayout(1, reg_o)
 
-    pid = gl.program_id(0)
-    per_slot = HV * NV
-    s = pid // per_slot
-    hv = (pid % per_slot) // NV
-    iv = pid % NV
-    n, t0, eos = seq_of_slot(cu, N, s, BT, BLOCK_N, num_warps)
+    s, hv, iv, n, t0, eos = output_slot(cu, N, HV, NV, BT, BLOCK_N, num_warps)
     if t0 < eos:
-        r_st = gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
-        c_st = iv * BV + gl.arange(0, BV, layout=gl.SliceLayout(0, blk))
-        st_rows = t0 + r_st
-        o_ptrs = o + st_rows[:, None] * s_ot + hv * s_oh + c_st[None, :]
-        st_mask = (st_rows < eos)[:, None] & (c_st < V)[None, :]
+        o_ptrs, st_mask = output_rows(o, t0, eos, hv, iv, s_ot, s_oh, V, BT, BV, blk)
         if gl.load(state_indices + n) >= 0:
-            tr = t0.to(gl.int32)
-            q_smem = gl.allocate_shared_memory(DT, q_desc.block_type.shape, q_desc.layout)
-            k_smem = gl.allocate_shared_memory(DT, k_desc.block_type.shape, k_desc.layout)
-            h_smem = gl.allocate_shared_memory(DT, h_desc.block_type.shape, h_desc.layout)
-            v_smem = gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout)
+            q_smem, k_smem, h_smem, v_smem = output_tiles(q_desc, k_desc, h_desc, v_desc)
             p_s = gl.allocate_shared_memory(DT, [2, BT, BT], p_layout)            # the scores' hi, lo parts
             bars = gl.allocate_shared_memory(gl.int64, [4, 1], mbarrier.MBarrierLayout())
             bar_qk = bars.index(0)
             bar_hv = bars.index(1)
             bar_mma = bars.index(2)
             bar_pv = bars.index(3)
-            for i in gl.static_range(4):
-                mbarrier.init(bars.index(i), count=1)
-            hk = hv // G
-            mbarrier.expect(bar_qk, q_desc.block_type.nbytes + k_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [tr, hk * K], bar_qk, q_smem)
-            tma.async_copy_global_to_shared(k_desc, [tr, hk * K], bar_qk, k_smem)
-            mbarrier.expect(bar_hv, h_desc.block_type.nbytes + v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(h_desc, [(s * HV + hv) * K, iv * BV], bar_hv, h_smem)
-            tma.async_copy_global_to_shared(v_desc, [tr, hv * V + iv * BV], bar_hv, v_smem)
+            load_output_tiles(q_desc, k_desc, h_desc, v_desc, q_smem, k_smem, h_smem, v_smem, bar_qk, bar_hv, t0, s,
+                              hv, hv // G, iv, HV, V)
+            mbarrier.init(bar_mma, count=1)
+            mbarrier.init(bar_pv, count=1)
             s_t = allocate_tensor_memory(gl.float32, [BT, BT], s_tl)
             o_t = allocate_tensor_memory(gl.float32, [BT, BV], o_tl)
 

@@ -121,6 +121,46 @@ def _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K: 
 
 
 @gluon.jit
+def zero_pass(h_s, h_desc, v_new, bos, eos, NC, s0, HV, hv, v0, s_nt, s_nh, BT: gl.constexpr, layout: gl.constexpr):
+    """The plain pass of a padding sequence (pool untouched): its h slots and v_new rows zero."""
+    K: gl.constexpr = h_s.shape[0]
+    BV: gl.constexpr = h_s.shape[1]
+    h_s.store(gl.zeros([K, BV], h_s.dtype, layout))
+    fence_async_shared()
+    gl.thread_barrier()
+    for c in range(0, NC):
+        tma.async_copy_shared_to_global(h_desc, [((s0 + c) * HV + hv) * K, v0], h_s)
+        store_rows(gl.zeros([BT, BV], gl.float32, layout), v_new, bos + c * BT, eos, hv, v0, s_nt, s_nh, layout)
+    tma.store_wait(0)
+
+
+@gluon.jit
+def pass_buffers(w_desc, k_desc, u_desc, g_desc, vn_desc, bos, NC, hv, hk, v0, K: gl.constexpr, V: gl.constexpr,
+                 STAGES: gl.constexpr):
+    """The plain pass's shared tiles: STAGES stages of w, k [64, K], u [64, BV] and g_cum [64, 4], each on its
+    own mbarrier, the first STAGES chunks' TMA issued; vs [64, BV] (an MMA operand); v_new's TMA-store tile
+    (vs again, as a placeholder, without vn_desc). Returns (w_s, k_s, u_s, g_s, vs_s, vn_s, bars)."""
+    BT: gl.constexpr = w_desc.block_type.shape[0]
+    BV: gl.constexpr = u_desc.block_type.shape[1]
+    DT: gl.constexpr = w_desc.dtype
+    w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
+    k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
+    u_s = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BT, BV], u_desc.layout)
+    g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
+    vs_s = gl.allocate_shared_memory(DT, [BT, BV], gl.NVMMASharedLayout.get_default_for([BT, BV], DT))
+    vn_s = vs_s
+    if vn_desc is not None:
+        vn_s = gl.allocate_shared_memory(vn_desc.dtype, vn_desc.block_type.shape, vn_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bars.index(i), w_s.index(i), k_s.index(i), u_s.index(i),
+                      g_s.index(i), bos + i * BT, hv, hk, v0, i < NC, K, V)
+    return w_s, k_s, u_s, g_s, vs_s, vn_s, bars
+
+
+@gluon.jit
 def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indices, cu, has_init, v_new, vn_desc,
                      HV, G, NV, s_ps, s_ph, s_pk, s_pv, s_nt, s_nh,
                      V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
@@ -157,7 +197,6 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
                                                   instr_shape=[16, BV, 16])
     row: gl.constexpr = gl.SliceLayout(1, mma)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-    vs_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
     g2: gl.constexpr = G_TILE
 
     n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
@@ -167,30 +206,10 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
     h_s = gl.allocate_shared_memory(DT, [K, BV], h_desc.layout)
 
     if slot < 0:
-        # padding sequence: pool untouched; its v_new rows and h slots are zero
-        h_s.store(gl.zeros([K, BV], DT, blk))
-        fence_async_shared()
-        gl.thread_barrier()
-        for c in range(0, NC):
-            t0 = bos + c * BT
-            tma.async_copy_shared_to_global(h_desc, [((s0 + c) * HV + hv) * K, v0], h_s)
-            store_rows(gl.zeros([BT, BV], gl.float32, mma), v_new, t0, eos, hv, v0, s_nt, s_nh, mma)
-        tma.store_wait(0)
+        zero_pass(h_s, h_desc, v_new, bos, eos, NC, s0, HV, hv, v0, s_nt, s_nh, BT, blk)
     else:
-        w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
-        k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
-        u_s = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BT, BV], u_desc.layout)
-        g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
-        vs_s = gl.allocate_shared_memory(DT, [BT, BV], vs_layout)
-        vn_s = vs_s         # placeholder when v_new goes out by plain stores
-        if vn_desc is not None:
-            vn_s = gl.allocate_shared_memory(vn_desc.dtype, vn_desc.block_type.shape, vn_desc.layout)
-        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(bars.index(i), count=1)
-        for i in gl.static_range(STAGES):
-            _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bars.index(i), w_s.index(i), k_s.index(i), u_s.index(i),
-                          g_s.index(i), bos + i * BT, hv, hk, v0, i < NC, K, V)
+        w_s, k_s, u_s, g_s, vs_s, vn_s, bars = pass_buffers(w_desc, k_desc, u_desc, g_desc, vn_desc, bos, NC, hv, hk,
+                                                            v0, K, V, STAGES)
 
         # initial state from the pool slot, while the tiles land
         S = _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)

@@ -6,7 +6,8 @@ from triton.experimental.gluon.language.nvidia.blackwell import (TensorMemoryLay
                                                                  fence_async_shared, get_tmem_reg_layout, mbarrier,
                                                                  tcgen05_commit, tcgen05_mma, tma)
 
-from gdn.nvidia.gluon._chunk_state_kernels import _decays_tma, _initial_state, _load_chunk_g, _pass_of, _pool_ptrs
+from gdn.nvidia.gluon._chunk_state_kernels import (_decays_tma, _initial_state, _load_chunk_g, _pass_of, _pool_ptrs,
+                                                    pass_buffers, zero_pass)
 from gdn.nvidia.gluon._jit import inv_norm, store_rows, zero_rows_past
 
 
@@ -37,7 +38,6 @@ def chunk_state_sm100(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indic
     row: gl.constexpr = gl.SliceLayout(1, reg_c)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
     g2: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [num_warps, 1], [1, 0])         # g_cum's [64, 4] tiles
-    vs_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
 
     n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
     s0 = bos // BT + n                          # the sequence's first chunk slot
@@ -46,35 +46,15 @@ def chunk_state_sm100(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indic
     h_s = gl.allocate_shared_memory(DT, [K, BV], h_desc.layout)
 
     if slot < 0:
-        # padding sequence: pool untouched; its v_new rows and h slots are zero
-        h_s.store(gl.zeros([K, BV], DT, blk))
-        fence_async_shared()
-        gl.thread_barrier()
-        for c in range(0, NC):
-            t0 = bos + c * BT
-            tma.async_copy_shared_to_global(h_desc, [((s0 + c) * HV + hv) * K, v0], h_s)
-            store_rows(gl.zeros([BT, BV], gl.float32, blk), v_new, t0, eos, hv, v0, s_nt, s_nh, blk)
-        tma.store_wait(0)
+        zero_pass(h_s, h_desc, v_new, bos, eos, NC, s0, HV, hv, v0, s_nt, s_nh, BT, blk)
     else:
-        w_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], w_desc.layout)
-        k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
-        u_s = gl.allocate_shared_memory(u_desc.dtype, [STAGES, BT, BV], u_desc.layout)
-        g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
-        vs_s = gl.allocate_shared_memory(DT, [BT, BV], vs_layout)
-        vn_s = vs_s         # placeholder when v_new goes out by plain stores
-        if vn_desc is not None:
-            vn_s = gl.allocate_shared_memory(vn_desc.dtype, vn_desc.block_type.shape, vn_desc.layout)
-        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        w_s, k_s, u_s, g_s, vs_s, vn_s, bars = pass_buffers(w_desc, k_desc, u_desc, g_desc, vn_desc, bos, NC, hv, hk,
+                                                            v0, K, V, STAGES)
         mma_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         bar_wh = mma_bars.index(0)
         bar_kv = mma_bars.index(1)
-        for i in gl.static_range(STAGES):
-            mbarrier.init(bars.index(i), count=1)
         mbarrier.init(bar_wh, count=1)
         mbarrier.init(bar_kv, count=1)
-        for i in gl.static_range(STAGES):
-            _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bars.index(i), w_s.index(i), k_s.index(i), u_s.index(i),
-                          g_s.index(i), bos + i * BT, hv, hk, v0, i < NC, K, V)
         wh_t = allocate_tensor_memory(gl.float32, [BT, BV], wh_tl)
         kv_t = allocate_tensor_memory(gl.float32, [K, BV], kv_tl)
 

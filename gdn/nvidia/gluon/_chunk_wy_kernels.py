@@ -7,6 +7,33 @@ from gdn.nvidia.gluon._jit import inv_norm, seq_of_slot, split_mma, zero_rows_pa
 
 
 @gluon.jit
+def wy_tiles(k_desc, v_desc, gcum, beta, A, t0, eos, hv, G, s_gt, s_gh, s_bt, s_bh, s_at, s_ah, blk: gl.constexpr):
+    """Chunk t0's k [64, K] and v [64, V] tiles by TMA on a fresh mbarrier and, while they land, A [64, 64] fp32
+    (rows and columns past the sequence end masked to zero) and its column factors beta and g_cum, in blk.
+    Returns (k_smem, v_smem, bar, A, beta, g_cum); the caller waits on bar (phase 0) and invalidates it."""
+    BT: gl.constexpr = k_desc.block_type.shape[0]
+    K: gl.constexpr = k_desc.block_type.shape[1]
+    V: gl.constexpr = v_desc.block_type.shape[1]
+    tr = t0.to(gl.int32)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, v_desc.block_type.shape, v_desc.layout)
+    bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(bar, count=1)
+    mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [tr, (hv // G) * K], bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [tr, hv * V], bar, v_smem)
+    r = gl.arange(0, BT, layout=gl.SliceLayout(1, blk))
+    c = gl.arange(0, BT, layout=gl.SliceLayout(0, blk))
+    r_ok = t0 + r < eos
+    c_ok = t0 + c < eos
+    Ai = gl.load(A + (t0 + r)[:, None] * s_at + hv * s_ah + c[None, :], mask=r_ok[:, None] & c_ok[None, :],
+                 other=0.0).to(gl.float32)
+    bc = gl.load(beta + (t0 + c) * s_bt + hv * s_bh, mask=c_ok, other=0.0).to(gl.float32)
+    gc = gl.load(gcum + (t0 + c) * s_gt + hv * s_gh, mask=c_ok, other=0.0)
+    return k_smem, v_smem, bar, Ai, bc, gc
+
+
+@gluon.jit
 def chunk_wy_sm90(k_desc, v_desc, gcum, beta, A, w, u, cu, N, HV, G, s_gt, s_gh, s_bt, s_bh, s_at, s_ah,
                   s_wt, s_wh, s_ut, s_uh, BLOCK_N: gl.constexpr, L2NORM: gl.constexpr, num_warps: gl.constexpr):
     """One CTA (one warpgroup) per (chunk slot, v-head), v-heads of a slot adjacent (the G v-heads of one k
@@ -37,25 +64,10 @@ def chunk_wy_sm90(k_desc, v_desc, gcum, beta, A, w, u, cu, N, HV, G, s_gt, s_gh,
     hv = pid % HV
     n, t0, eos = seq_of_slot(cu, N, s, BT, BLOCK_N, num_warps)
     if t0 < eos:
-        tr = t0.to(gl.int32)
-        k_smem = gl.allocate_shared_memory(DT, k_desc.block_type.shape, k_desc.layout)
-        v_smem = gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout)
-        bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        mbarrier.init(bar, count=1)
-        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [tr, (hv // G) * K], bar, k_smem)
-        tma.async_copy_global_to_shared(v_desc, [tr, hv * V], bar, v_smem)
-
-        # While TMA runs: A (rows and columns past the chunk masked to zero) and the column factors.
+        k_smem, v_smem, bar, Ai, bc, gc = wy_tiles(k_desc, v_desc, gcum, beta, A, t0, eos, hv, G, s_gt, s_gh, s_bt,
+                                                   s_bh, s_at, s_ah, blk)
         r = gl.arange(0, BT, layout=row_b)
-        c = gl.arange(0, BT, layout=col_b)
         r_ok = t0 + r < eos
-        c_ok = t0 + c < eos
-        Ai = gl.load(A + (t0 + r)[:, None] * s_at + hv * s_ah + c[None, :], mask=r_ok[:, None] & c_ok[None, :],
-                     other=0.0).to(gl.float32)
-        bc = gl.load(beta + (t0 + c) * s_bt + hv * s_bh, mask=c_ok, other=0.0).to(gl.float32)
-        gc = gl.load(gcum + (t0 + c) * s_gt + hv * s_gh, mask=c_ok, other=0.0)
-
         mbarrier.wait(bar, 0)
         mbarrier.invalidate(bar)
         if t0 + BT > eos:           # tail chunk: rows past the end may be NaN garbage

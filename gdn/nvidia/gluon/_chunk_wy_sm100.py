@@ -4,8 +4,9 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.blackwell import (TensorMemoryLayout, allocate_tensor_memory,
                                                                  fence_async_shared, get_tmem_reg_layout, mbarrier,
-                                                                 tcgen05_commit, tcgen05_mma, tma)
+                                                                 tcgen05_commit, tcgen05_mma)
 
+from gdn.nvidia.gluon._chunk_wy_kernels import wy_tiles
 from gdn.nvidia.gluon._jit import inv_norm, seq_of_slot, split16, zero_rows_past
 
 
@@ -44,28 +45,13 @@ def chunk_wy_sm100(k_desc, v_desc, gcum, beta, A, w, u, cu, N, HV, G, s_gt, s_gh
     hv = pid % HV
     n, t0, eos = seq_of_slot(cu, N, s, BT, BLOCK_N, num_warps)
     if t0 < eos:
-        tr = t0.to(gl.int32)
-        k_smem = gl.allocate_shared_memory(DT, k_desc.block_type.shape, k_desc.layout)
-        v_smem = gl.allocate_shared_memory(DT, v_desc.block_type.shape, v_desc.layout)
+        k_smem, v_smem, bar, Ai, bc, gc = wy_tiles(k_desc, v_desc, gcum, beta, A, t0, eos, hv, G, s_gt, s_gh, s_bt,
+                                                   s_bh, s_at, s_ah, blk)
         a_s = gl.allocate_shared_memory(DT, [4, BT, BT], a_layout)      # u's hi, lo, w's hi, lo
-        bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        bar = bars.index(0)
-        done = bars.index(1)
-        mbarrier.init(bar, count=1)
+        done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
         mbarrier.init(done, count=1)
-        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [tr, (hv // G) * K], bar, k_smem)
-        tma.async_copy_global_to_shared(v_desc, [tr, hv * V], bar, v_smem)
-
-        # While TMA runs: A (rows and columns past the chunk masked to zero) and the column factors.
         r = gl.arange(0, BT, layout=row_b)
-        c = gl.arange(0, BT, layout=col_b)
         r_ok = t0 + r < eos
-        c_ok = t0 + c < eos
-        Ai = gl.load(A + (t0 + r)[:, None] * s_at + hv * s_ah + c[None, :], mask=r_ok[:, None] & c_ok[None, :],
-                     other=0.0).to(gl.float32)
-        bc = gl.load(beta + (t0 + c) * s_bt + hv * s_bh, mask=c_ok, other=0.0).to(gl.float32)
-        gc = gl.load(gcum + (t0 + c) * s_gt + hv * s_gh, mask=c_ok, other=0.0)
         staged_split(Ai * bc[None, :], a_s.index(0), a_s.index(1))
 
         mbarrier.wait(bar, 0)
