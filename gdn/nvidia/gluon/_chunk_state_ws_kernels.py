@@ -9,24 +9,21 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from gdn.nvidia.gluon._chunk_state_kernels import (G_TILE, _decays_tma, _initial_state, _load_chunk_g, _pass_of,
                                                     _pool_ptrs, tile_col)
-from gdn.nvidia.gluon._jit import (exp2_ftz, gdc_wait, inv_norm, log2_ftz, split_mma, store_rows, store_tile,
-                                   zero_rows_past)
+from gdn.nvidia.gluon._jit import (exp2_ftz, gdc_wait, inv_norm, log2_ftz, row_sum, split_mma, store_rows,
+                                   store_tile, zero_rows_past)
 
 LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
+ITEM_RING: gl.constexpr = gl.constexpr(4)     # work items handed from the loader to the other partitions (PERSIST)
 
 
 @gluon.jit
 def _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, rq_s,
-                c, bos, hv, hk, v0, K: gl.constexpr, V: gl.constexpr):
-    """TMA of chunk c's w, k, q [64, K], u [64, BV], g_cum [64, 4] and (with rk_desc, rq_desc) key- and
-    query-norm [64, 4] tiles into stage c % STAGES on ready[stage]."""
-    STAGES: gl.constexpr = w_s.shape[0]
-    BT: gl.constexpr = w_s.shape[1]
+                b, t0, hv, hk, v0, K: gl.constexpr, V: gl.constexpr):
+    """TMA of the w, k, q [64, K], u [64, BV], g_cum [64, 4] and (with rk_desc, rq_desc) key- and query-norm
+    [64, 4] tiles of the chunk starting at token t0 into stage b on ready[b]."""
     extra: gl.constexpr = (q_desc.block_type.nbytes + (0 if rk_desc is None else rk_desc.block_type.nbytes)
                            + (0 if rq_desc is None else rq_desc.block_type.nbytes))
-    b = c % STAGES
     bar = ready.index(b)
-    t0 = bos + c * BT
     _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bar, w_s.index(b), k_s.index(b), u_s.index(b), g_s.index(b), t0,
                   hv, hk, v0, True, K, V, extra)
     tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_s.index(b))
@@ -38,17 +35,20 @@ def _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready,
 
 @gluon.jit
 def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s,
-            rq_s, bos, NCL, hv, hk, v0, K: gl.constexpr, V: gl.constexpr, PDL: gl.constexpr):
-    """One warp: chunk c's tiles into stage c % STAGES once the chain and the output have released the chunk
-    that held it (empty, two arrivals). PDL: first wait for the previous kernel (prefill's first kernel, which
-    writes the A', g_cum and norm tiles)."""
+            rq_s, bos, NCL, hv, hk, v0, base, K: gl.constexpr, V: gl.constexpr, PDL: gl.constexpr):
+    """One warp: the tiles of the CTA's chunk number g = base + c (c: the chunk in its sequence; base: chunks
+    of earlier work items, persistent pass) into stage g % STAGES once the chain and the output have released
+    the chunk that held it (empty, two arrivals). PDL: first wait for the previous kernel (prefill's first
+    kernel, which writes the A', g_cum and norm tiles)."""
     STAGES: gl.constexpr = w_s.shape[0]
+    BT: gl.constexpr = w_s.shape[1]
     if PDL:
         gdc_wait()
     for c in range(0, NCL):
-        mbarrier.wait(empty.index(c % STAGES), ((c // STAGES) & 1) ^ 1)
+        g = base + c
+        mbarrier.wait(empty.index(g % STAGES), ((g // STAGES) & 1) ^ 1)
         _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s,
-                    rq_s, c, bos, hv, hk, v0, K, V)
+                    rq_s, g % STAGES, bos + c * BT, hv, hk, v0, K, V)
 
 
 @gluon.jit
@@ -82,8 +82,8 @@ def _chunk_norms(rk_b, rk_desc, rq_b, rq_desc, k_b, q_b, hk, L2NORM: gl.constexp
 
 @gluon.jit
 def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s, vec_s, vs_s,
-           xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv,
-           L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr):
+           xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, base,
+           L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr, RELEASE_LAST: gl.constexpr = False):
     """The default partition (one warpgroup): the state's chain as chunk_state_sm90's, minus its h and v_new
     stores. Per chunk it hands the output partition, through a RING-slot ring (h_ready / h_free), the state
     entering the chunk (h_s[j], 16-bit), v_new with the key norms applied (vk_s[j] = v_new * rk, rows past
@@ -96,7 +96,10 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
     EARLY: the chunk's decays, norms and tail rows are taken between h's store and the barrier that publishes it
     (the first MMA then follows that barrier directly), and x has its own tile xs_s (no barrier between A' x and
     the hand-over stores); else they follow the barrier and xs_s is vs_s. chunk_state.py `_WS` has the
-    measurements (it pays at 32 columns, not at 64)."""
+    measurements (it pays at 32 columns, not at 64).
+    base: chunks the CTA walked for earlier work items (persistent pass): stages and ring slots go by the CTA's
+    running chunk number base + c. RELEASE_LAST: release the last chunk's stage after the loop (a later work
+    item's chunks reuse it; a one-item CTA never needs it back)."""
     STAGES: gl.constexpr = w_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = w_s.shape[1]
@@ -112,19 +115,20 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
     if slot >= 0:
         S = _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)
     for c in range(0, NCL):
-        b = c % STAGES
-        j = c % RING
+        g = base + c
+        b = g % STAGES
+        j = g % RING
         t0 = bos + c * BT
         h_j = h_s.index(j)
         w_b = w_s.index(b)
         k_b = k_s.index(b)
-        # slot j is free once the output partition has retired chunk c - RING's MMAs on it
-        mbarrier.wait(h_free.index(j), ((c // RING) & 1) ^ 1)
+        # slot j is free once the output partition has retired chunk g - RING's MMAs on it
+        mbarrier.wait(h_free.index(j), ((g // RING) & 1) ^ 1)
         h_j.store(S.to(DT))
         if EARLY:
             # the chunk's tiles, decays, norms and tail rows before the barrier that publishes h_j, so that the
             # first MMA on it goes out right after that barrier
-            mbarrier.wait(ready.index(b), (c // STAGES) & 1)
+            mbarrier.wait(ready.index(b), (g // STAGES) & 1)
             gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, g2)
             _zero_tails(k_b, u_s, w_b, b, t0, eos, A_PATH, blk)
             rk, rq = _chunk_norms(rk_s.index(b), rk_desc, rq_s.index(b), rq_desc, k_b, q_s.index(b), hk, L2NORM, mma)
@@ -133,9 +137,9 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
         fence_async_shared()
         gl.thread_barrier()
         # every warp is past chunk c - 1's last MMA wait: release its stage (w, k, u, g) on our side
-        mbarrier.arrive(empty.index((c + STAGES - 1) % STAGES), pred=c > 0)
+        mbarrier.arrive(empty.index((g + STAGES - 1) % STAGES), pred=c > 0)
         if not EARLY:
-            mbarrier.wait(ready.index(b), (c // STAGES) & 1)
+            mbarrier.wait(ready.index(b), (g // STAGES) & 1)
             gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, g2)
             S = S * gl.exp(g_last)
         valid = t0 + r < eos
@@ -188,6 +192,9 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
         kt = k_b.permute((1, 0))
         S = warpgroup_mma(kt, vs_s, S, is_async=True)
         S, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(S, kt, vs_s))
+    if RELEASE_LAST:
+        gl.thread_barrier()     # every warp is past the last chunk's MMA waits
+        mbarrier.arrive(empty.index((base + NCL - 1) % STAGES), pred=NCL > 0)
     if slot >= 0:
         # the slot loaded again (see chunk_state_sm90: the initial load's pointers would stay live)
         slot2 = gl.load(state_indices + n).to(gl.int64)
@@ -217,7 +224,7 @@ def _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, c, pred, mma: gl.constexpr, mma_
 
 @gluon.jit
 def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC, slot,
-            s_ot, s_oh, V: gl.constexpr, P_SPLIT: gl.constexpr):
+            s_ot, s_oh, base, V: gl.constexpr, P_SPLIT: gl.constexpr):
     """The output partition (one warpgroup): chunk_output's formula on the chain's hand-over, per chunk
         o = exp2(lg_i + lq_i) (q h) + causal(q k^T * exp2(lg_i + lq_i - lg_j)) (v_new * rk)
     (lg = g_cum log2 e, lq = log2(rq * scale): the row factor rides in the exponents, rk in the hand-over),
@@ -228,7 +235,8 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
     result is unused): no branch while a wgmma is in flight (ptxas would make the warps wait for it there,
     C7517). Rows past the sequence end are never stored, so their scores need no mask (their q rows may be
     garbage: a row's NaN stays in that row). A skipped sequence: zero rows. P_SPLIT: the decayed scores enter
-    their product with v_new as hi + lo 16-bit parts (two MMAs), else rounded to 16 bits (one)."""
+    their product with v_new as hi + lo 16-bit parts (two MMAs), else rounded to 16 bits (one). base: as the
+    chain's (stages and ring slots by the CTA's running chunk number)."""
     STAGES: gl.constexpr = k_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = k_s.shape[1]
@@ -244,16 +252,17 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
             store_rows(gl.zeros([BT, BV], gl.float32, mma), o, bos + c * BT, eos, hv, v0, s_ot, s_oh, mma)
     elif NC > 0:
         tri = gl.arange(0, BT, layout=row_s)[:, None] >= gl.arange(0, BT, layout=col_s)[None, :]
-        acc_o, s_acc, q_b, kt, h_j = _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, 0, True, mma, mma_s)
+        acc_o, s_acc, q_b, kt, h_j = _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, base, True, mma, mma_s)
         acc_o, s_acc, _, _, _ = warpgroup_mma_wait(num_outstanding=0, deps=(acc_o, s_acc, q_b, kt, h_j))
         # chunk 0's q and k tiles are read: release its stage on our side (see the loop)
         gl.thread_barrier()
-        mbarrier.arrive(empty.index(0))
+        mbarrier.arrive(empty.index(base % STAGES))
         for c in range(0, NC):
-            j = c % RING
+            g = base + c
+            j = g % RING
             t0 = bos + c * BT
             nxt = c + 1 < NC
-            acc_n, s_n, q_n, kt_n, h_n = _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, gl.where(nxt, c + 1, c), nxt,
+            acc_n, s_n, q_n, kt_n, h_n = _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, gl.where(nxt, g + 1, g), nxt,
                                                       mma, mma_s)
             # this chunk's scores while those run; the row factor rq rides in the decays' row exponent (and in
             # exp(g_cum)'s), so o needs no multiply of its own
@@ -279,7 +288,7 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
             # waited for its tiles when stages were released after the whole chunk: 14% of its stall samples)
             gl.thread_barrier()
             mbarrier.arrive(h_free.index(j))
-            mbarrier.arrive(empty.index((c + 1) % STAGES), pred=nxt)
+            mbarrier.arrive(empty.index((g + 1) % STAGES), pred=nxt)
             if o_desc is not None:
                 tma.store_wait(0)       # the previous chunk's o_s has been read (store_tile's barrier orders it)
             store_tile(acc_o, o_s, o_desc, o, t0, eos, hv, v0, s_ot, s_oh, V, mma)
@@ -289,12 +298,112 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
             tma.store_wait(0)
 
 
+# Persistent pass (PERSIST): a grid of at most one CTA per SM whose CTAs take work items (sequence, v-head, state
+# columns) from a queue, a global counter `work` (zero at launch) bumped by each CTA's loader warp, so long and short
+# items balance as the hardware's CTA scheduler would balance one CTA per item. The loader hands each item to the
+# chain and the output partitions through a small ring in shared memory (item_s, item_ready / item_free; an item
+# >= n_items ends the CTA). Every partition counts the chunks it has walked, so stages and ring slots go by the CTA's
+# running chunk number (`base` + the chunk's index in its sequence), and the next item's tiles, initial state and first
+# chain step overlap the previous item's last chunks and output drain.
+
+@gluon.jit
+def _next_item(work, item_s, item_ready, item_free, i):
+    """Loader: take the next work item from the queue into item ring slot i % depth for the other partitions."""
+    ID: gl.constexpr = item_s.shape[0]
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    slot = i % ID
+    mbarrier.wait(item_free.index(slot), ((i // ID) & 1) ^ 1)
+    item = gl.atomic_add(work, 1)
+    item_s.index(slot).store(gl.full([1], item, gl.int32, lay))
+    mbarrier.arrive(item_ready.index(slot))
+    return item
+
+
+@gluon.jit
+def _take_item(item_s, item_ready, item_free, i):
+    """Chain or output partition: the work item the loader put in ring slot i % depth; the slot is released
+    once every warp of the partition has read it."""
+    ID: gl.constexpr = item_s.shape[0]
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
+    slot = i % ID
+    mbarrier.wait(item_ready.index(slot), (i // ID) & 1)
+    item = row_sum(item_s.index(slot).load(lay), 0)          # (the one element; gl.max breaks under the interpreter)
+    gl.thread_barrier()
+    mbarrier.arrive(item_free.index(slot))
+    return item
+
+
+@gluon.jit
+def _chain_items(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s,
+                 vec_s, vs_s, xs_s, item_s, item_ready, item_free, state, state_indices, cu, has_init, scale, HV, G, NV,
+                 n_items, s_ps, s_ph, s_pk, s_pv, L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr):
+    """_chain over the work items the loader hands over (persistent pass)."""
+    BT: gl.constexpr = w_s.shape[1]
+    BV: gl.constexpr = u_s.shape[2]
+    base = 0
+    i = 0
+    item = _take_item(item_s, item_ready, item_free, i)
+    while item < n_items:
+        n, hv, hk, v0, bos, eos, NC, slot = _pass_of(item, cu, state_indices, HV, G, NV, BT, BV)
+        NCL = gl.where(slot < 0, 0, NC)
+        _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s, vec_s,
+               vs_s, xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph,
+               s_pk, s_pv, base, L2NORM, A_PATH, EARLY, True)
+        base += NCL
+        i += 1
+        item = _take_item(item_s, item_ready, item_free, i)
+
+
+@gluon.jit
+def _output_items(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, item_s, item_ready,
+                  item_free, cu, state_indices, HV, G, NV, n_items, s_ot, s_oh, V: gl.constexpr, P_SPLIT: gl.constexpr):
+    """_output over the work items the loader hands over (persistent pass)."""
+    BT: gl.constexpr = k_s.shape[1]
+    BV: gl.constexpr = h_s.shape[2]
+    base = 0
+    i = 0
+    item = _take_item(item_s, item_ready, item_free, i)
+    while item < n_items:
+        n, hv, hk, v0, bos, eos, NC, slot = _pass_of(item, cu, state_indices, HV, G, NV, BT, BV)
+        _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC, slot,
+                s_ot, s_oh, base, V, P_SPLIT)
+        base += gl.where(slot < 0, 0, NC)
+        i += 1
+        item = _take_item(item_s, item_ready, item_free, i)
+
+
+@gluon.jit
+def _loader_items(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s,
+                  rk_s, rq_s, item_s, item_ready, item_free, work, cu, state_indices, HV, G, NV, n_items,
+                  K: gl.constexpr, V: gl.constexpr, PDL: gl.constexpr):
+    """_loader over the work items it takes from the queue (persistent pass). PDL: first wait for the previous
+    kernel (as _loader)."""
+    BT: gl.constexpr = w_s.shape[1]
+    BV: gl.constexpr = u_s.shape[2]
+    if PDL:
+        gdc_wait()
+    base = 0
+    i = 0
+    item = _next_item(work, item_s, item_ready, item_free, i)
+    while item < n_items:
+        n, hv, hk, v0, bos, eos, NC, slot = _pass_of(item, cu, state_indices, HV, G, NV, BT, BV)
+        NCL = gl.where(slot < 0, 0, NC)
+        _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s,
+                rq_s, bos, NCL, hv, hk, v0, base, K, V, False)
+        base += NCL
+        i += 1
+        # (taken once this item's tiles are issued: taking it before them measured no better overall, and a CTA
+        # then holds on to an item while a long one runs, which cost 2-4% at 16 sequences of 256-4096 tokens)
+        item = _next_item(work, item_s, item_ready, item_free, i)
+
+
 @gluon.jit
 def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, state, state_indices, cu,
-                               has_init, o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
+                               has_init, o, o_desc, HV, G, NV, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh, n_items, work,
                                V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
                                OUT_REGS: gl.constexpr, num_warps: gl.constexpr, P_SPLIT: gl.constexpr = True,
-                               A_PATH: gl.constexpr = False, EARLY: gl.constexpr = False, PDL: gl.constexpr = False):
+                               A_PATH: gl.constexpr = False, EARLY: gl.constexpr = False, PDL: gl.constexpr = False,
+                               PERSIST: gl.constexpr = False):
     """chunk_state_output_sm90's result (o and the final state; no h, v_new) with the work split over three
     warp-specialised partitions (one warpgroup each) of one CTA per (sequence, v-head, BV state columns):
       - the chain (default partition): the state's dependency chain, two MMAs per chunk;
@@ -317,16 +426,16 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
 
     Tried (H100, 1x32768, this kernel alone): the norms of q and k taken by a four-warp loader partition as
     each chunk lands instead of by the chain: 1.075 ms against 0.73 (the loader then waits for the output's
-    release before each refill, and the chain for its norms: its latency joined the chain's)."""
+    release before each refill, and the chain for its norms: its latency joined the chain's).
+
+    PERSIST: a grid of at most one CTA per SM taking the n_items = N * HV * NV work items from the queue `work`
+    (an int32 zero at launch; see _next_item); else one CTA per work item (grid n_items; `work` unused)."""
     BT: gl.constexpr = w_desc.block_type.shape[0]
     K: gl.constexpr = k_desc.block_type.shape[1]
     BV: gl.constexpr = u_desc.block_type.shape[1]
     DT: gl.constexpr = w_desc.dtype
     tile: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BT, BV], DT)
     vec: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-
-    n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
-    NCL = gl.where(slot < 0, 0, NC)         # chunks the loader and the chain walk (none for a skipped sequence)
 
     w_s = gl.allocate_shared_memory(DT, [STAGES] + w_desc.block_type.shape, w_desc.layout)
     k_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], k_desc.layout)
@@ -360,14 +469,34 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
         mbarrier.init(h_ready.index(i), count=1)
         mbarrier.init(h_free.index(i), count=1)
 
-    gl.warp_specialize([
-        (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s,
-                  vec_s, vs_s, xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps,
-                  s_ph, s_pk, s_pv, L2NORM, A_PATH, EARLY)),
-        (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC,
-                   slot, s_ot, s_oh, V, P_SPLIT)),
-        (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s,
-                   rk_s, rq_s, bos, NCL, hv, hk, v0, K, V, PDL)),
-    ], [4, 1], [OUT_REGS, 24])
+    if PERSIST:
+        item_s = gl.allocate_shared_memory(gl.int32, [ITEM_RING, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        item_ready = gl.allocate_shared_memory(gl.int64, [ITEM_RING, 1], mbarrier.MBarrierLayout())
+        item_free = gl.allocate_shared_memory(gl.int64, [ITEM_RING, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(ITEM_RING):
+            mbarrier.init(item_ready.index(i), count=1)
+            mbarrier.init(item_free.index(i), count=2)          # the chain and the output partition
+        gl.warp_specialize([
+            (_chain_items, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s,
+                            vk_s, vec_s, vs_s, xs_s, item_s, item_ready, item_free, state, state_indices, cu, has_init,
+                            scale, HV, G, NV, n_items, s_ps, s_ph, s_pk, s_pv, L2NORM, A_PATH, EARLY)),
+            (_output_items, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, item_s,
+                             item_ready, item_free, cu, state_indices, HV, G, NV, n_items, s_ot, s_oh, V, P_SPLIT)),
+            (_loader_items, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s,
+                             g_s, q_s, rk_s, rq_s, item_s, item_ready, item_free, work, cu, state_indices, HV, G, NV,
+                             n_items, K, V, PDL)),
+        ], [4, 1], [OUT_REGS, 24])
+    else:
+        n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
+        NCL = gl.where(slot < 0, 0, NC)         # chunks the loader and the chain walk (none for a skipped sequence)
+        gl.warp_specialize([
+            (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s,
+                      vec_s, vs_s, xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot,
+                      s_ps, s_ph, s_pk, s_pv, 0, L2NORM, A_PATH, EARLY)),
+            (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos,
+                       NC, slot, s_ot, s_oh, 0, V, P_SPLIT)),
+            (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s,
+                       q_s, rk_s, rq_s, bos, NCL, hv, hk, v0, 0, K, V, PDL)),
+        ], [4, 1], [OUT_REGS, 24])
     if PDL:
         gdc_wait()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from gdn.common import launch as L
+from gdn.common import probe
 from gdn.common.registry import Impl, dtypes, register
 from gdn.common.triton.prefill import _common as PC
 from gdn.common.triton.prefill import chunk_state as TS
@@ -279,9 +280,21 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # The first kernel launched with PDL too (waiting at its start, the pass triggering at its own: the next call's first
 # kernel scheduled early) did not pay (same day ~01:55 UTC, two pairs: 1x4096 107.9 / 107.9 -> 109.0 / 108.5, 3x1000
 # 89.2 / 88.7 -> 87.8 / 88.6, 1x32768 774.4 / 789.5 -> 793.0 / 803.4, wide cases even); not kept.
+# PERSIST (wide entry): the pass as at most one CTA per SM taking (sequence, v-head, 64 columns) work items from a
+# queue (an atomic counter; _chunk_state_ws_kernels.py `_next_item`), so an item's tiles, initial state and first
+# chain step overlap the previous item's last chunks and output drain. A CTA of this pass has a fixed cost of ~4.5 us
+# (H100, bench/wip/pass_fixed_cost.py: the pass per CTA-wave is ~4.5 us + 1.68 us a chunk from 4 to 128 chunks), a
+# quarter of the pass at 64x512. H100, 2026-11-24 ~08:37 UTC (bench/wip/persist_ab.py, prefill's profiler busy time,
+# two rounds, us, off -> on; outputs and states bitwise equal on varlen, padding, empty and has_initial_state
+# cases): 8x4096 639 / 636 -> 632 / 631, 64x512 791 / 800 -> 773 / 780, 128x256 939 / 940 -> 921 / 924, 1x4096 +
+# 63x448 787 / 787 -> 766 / 767, 64 sequences of 64-1024 tokens 856 / 854 -> 804 / 808, 16 of 256-4096 767 / 768 ->
+# 755 / 754, 2x8192 + 32x512 725 / 737 -> 726 / 721. A static schedule instead (CTA pid walks items pid, pid + grid,
+# ...) gained more on uniform short sequences (128x256 -7%) but lost 7% at 16 sequences of 256-4096 tokens (a CTA
+# holding a long item and its share of the rest), as did taking the next item before the current one's tiles (+3%).
+# The narrow bucket keeps one CTA per item (at most 128 items: one wave).
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True,
            PDL=True)
-_FUSED = L.ConfigTable({("sm_90", "wide"): dict(_WS, BV=64, STAGES=2),
+_FUSED = L.ConfigTable({("sm_90", "wide"): dict(_WS, BV=64, STAGES=2, PERSIST=True),
                         ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)})     # (call plans follow changes)
 
 
@@ -317,13 +330,14 @@ def fit_config(cfg: dict, V: int) -> dict:
 
 
 def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale,
-                        use_qk_l2norm, state_layout, cfg, rk=None, rq=None):
+                        use_qk_l2norm, state_layout, cfg, rk=None, rq=None, work=None):
     """The state pass with the output fused: as `launch_state`, but writes out [T,HV,V] (unit last stride)
     instead of h and v_new. q [T,H,K] of k's dtype. rk, rq (or None): the key and query norms [T, H] fp32 as
     prefill's first kernel writes them (`PC.gcum_empty` rows), for the warp-specialised pass (else it takes
     them from the k and q tiles). With cfg A_PATH (warp-specialised pass only) w is A' = A diag(beta)
     [T, HV, 64] and u is v [T, HV, V] (prefill's first kernel with a_out): v_new is formed as
-    A' (v - exp(g_cum) rk (k h))."""
+    A' (v - exp(g_cum) rk (k h)). work (or None): with cfg PERSIST, an int32 [1] zero for the work queue of the
+    persistent warp-specialised pass (prefill allocates it with its buffers; None: made here)."""
     from gdn.nvidia.gluon._chunk_state_kernels import chunk_state_output_sm90
     T, H, K = k.shape
     HV, V = u.shape[1], u.shape[2]
@@ -349,14 +363,23 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
         if min(stages, cfg["RING"]) < 2:
             raise ValueError(f"gdn.chunk_state (gluon, warp-specialised): STAGES={stages} and RING={cfg['RING']} "
                              "must both be >= 2")
-        C.launch(chunk_state_output_ws_sm90, (N * HV * NV,),
+        items = N * HV * NV
+        persist = bool(cfg.get("PERSIST"))
+        grid = items
+        if persist:
+            work = torch.zeros(1, dtype=torch.int32, device=k.device) if work is None else work
+            if not L.is_recording():
+                grid = min(items, probe.device_info(k.device).multiprocessors)
+        C.launch(chunk_state_output_ws_sm90, (grid,),
                  C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
                  C.head_matrix(q, C.BT), None if rk is None else gcum_desc(rk), None if rq is None else gcum_desc(rq),
                  state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H,
-                 NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V,
+                 NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], items,
+                 work if persist else state_indices, V=V,
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
                  P_SPLIT=bool(cfg.get("P_SPLIT", True)), A_PATH=bool(cfg.get("A_PATH", False)),
-                 EARLY=bool(cfg.get("EARLY", False)), PDL=pdl, num_warps=4, maxnreg=cfg["maxnreg"], pdl=pdl)
+                 EARLY=bool(cfg.get("EARLY", False)), PDL=pdl, PERSIST=persist, num_warps=4, maxnreg=cfg["maxnreg"],
+                 pdl=pdl)
         return
     C.launch(chunk_state_output_sm90, (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), C.head_matrix(q, C.BT),
@@ -440,7 +463,6 @@ SM100_MAX_K = 128      # tcgen05's M for one CTA; k^T vs has M = K
 
 def _arch_reasons(props: dict) -> list[str]:
     """What this Impl declines beyond its head dims: K above SM100_MAX_K on sm_100 (the Triton kernel serves it)."""
-    from gdn.common import probe
     if props.get("K", 0) > SM100_MAX_K and probe.device_info(props.get("device")).arch == "sm_100":
         return [f"head dim K={props['K']} not supported on sm_100 (tcgen05 M <= {SM100_MAX_K})"]
     return []

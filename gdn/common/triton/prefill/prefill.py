@@ -145,9 +145,10 @@ _CALL_PLANS: dict = {}
 _MAX_CALL_PLANS = 256
 
 
-def _gluon_buffers(T, H, HV, K, V, wdt, dev, a_path: bool, ws_norms: bool) -> tuple:
-    """The sm_90 path's buffers (g_cum, w, u, rk, rq): w is A' [T, HV, 64] on the A path, whose u is v (None
-    here); the key norms for the warp-specialised pass (ws_norms), and on the A path the query norms too."""
+def _gluon_buffers(T, H, HV, K, V, wdt, dev, a_path: bool, ws_norms: bool, persist: bool = False) -> tuple:
+    """The sm_90 path's buffers (g_cum, w, u, rk, rq, work): w is A' [T, HV, 64] on the A path, whose u is v (None
+    here); the key norms for the warp-specialised pass (ws_norms), and on the A path the query norms too; the
+    persistent pass's work-queue counter (an int32 zero; persist)."""
     g_cum = C.gcum_empty(T, HV, dev)
     if a_path:
         w, u = torch.empty((T, HV, C.BT), dtype=wdt, device=dev), None
@@ -156,7 +157,8 @@ def _gluon_buffers(T, H, HV, K, V, wdt, dev, a_path: bool, ws_norms: bool) -> tu
         u = torch.empty((T, HV, V), dtype=wdt, device=dev)
     rk = C.gcum_empty(T, H, dev) if ws_norms else None
     rq = C.gcum_empty(T, H, dev) if ws_norms and a_path else None
-    return g_cum, w, u, rk, rq
+    work = torch.zeros(1, dtype=torch.int32, device=dev) if persist else None
+    return g_cum, w, u, rk, rq, work
 
 
 def _general_buffers(T, N, H, HV, K, V, wdt, dev, norms: bool, plain: bool) -> tuple:
@@ -220,9 +222,10 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
         # (H100, 2026-11-24, one process, prefill under CUDA-graph replay, us): query norms in the pass's chain
         # instead cost 1x32768 787.6 -> 859.5, 1x4096 109.9 -> 118.8, 8x4096 647.7 -> 655.6, 64x512 786.9 ->
         # 784.9 (first kernel 21-28 us faster, the pass 23-100 us slower)
-        alloc = functools.partial(_gluon_buffers, T, H, HV, K, V, wdt, dev, a_path, ws and l2)
+        alloc = functools.partial(_gluon_buffers, T, H, HV, K, V, wdt, dev, a_path, ws and l2,
+                                  bool(ws and fused_gluon.get("PERSIST")))
         bufs = alloc()
-        g_cum, w, u, rk_ws, rq_ws = bufs
+        g_cum, w, u, rk_ws, rq_ws, work = bufs
         u = v if u is None else u
         with L.call_recording() as rec:
             chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None if a_path else w,
@@ -231,7 +234,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
             # sm_90, enough (sequence, head) pairs: the Gluon pass with the output fused (no h, v_new round trip)
             gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state,
                                             out, scale, l2, state_layout, dict(fused_gluon, A_PATH=a_path), rk_ws,
-                                            rq_ws)
+                                            rq_ws, work)
         _keep_plan(key, rec, inputs + bufs, alloc)
         return
     p = plan(arch, N, HV, K, V)
