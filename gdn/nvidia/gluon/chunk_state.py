@@ -375,7 +375,7 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                  C.head_matrix(q, C.BT), None if rk is None else gcum_desc(rk), None if rq is None else gcum_desc(rq),
                  state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H,
                  NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], items,
-                 work if persist else state_indices, V=V,
+                 work if persist else state_indices, V=V,         # (without PERSIST the queue is never read)
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
                  P_SPLIT=bool(cfg.get("P_SPLIT", True)), A_PATH=bool(cfg.get("A_PATH", False)),
                  EARLY=bool(cfg.get("EARLY", False)), PDL=pdl, PERSIST=persist, num_warps=4, maxnreg=cfg["maxnreg"],
