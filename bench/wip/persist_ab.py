@@ -63,7 +63,7 @@ print("ALL EQUAL" if ok else "MISMATCH", flush=True)
 MIXED = {"1x4096+63x448": [4096] + [448] * 63, "2x8192+32x512": [8192] * 2 + [512] * 32,
          "64xU64-1024": torch.randint(64, 1025, (64,), generator=torch.Generator().manual_seed(0)).tolist(),
          "16xU256-4096": torch.randint(256, 4097, (16,), generator=torch.Generator().manual_seed(1)).tolist()}
-# PERSIST: False (one CTA per item), True (one CTA per SM, static round-robin), k (ceil(items / k) CTAs)
+# PERSIST: False (one CTA per item) or True (at most one CTA per SM taking items from the queue)
 MODES = [eval(m) for m in os.environ.get("MODES", "False,True").split(",")]
 cases = os.environ.get("CASES", "1x32768,4x8192,8x4096,16x2048,32x1024,64x512,128x256,1x4096," + ",".join(MIXED))
 print("| case | persist | first kernel ms | state pass ms | GPU busy ms |")
