@@ -204,8 +204,9 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
 
 @gluon.jit
 def _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, c, pred, mma: gl.constexpr, mma_s: gl.constexpr):
-    """Wait (when pred) for chunk c's tiles and hand-over, then issue q h [64, BV] and q k^T [64, 64] on them.
-    Returns (q h, q k^T, and the operands the retiring wait must name)."""
+    """Wait (when pred) for the tiles and hand-over of the CTA's chunk number c (its stage and ring slot), then
+    issue q h [64, BV] and q k^T [64, 64] on them. Returns (q h, q k^T, and the operands the retiring wait must
+    name)."""
     STAGES: gl.constexpr = q_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = q_s.shape[1]
