@@ -340,6 +340,10 @@ def test_chunk_state_output_ws_compiles(tma_o, rk, pairs, p_split, a_path):
                                launch).asm["ptx"]
     assert f"setmaxnreg.inc.sync.aligned.u32 \t{cfg['OUT_REGS']}" in ptx
     assert "bar.sync \t0, 128" in ptx and "mbarrier.arrive" in ptx
+    # the wide entry's pass is persistent: its loader takes work items from the queue by one atomic add each
+    persist = pairs > GS.FUSED_NARROW_PAIRS
+    assert launch.constexprs["PERSIST"] == persist
+    assert ("atom.global.gpu.acq_rel.add" in ptx) == persist
 
 
 @needs_gluon
