@@ -67,6 +67,9 @@ def _worker(rank, init_file, errors, backend):
         raise
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown: with torch 2.13's gloo it called std::terminate ("terminate called
+    # without an active exception", SIGABRT) in about a third of the runs after every check had passed.
+    os._exit(0)
 
 
 def _check(rank, layout, dev):
