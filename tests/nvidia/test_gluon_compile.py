@@ -86,13 +86,14 @@ def test_chunk_state_sm100_fp32_v_new_and_configs():
     from gdn.nvidia.gluon import chunk_state as GS
     args, kw = TS._example("meta", layout="vk")
     fp32_vn = (*args[:9], torch.empty(args[9].shape, dtype=torch.float32, device="meta"))
-    for name, a, cfg, mmas in (("v_new=fp32", fp32_vn, dict(BV=32, STAGES=2), 12),
-                               ("BV=64,STAGES=3", args, dict(BV=64, STAGES=3), 12),
-                               ("BV=16,STAGES=4", args, dict(BV=16, STAGES=4), 12)):
+    for name, a, cfg in (("v_new=fp32", fp32_vn, dict(BV=32, STAGES=2)),
+                         ("BV=64,STAGES=3", args, dict(BV=64, STAGES=3)),
+                         ("BV=16,STAGES=4", args, dict(BV=16, STAGES=4))):
         with L.recording("sm_100"), C.recording() as launches:
             GS.launch_state(*a, kw["use_qk_l2norm"], kw["state_layout"], cfg)
         assert launches[0].kernel.fn.__name__ == "chunk_state_sm100"
-        _check_blackwell_kernel(f"chunk_state_sm100[{name}]", C.compile_launch(launches[0], "sm_100"), mmas)
+        _check_blackwell_kernel(f"chunk_state_sm100[{name}]", C.compile_launch(launches[0], "sm_100"),
+                                SM100_MMAS["chunk_state"])
 
 
 def test_chunk_state_k256_declined_on_sm100(monkeypatch):

@@ -72,9 +72,7 @@ def chunk_output_sm90(q_desc, k_desc, h_desc, v_desc, gcum, state_indices, cu, o
     of the wait that retires it: the shared-memory allocator sees a buffer live only until its last use, and
     without that it handed h's bytes to the rq/rk layout conversions while q h was still reading them."""
     BT: gl.constexpr = q_desc.block_type.shape[0]
-    K: gl.constexpr = q_desc.block_type.shape[1]
     BV: gl.constexpr = v_desc.block_type.shape[1]
-    DT: gl.constexpr = q_desc.dtype
     mma_s: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                     instr_shape=[16, BT, 16])
     mma_o: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],

@@ -25,7 +25,6 @@ def chunk_output_sm100(q_desc, k_desc, h_desc, v_desc, gcum, state_indices, cu, 
     q h's tensor memory, added in registers (no accumulator is written from registers):
         o = (q h) * (rq exp(g_cum)) + causal(q k^T * rq rk exp(gc_i - gc_j)) v_new"""
     BT: gl.constexpr = q_desc.block_type.shape[0]
-    K: gl.constexpr = q_desc.block_type.shape[1]
     BV: gl.constexpr = v_desc.block_type.shape[1]
     DT: gl.constexpr = q_desc.dtype
     s_tl: gl.constexpr = TensorMemoryLayout(block=(BT, BT), col_stride=1)

@@ -121,6 +121,18 @@ def _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K: 
 
 
 @gluon.jit
+def state_in(S, h_s, bar, phase):
+    """The state entering a chunk into h_s (16-bit, an MMA operand and the TMA source of h[s]) once the previous
+    chunk's TMA stores (h, v_new) have read h_s and v_new's tile, made visible to the async proxy of every warp;
+    then wait for the chunk's tiles (bar, phase)."""
+    tma.store_wait(0)
+    h_s.store(S.to(h_s.dtype))
+    fence_async_shared()
+    gl.thread_barrier()
+    mbarrier.wait(bar, phase)
+
+
+@gluon.jit
 def zero_pass(h_s, h_desc, v_new, bos, eos, NC, s0, HV, hv, v0, s_nt, s_nh, BT: gl.constexpr, layout: gl.constexpr):
     """The plain pass of a padding sequence (pool untouched): its h slots and v_new rows zero."""
     K: gl.constexpr = h_s.shape[0]
@@ -218,13 +230,7 @@ def chunk_state_sm90(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indice
             b = c % STAGES
             t0 = bos + c * BT
 
-            # state entering the chunk -> h_s, once the previous chunk's TMA stores (h, v_new) have read
-            # h_s and vn_s
-            tma.store_wait(0)
-            h_s.store(S.to(DT))
-            fence_async_shared()
-            gl.thread_barrier()
-            mbarrier.wait(bars.index(b), (c // STAGES) & 1)
+            state_in(S, h_s, bars.index(b), (c // STAGES) & 1)
             # the decay applied before w h is issued: S touched while an MMA is in flight makes ptxas wait for it
             gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, g2)
             S = S * gl.exp(g_last)

@@ -7,7 +7,7 @@ from triton.experimental.gluon.language.nvidia.blackwell import (TensorMemoryLay
                                                                  tcgen05_commit, tcgen05_mma, tma)
 
 from gdn.nvidia.gluon._chunk_state_kernels import (_decays_tma, _initial_state, _load_chunk_g, _pass_of, _pool_ptrs,
-                                                    pass_buffers, zero_pass)
+                                                    pass_buffers, state_in, zero_pass)
 from gdn.nvidia.gluon._jit import inv_norm, store_rows, zero_rows_past
 
 
@@ -65,13 +65,7 @@ def chunk_state_sm100(w_desc, k_desc, u_desc, g_desc, h_desc, state, state_indic
             b = c % STAGES
             t0 = bos + c * BT
 
-            # state entering the chunk -> h_s, once the previous chunk's TMA stores (h, v_new) have read
-            # h_s and vn_s
-            tma.store_wait(0)
-            h_s.store(S.to(DT))
-            fence_async_shared()
-            gl.thread_barrier()
-            mbarrier.wait(bars.index(b), (c // STAGES) & 1)
+            state_in(S, h_s, bars.index(b), (c // STAGES) & 1)
             w_b = w_s.index(b)
             k_b = k_s.index(b)
             tcgen05_mma(w_b, h_s, wh_t, use_acc=False)

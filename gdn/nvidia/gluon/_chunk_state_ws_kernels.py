@@ -82,8 +82,8 @@ def _chunk_norms(rk_b, rk_desc, rq_b, rq_desc, k_b, q_b, hk, L2NORM: gl.constexp
 
 @gluon.jit
 def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s, vec_s, vs_s,
-           xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv, base,
-           L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr, RELEASE_LAST: gl.constexpr = False):
+           xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv,
+           base, L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr, RELEASE_LAST: gl.constexpr = False):
     """The default partition (one warpgroup): the state's chain as chunk_state_sm90's, minus its h and v_new
     stores. Per chunk it hands the output partition, through a RING-slot ring (h_ready / h_free), the state
     entering the chunk (h_s[j], 16-bit), v_new with the key norms applied (vk_s[j] = v_new * rk, rows past

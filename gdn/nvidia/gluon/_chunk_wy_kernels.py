@@ -48,7 +48,6 @@ def chunk_wy_sm90(k_desc, v_desc, gcum, beta, A, w, u, cu, N, HV, G, s_gt, s_gh,
     BT: gl.constexpr = k_desc.block_type.shape[0]
     K: gl.constexpr = k_desc.block_type.shape[1]
     V: gl.constexpr = v_desc.block_type.shape[1]
-    DT: gl.constexpr = k_desc.dtype
     mma_w: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                     instr_shape=[16, K, 16])
     mma_u: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
