@@ -3,8 +3,8 @@
     python bench/bench_prefill.py [--cases 1x32768,8x4096,64x512,1x4096] [--out results.csv]
                                   [--iters 10] [--no-peers] [--no-check] [--sweep] [--in-process]
 
-Qwen3-Next heads (H=16, HV=32, K=V=128), bf16 q/k/v, fp32 state (gdn: VK pool, FLA: KV initial states,
-FlashInfer: VK), every sequence starting from a state. Per call:
+Qwen3-Next heads (H=16, HV=32, K=V=128; --tp T: one tensor-parallel rank's H=16/T, HV=32/T), bf16 q/k/v,
+fp32 state (gdn: VK pool, FLA: KV initial states, FlashInfer: VK), every sequence starting from a state. Per call:
   - GPU time: the sum of the kernel times of one call (torch.profiler, averaged over --iters calls);
   - wall time: --iters back-to-back calls between two synchronisations, per call (host overhead and
     launch gaps included), the best of WALL_REPEATS such runs (one run swung with the host's jitter: in
@@ -484,6 +484,7 @@ def main(argv=None):
     p.add_argument("--no-check", dest="check", action="store_false")
     p.add_argument("--sweep", action="store_true", help="time gdn's launch plans instead of the comparison")
     p.add_argument("--small", action="store_true", help="tiny heads (H=2, HV=4, K=V=32): interpreter smoke test")
+    p.add_argument("--tp", type=int, default=1, help="one tensor-parallel rank's heads: H=16/TP, HV=32/TP")
     p.add_argument("--in-process", action="store_true", help="no child process per case")
     p.add_argument("--case-timeout", type=int, default=600, help="seconds per case (isolated runs)")
     p.add_argument("--deadline", type=float, help="seconds for all cases: later cases are cut short or skipped, "
@@ -493,7 +494,7 @@ def main(argv=None):
     if a.require_peers and (bad := probe.unimportable(PEER_MODULES)):
         print("peers required but not importable:\n  " + "\n  ".join(bad), file=sys.stderr)
         return 2
-    dims = (2, 4, 32, 32) if a.small or not GPU else (16, 32, 128, 128)
+    dims = (2, 4, 32, 32) if a.small or not GPU else (16 // a.tp, 32 // a.tp, 128, 128)
     if not GPU:
         a.cases = "2x70,1x130" if a.cases == p.get_default("cases") else a.cases
         a.iters = 1
@@ -517,7 +518,7 @@ def main(argv=None):
           f"{info.versions.get('flashinfer-python')}; H={dims[0]} HV={dims[1]} K={dims[2]} V={dims[3]}, bf16, "
           f"fp32 state\n", flush=True)
     isolate = GPU and not a.in_process
-    passthrough = [f"--iters={a.iters}"] + [flag for flag, on in (("--no-peers", not a.peers),
+    passthrough = [f"--iters={a.iters}", f"--tp={a.tp}"] + [flag for flag, on in (("--no-peers", not a.peers),
                                                                   ("--no-check", not a.check),
                                                                   ("--sweep", a.sweep), ("--small", a.small)) if on]
     end = time.time() + a.deadline if a.deadline else None

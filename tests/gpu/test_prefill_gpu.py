@@ -348,3 +348,85 @@ def test_gluon_first_kernel_matches_triton(monkeypatch, raw, lengths, pad, budge
             c[key] = c[key][:end]
         o1 = o1[:end]
     check_against_recurrence(c, o1, p1, "vk", torch.bfloat16, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# segmented prefill (segments.py), forced by its table at the full head count
+
+def force_segments(monkeypatch, seg):
+    """Every batch cut into segments of `seg` tokens (the table's entries replaced: call plans follow)."""
+    from gdn.common.triton.prefill import segments as SEG
+    for key in list(SEG._SEGMENTS):
+        monkeypatch.delitem(SEG._SEGMENTS, key)
+    monkeypatch.setitem(SEG._SEGMENTS, "any", dict(max_pairs=1 << 30, min_len=0, pairs=1 << 30, min_seg=seg))
+
+
+@pytest.mark.parametrize("path", ["gluon", "triton"])
+@pytest.mark.parametrize("seg,layout,pool_dtype", [(1024, "vk", torch.float32), (448, "kv", torch.bfloat16)])
+def test_prefill_segmented_against_float64(monkeypatch, path, seg, layout, pool_dtype):
+    """Sequences cut into segments (a padding sequence, an empty one, tails, a has_initial_state mix) against the
+    float64 recurrence and the unsegmented prefill: the Gluon path (sm_90: transition pass with v's extra columns
+    read as TMA zero fill, no output) and the Triton kernels' (GDN_DISABLE=gluon); unused slots bit-identical."""
+    from gdn.common import probe
+    from gdn.common.triton.prefill import segments as SEG
+    if path == "gluon" and probe.device_info().arch != "sm_90":
+        pytest.skip("the Gluon path runs on sm_90")
+    dev = torch.device("cuda")
+    torch.manual_seed(7)
+    c = make_case([70, 1000, 0, 2100, 3000], torch.bfloat16, layout, pool_dtype, dev, pad_seq=1)
+    ran = []
+    combine = SEG.launch_combine
+    monkeypatch.setattr(SEG, "launch_combine", lambda *a, **kw: ran.append(1) or combine(*a, **kw))
+    with probe.env_switched("GDN_DISABLE", "gluon" if path == "triton" else ""):
+        o0, p0 = run_triton(c, layout)
+        assert not ran
+        force_segments(monkeypatch, seg)
+        o1, p1 = run_triton(c, layout)
+    assert ran
+    check_against_recurrence(c, o1, p1, layout, torch.bfloat16, pool_dtype)
+    assert relerr(o1, o0) < 5e-3
+    assert (o1[c["cu"][1]:c["cu"][2]] == 0).all()        # the padding sequence
+
+
+def test_prefill_segmented_cuda_graph(monkeypatch):
+    """The segmented path captured for a token budget and replayed with new lengths and inputs: as an eager call
+    (the segment table is built on the device from cu_seqlens; ext's identity is rewritten on every call)."""
+    force_segments(monkeypatch, 512)
+    dev = torch.device("cuda")
+    budget, N = 6144, 3
+    torch.manual_seed(4)
+    st = make_case([budget // N] * N, torch.bfloat16, "vk", torch.float32, dev)
+    pool_static = st["pool"].clone()
+    out = torch.empty_like(st["v"])
+    fn = registry.get("prefill", "triton").fn
+
+    def run():
+        fn(st["q"], st["k"], st["v"], pool_static, st["idx"], st["cu"], out, None, None, st["a"], st["b"],
+           st["A_log"], st["dt_bias"], st["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout="vk")
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        run()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for lengths in ([3000, 0, 2500], [100, 5000, 1]):
+        new = make_case(lengths, torch.bfloat16, "vk", torch.float32, dev)
+        T = sum(lengths)
+        for name in ("q", "k", "v", "a", "b"):
+            st[name].zero_()
+            st[name][:T] = new[name]
+        for name in ("A_log", "dt_bias", "idx", "cu", "init"):
+            st[name].copy_(new[name][:st[name].shape[0]] if name != "cu" else new[name])
+        pool_static.copy_(new["pool"][:pool_static.shape[0]])
+        p0 = pool_static.clone()
+        graph.replay()
+        torch.cuda.synchronize()
+        p_eager, o_eager = p0.clone(), torch.full_like(out, NAN)
+        fn(st["q"], st["k"], st["v"], p_eager, st["idx"], st["cu"], o_eager, None, None, st["a"], st["b"],
+           st["A_log"], st["dt_bias"], st["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout="vk")
+        assert torch.equal(out, o_eager)
+        assert torch.equal(pool_static.view(torch.uint8), p_eager.view(torch.uint8))
+        assert (out[T:] == 0).all()

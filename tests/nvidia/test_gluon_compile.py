@@ -284,6 +284,27 @@ def test_chunk_state_output_fused_compiles():
 
 
 @needs_gluon
+def test_transition_pass_compiles():
+    """The segmented prefill's transition pass (cfg TRANSITION: the A path's warp-specialised pass with V + K state
+    columns, v's columns past V read as zeros, no output): no spill, none of the output partition's wgmmas, no
+    o store, no q tile loaded (the query norms come from the first kernel)."""
+    from gdn.nvidia.gluon import chunk_state as GS
+    launches = dict(GS._fused_example_launches("sm_90"))
+    name = next(n for n in launches if n.endswith(",transition]"))
+    tr, full = launches[name], launches[name.replace(",transition]", ",norms]")]      # (the same pass, with o)
+    assert tr.constexprs["NO_OUT"] and tr.constexprs["VU"] == full.constexprs["V"]
+    assert tr.constexprs["V"] == 2 * full.constexprs["V"]       # V + K state columns (the example's K = V)
+    ptx = _check_hopper_kernel(name, tr).asm["ptx"]
+    ptx_full = _check_hopper_kernel(name + "(with output)", full).asm["ptx"]
+    mma = lambda p: p.count("wgmma.mma_async")
+    assert 0 < mma(ptx) < mma(ptx_full)
+    store = "cp.async.bulk.tensor.2d.global.shared::cta"     # o's TMA store (the final state: plain stores)
+    assert store in ptx_full and store not in ptx
+    loads = lambda p: p.count("cp.async.bulk.tensor.2d.shared::cluster.global")
+    assert loads(ptx) < loads(ptx_full)
+
+
+@needs_gluon
 def test_chunk_state_output_tma_o_compiles():
     """The fused pass with whole chunks' output by TMA store (cfg TMA_O, 16-bit out): it fits sm_90's shared
     memory (an extra [64, BV] tile), and keeps the spill bound and no injected waits."""

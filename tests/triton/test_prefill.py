@@ -22,6 +22,7 @@ from gdn.common import registry
 from gdn.common.triton.prefill import _common as C
 from gdn.common.triton.prefill import chunk_state as CS
 from gdn.common.triton.prefill import prefill as P
+from gdn.common.triton.prefill import segments as SEG
 
 NAN = float("nan")
 
@@ -138,6 +139,7 @@ def poisoned_workspace(monkeypatch):
             t = torch.empty(*a, **kw)
             return t.fill_(NAN) if t.dtype.is_floating_point else t
     monkeypatch.setattr(P, "torch", _Torch())
+    monkeypatch.setattr(SEG, "torch", _Torch())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -600,3 +602,95 @@ def test_bench_gpu_time_counts_overlap_once():
     assert bp.busy_time([(0.0, 2.0), (5.0, 6.0)]) == 3.0                  # apart: the sum
     assert bp.busy_time([(5.0, 9.0), (0.0, 2.0), (1.0, 6.0)]) == 9.0      # overlapping, any order
     assert bp.busy_time([(0.0, 10.0), (2.0, 3.0)]) == 10.0               # one inside another
+
+
+# ---------------------------------------------------------------------------------------------------
+# segmented prefill (segments.py): sequences cut into segments, a transition pass, the combine, the pass
+
+def test_segment_tokens_rule(monkeypatch):
+    """The table's rule: few pairs and long sequences only; the length makes ~`pairs` (segment, head) pairs, a
+    multiple of 64 and at least min_seg; head dims that are not powers of two decline."""
+    monkeypatch.setitem(SEG._SEGMENTS, ("sm_90", "any"), dict(max_pairs=8, min_len=2048, pairs=64, min_seg=512))
+    assert SEG.segment_tokens("sm_90", 32768, 1, 4, 128, 128) == 2048
+    assert SEG.segment_tokens("sm_90", 32768, 1, 8, 128, 128) == 4096
+    assert SEG.segment_tokens("sm_90", 4096, 1, 4, 128, 128) == 512           # min_seg
+    assert SEG.segment_tokens("sm_90", 32768, 1, 16, 128, 128) == 0           # too many pairs
+    assert SEG.segment_tokens("sm_90", 2000, 1, 4, 128, 128) == 0             # too short
+    assert SEG.segment_tokens("sm_90", 32768, 1, 4, 96, 128) == 0             # K not a power of two
+    assert SEG.segment_tokens("gfx942", 32768, 1, 4, 128, 128) == 0           # no rule for the arch
+
+
+@pytest.mark.parametrize("lengths,idx,seg", [
+    ([300, 0, 64, 1, 190], [5, 2, -1, 0, 3], 128),
+    ([256, 128], [0, 1], 128),                     # exact multiples: the bound N + T // seg not reached
+    ([64] * 5, [0, 1, 2, 3, 4], 64),               # every sequence one whole segment: the bound reached
+    ([0, 0], [0, -1], 64),
+])
+def test_segment_table(lengths, idx, seg):
+    """The device-built table against a Python one: each sequence's segments (starts cu[n] + j seg; the segment's
+    index as its slot, -1 for a padding sequence), then empty skipped segments at cu[N] up to the static bound."""
+    cu = cu_of(lengths)
+    N, T = len(lengths), sum(lengths)
+    P = SEG.num_segments(T, N, seg)
+    cu_seg, seg_idx = torch.full((P + 1,), -7, dtype=torch.int32), torch.full((P,), -7, dtype=torch.int32)
+    SEG.launch_table(cu, torch.tensor(idx, dtype=torch.int32), cu_seg, seg_idx, seg)
+    starts, slots = [], []
+    for n, ln in enumerate(lengths):
+        for j in range(max(1, -(-ln // seg))):
+            slots.append(len(starts) if idx[n] >= 0 else -1)
+            starts.append(int(cu[n]) + j * seg)
+    assert len(starts) <= P
+    starts += [T] * (P + 1 - len(starts))
+    slots += [-1] * (P - len(slots))
+    assert cu_seg.tolist() == starts
+    assert seg_idx.tolist() == slots
+
+
+SEG_CASES = [   # input dtype, pool dtype, layout, raw gates, l2norm, segment tokens
+    pytest.param(torch.float32, torch.float32, "vk", True, True, 64, id="fp32-vk-raw-seg64"),
+    pytest.param(torch.float32, torch.float32, "kv", False, False, 128, id="fp32-kv-pre-nol2-seg128"),
+    pytest.param(torch.bfloat16, torch.bfloat16, "vk", False, True, 64, id="bf16-vk-bf16pool-seg64"),
+    pytest.param(torch.bfloat16, torch.float32, "kv", True, True, 192, id="bf16-kv-raw-seg192"),
+]
+
+
+@pytest.mark.skipif(not probe.interpreter_on(), reason="bounds checks hook the Triton interpreter")
+@pytest.mark.parametrize("dtype,pool_dtype,layout,raw,l2,seg", SEG_CASES)
+def test_prefill_segmented(monkeypatch, poisoned_workspace, dtype, pool_dtype, layout, raw, l2, seg):
+    """prefill through segments (forced by the table) against the token-by-token reference: sequences of
+    several segments with tails, an empty one, a padding one, a has_initial_state mix, the unused tail of a
+    token budget; workspace NaN-poisoned, every kernel bounds-checked, unused slots bit-identical."""
+    monkeypatch.setitem(SEG._SEGMENTS, "any", dict(max_pairs=1 << 20, min_len=0, pairs=1 << 20, min_seg=seg))
+    lengths, H, HV, K, V = [300, 0, 130, 1, 190], 2, 4, 16, 32
+    N, T = len(lengths), sum(lengths) + 40
+    cu = cu_of(lengths)
+    assert SEG.segment_tokens("cpu", T, N, HV, K, V) == seg
+    q, k, v = torch.randn(T, H, K), torch.randn(T, H, K), torch.randn(T, HV, V).to(dtype)
+    if not l2:      # (unit keys by the caller: raw ones make the recurrence blow up)
+        q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    q, k = q.to(dtype), k.to(dtype)
+    a, b, A_log, dt_bias = gates(T, HV, dtype)
+    g = beta = None
+    if not raw:
+        g, beta = R.gates(a, b, A_log, dt_bias)
+        a = b = A_log = dt_bias = None
+    idx = torch.tensor([5, 2, 0, -1, 3])
+    init = torch.tensor([True, False, True, True, False])
+    pool = pool_of(7, HV, K, V, layout, pool_dtype, slot_pad=3)
+    used = poison_unused(pool, idx)
+    launched = []
+    combine = SEG.launch_combine
+    monkeypatch.setattr(SEG, "launch_combine", lambda *a_, **kw: launched.append(1) or combine(*a_, **kw))
+    res = {}
+    for name, fn in (("ref", R.prefill), ("tri", triton("prefill"))):
+        p, o = pool.clone(), torch.full((T, HV, V), NAN, dtype=dtype)
+        with bounds_checked() if name == "tri" else contextlib.nullcontext():
+            fn(q, k, v, p, idx, cu, o, g, beta, a, b, A_log, dt_bias, init, scale=K ** -0.5, use_qk_l2norm=l2,
+               state_layout=layout)
+        res[name] = p, o
+    assert launched, "the segmented path did not run"
+    (p0, o0), (p1, o1) = res["ref"], res["tri"]
+    assert relerr(o1[:cu[-1]], o0[:cu[-1]]) < tol(dtype)
+    assert (o1[cu[3]:cu[4]] == 0).all() and (o1[cu[-1]:] == 0).all()     # the padding sequence, the budget tail
+    assert torch.equal(p1[~used].view(torch.uint8), p0[~used].view(torch.uint8)), "an unused slot changed"
+    assert relerr(p1[used], p0[used]) < tol(dtype, pool_dtype)

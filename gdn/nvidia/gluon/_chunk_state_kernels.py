@@ -16,15 +16,21 @@ G_TILE: gl.constexpr = gl.constexpr(gl.DistributedLinearLayout(
 
 @gluon.jit
 def _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred,
-                K: gl.constexpr, V: gl.constexpr, EXTRA: gl.constexpr = 0):
+                K: gl.constexpr, V: gl.constexpr, EXTRA: gl.constexpr = 0, VU: gl.constexpr = 0):
     """TMA of one chunk's w [64, K], k [64, K], u [64, BV] tiles onto one mbarrier (nothing when not pred);
     EXTRA: bytes of further tiles the caller puts on the same barrier. (w's tile may be narrower than K: the
-    warp-specialised pass's A' [64, 64] tiles take its place there.)"""
+    warp-specialised pass's A' [64, 64] tiles take its place there.) VU > 0: u's heads are VU columns wide
+    (fewer than the state's V); a state column block at or past VU reads zeros (a box past u's last column:
+    TMA fills it with zeros and still counts its bytes), as the segmented prefill's transition pass needs."""
     nbytes: gl.constexpr = w_desc.block_type.nbytes + k_desc.block_type.nbytes + u_desc.block_type.nbytes + EXTRA
     mbarrier.expect(bar, nbytes, pred=pred)
     tma.async_copy_global_to_shared(w_desc, [t0, hv * w_desc.block_type.shape[1]], bar, w_buf, pred=pred)
     tma.async_copy_global_to_shared(k_desc, [t0, hk * K], bar, k_buf, pred=pred)
-    tma.async_copy_global_to_shared(u_desc, [t0, hv * V + v0], bar, u_buf, pred=pred)
+    if VU > 0:
+        u_col = gl.where(v0 < VU, hv * VU + v0, 1 << 30)
+    else:
+        u_col = hv * V + v0
+    tma.async_copy_global_to_shared(u_desc, [t0, u_col], bar, u_buf, pred=pred)
 
 
 @gluon.jit
@@ -39,12 +45,12 @@ def _decays(gcum, t0, eos, hv, s_gt, s_gh, BT: gl.constexpr, row: gl.constexpr):
 
 @gluon.jit
 def _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bar, w_buf, k_buf, u_buf, g_buf, t0, hv, hk, v0, pred,
-                  K: gl.constexpr, V: gl.constexpr, EXTRA: gl.constexpr = 0):
+                  K: gl.constexpr, V: gl.constexpr, EXTRA: gl.constexpr = 0, VU: gl.constexpr = 0):
     """_load_chunk plus the chunk's g_cum rows [64, 4], all on one mbarrier (EXTRA: as _load_chunk's). The
     g_cum tile starts at column hv - hv % 4: TMA faults on an innermost coordinate that is not a multiple of
     16 bytes (illegal instruction, seen on an H100)."""
     _load_chunk(w_desc, k_desc, u_desc, bar, w_buf, k_buf, u_buf, t0, hv, hk, v0, pred, K, V,
-                g_desc.block_type.nbytes + EXTRA)
+                g_desc.block_type.nbytes + EXTRA, VU)
     tma.async_copy_global_to_shared(g_desc, [t0, hv - hv % g_desc.block_type.shape[1]], bar, g_buf, pred=pred)
 
 

@@ -18,15 +18,20 @@ ITEM_RING: gl.constexpr = gl.constexpr(4)     # work items handed from the loade
 
 @gluon.jit
 def _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s, rq_s,
-                b, t0, hv, hk, v0, K: gl.constexpr, V: gl.constexpr):
+                b, t0, hv, hk, v0, K: gl.constexpr, V: gl.constexpr, VU: gl.constexpr = 0,
+                NO_OUT: gl.constexpr = False):
     """TMA of the w, k, q [64, K], u [64, BV], g_cum [64, 4] and (with rk_desc, rq_desc) key- and query-norm
-    [64, 4] tiles of the chunk starting at token t0 into stage b on ready[b]."""
-    extra: gl.constexpr = (q_desc.block_type.nbytes + (0 if rk_desc is None else rk_desc.block_type.nbytes)
+    [64, 4] tiles of the chunk starting at token t0 into stage b on ready[b]. VU: as _load_chunk's. q's tile
+    is skipped where nothing reads it (NO_OUT with the query norms from rq_desc)."""
+    LOAD_Q: gl.constexpr = not NO_OUT or rq_desc is None
+    extra: gl.constexpr = ((q_desc.block_type.nbytes if LOAD_Q else 0)
+                           + (0 if rk_desc is None else rk_desc.block_type.nbytes)
                            + (0 if rq_desc is None else rq_desc.block_type.nbytes))
     bar = ready.index(b)
     _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bar, w_s.index(b), k_s.index(b), u_s.index(b), g_s.index(b), t0,
-                  hv, hk, v0, True, K, V, extra)
-    tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_s.index(b))
+                  hv, hk, v0, True, K, V, extra, VU)
+    if LOAD_Q:
+        tma.async_copy_global_to_shared(q_desc, [t0, hk * K], bar, q_s.index(b))
     if rk_desc is not None:      # (16-byte column offsets, as g_cum's)
         tma.async_copy_global_to_shared(rk_desc, [t0, hk - hk % rk_desc.block_type.shape[1]], bar, rk_s.index(b))
     if rq_desc is not None:
@@ -35,7 +40,8 @@ def _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready,
 
 @gluon.jit
 def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s,
-            rq_s, bos, NCL, hv, hk, v0, base, K: gl.constexpr, V: gl.constexpr, PDL: gl.constexpr):
+            rq_s, bos, NCL, hv, hk, v0, base, K: gl.constexpr, V: gl.constexpr, PDL: gl.constexpr,
+            VU: gl.constexpr = 0, NO_OUT: gl.constexpr = False):
     """One warp: the tiles of the CTA's chunk number g = base + c (c: the chunk in its sequence; base: chunks
     of earlier work items, persistent pass) into stage g % STAGES once the chain and the output have released
     the chunk that held it (empty, two arrivals). PDL: first wait for the previous kernel (prefill's first
@@ -48,7 +54,7 @@ def _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, emp
         g = base + c
         mbarrier.wait(empty.index(g % STAGES), ((g // STAGES) & 1) ^ 1)
         _load_stage(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, w_s, k_s, u_s, g_s, q_s, rk_s,
-                    rq_s, g % STAGES, bos + c * BT, hv, hk, v0, K, V)
+                    rq_s, g % STAGES, bos + c * BT, hv, hk, v0, K, V, VU, NO_OUT)
 
 
 @gluon.jit
@@ -83,7 +89,8 @@ def _chunk_norms(rk_b, rk_desc, rq_b, rq_desc, k_b, q_b, hk, L2NORM: gl.constexp
 @gluon.jit
 def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s, vec_s, vs_s,
            xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph, s_pk, s_pv,
-           base, L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr, RELEASE_LAST: gl.constexpr = False):
+           base, L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr, RELEASE_LAST: gl.constexpr = False,
+           VU: gl.constexpr = 0):
     """The default partition (one warpgroup): the state's chain as chunk_state_sm90's, minus its h and v_new
     stores. Per chunk it hands the output partition, through a RING-slot ring (h_ready / h_free), the state
     entering the chunk (h_s[j], 16-bit), v_new with the key norms applied (vk_s[j] = v_new * rk, rows past
@@ -99,7 +106,8 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
     measurements (it pays at 32 columns, not at 64).
     base: chunks the CTA walked for earlier work items (persistent pass): stages and ring slots go by the CTA's
     running chunk number base + c. RELEASE_LAST: release the last chunk's stage after the loop (a later work
-    item's chunks reuse it; a one-item CTA never needs it back)."""
+    item's chunks reuse it; a one-item CTA never needs it back). VU > 0 (the segmented prefill's transition pass):
+    the state starts from [0 | I] (state column VU + i is e_i), not from the pool."""
     STAGES: gl.constexpr = w_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = w_s.shape[1]
@@ -112,7 +120,11 @@ def _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc
     g2: gl.constexpr = G_TILE
     r = gl.arange(0, BT, layout=row)
     S = gl.zeros([K, BV], gl.float32, mma)
-    if slot >= 0:
+    if VU > 0:
+        kk = gl.arange(0, K, layout=gl.SliceLayout(1, mma))
+        cc = v0 - VU + gl.arange(0, BV, layout=gl.SliceLayout(0, mma))
+        S = (kk[:, None] == cc[None, :]).to(gl.float32)
+    elif slot >= 0:
         S = _initial_state(state, slot, has_init, n, hv, v0, s_ps, s_ph, s_pk, s_pv, K, BV, mma)
     for c in range(0, NCL):
         g = base + c
@@ -225,7 +237,7 @@ def _issue_qh_qk(ready, h_ready, q_s, k_s, h_s, c, pred, mma: gl.constexpr, mma_
 
 @gluon.jit
 def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC, slot,
-            s_ot, s_oh, base, V: gl.constexpr, P_SPLIT: gl.constexpr):
+            s_ot, s_oh, base, V: gl.constexpr, P_SPLIT: gl.constexpr, NO_OUT: gl.constexpr = False):
     """The output partition (one warpgroup): chunk_output's formula on the chain's hand-over, per chunk
         o = exp2(lg_i + lq_i) (q h) + causal(q k^T * exp2(lg_i + lq_i - lg_j)) (v_new * rk)
     (lg = g_cum log2 e, lq = log2(rq * scale): the row factor rides in the exponents, rk in the hand-over),
@@ -237,7 +249,8 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
     C7517). Rows past the sequence end are never stored, so their scores need no mask (their q rows may be
     garbage: a row's NaN stays in that row). A skipped sequence: zero rows. P_SPLIT: the decayed scores enter
     their product with v_new as hi + lo 16-bit parts (two MMAs), else rounded to 16 bits (one). base: as the
-    chain's (stages and ring slots by the CTA's running chunk number)."""
+    chain's (stages and ring slots by the CTA's running chunk number). NO_OUT (the segmented prefill's
+    transition pass, which keeps only final states): each hand-over is released as it comes, nothing computed."""
     STAGES: gl.constexpr = k_s.shape[0]
     RING: gl.constexpr = h_s.shape[0]
     BT: gl.constexpr = k_s.shape[1]
@@ -248,7 +261,17 @@ def _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_de
     row_s: gl.constexpr = gl.SliceLayout(1, mma_s)
     col_s: gl.constexpr = gl.SliceLayout(0, mma_s)
     p_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    if slot < 0:
+    if NO_OUT:
+        if slot >= 0:
+            for c in range(0, NC):
+                g = base + c
+                j = g % RING
+                mbarrier.wait(h_ready.index(j), (g // RING) & 1)
+                # the chain has taken chunk g's stage (it waited for its tiles before the hand-over)
+                gl.thread_barrier()
+                mbarrier.arrive(h_free.index(j))
+                mbarrier.arrive(empty.index(g % STAGES))
+    elif slot < 0:
         for c in range(0, NC):
             store_rows(gl.zeros([BT, BV], gl.float32, mma), o, bos + c * BT, eos, hv, v0, s_ot, s_oh, mma)
     elif NC > 0:
@@ -337,7 +360,8 @@ def _take_item(item_s, item_ready, item_free, i):
 @gluon.jit
 def _chain_items(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s,
                  vec_s, vs_s, xs_s, item_s, item_ready, item_free, state, state_indices, cu, has_init, scale, HV, G, NV,
-                 n_items, s_ps, s_ph, s_pk, s_pv, L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr):
+                 n_items, s_ps, s_ph, s_pk, s_pv, L2NORM: gl.constexpr, A_PATH: gl.constexpr, EARLY: gl.constexpr,
+                 VU: gl.constexpr = 0):
     """_chain over the work items the loader hands over (persistent pass)."""
     BT: gl.constexpr = w_s.shape[1]
     BV: gl.constexpr = u_s.shape[2]
@@ -349,7 +373,7 @@ def _chain_items(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, r
         NCL = gl.where(slot < 0, 0, NC)
         _chain(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s, vec_s,
                vs_s, xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot, s_ps, s_ph,
-               s_pk, s_pv, base, L2NORM, A_PATH, EARLY, True)
+               s_pk, s_pv, base, L2NORM, A_PATH, EARLY, True, VU)
         base += NCL
         i += 1
         item = _take_item(item_s, item_ready, item_free, i)
@@ -357,7 +381,8 @@ def _chain_items(ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, r
 
 @gluon.jit
 def _output_items(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, item_s, item_ready,
-                  item_free, cu, state_indices, HV, G, NV, n_items, s_ot, s_oh, V: gl.constexpr, P_SPLIT: gl.constexpr):
+                  item_free, cu, state_indices, HV, G, NV, n_items, s_ot, s_oh, V: gl.constexpr, P_SPLIT: gl.constexpr,
+                  NO_OUT: gl.constexpr = False):
     """_output over the work items the loader hands over (persistent pass)."""
     BT: gl.constexpr = k_s.shape[1]
     BV: gl.constexpr = h_s.shape[2]
@@ -367,7 +392,7 @@ def _output_items(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s
     while item < n_items:
         n, hv, hk, v0, bos, eos, NC, slot = _pass_of(item, cu, state_indices, HV, G, NV, BT, BV)
         _output(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos, NC, slot,
-                s_ot, s_oh, base, V, P_SPLIT)
+                s_ot, s_oh, base, V, P_SPLIT, NO_OUT)
         base += gl.where(slot < 0, 0, NC)
         i += 1
         item = _take_item(item_s, item_ready, item_free, i)
@@ -376,7 +401,8 @@ def _output_items(ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s
 @gluon.jit
 def _loader_items(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s,
                   rk_s, rq_s, item_s, item_ready, item_free, work, cu, state_indices, HV, G, NV, n_items,
-                  K: gl.constexpr, V: gl.constexpr, PDL: gl.constexpr):
+                  K: gl.constexpr, V: gl.constexpr, PDL: gl.constexpr, VU: gl.constexpr = 0,
+                  NO_OUT: gl.constexpr = False):
     """_loader over the work items it takes from the queue (persistent pass). PDL: first wait for the previous
     kernel (as _loader)."""
     BT: gl.constexpr = w_s.shape[1]
@@ -390,7 +416,7 @@ def _loader_items(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, read
         n, hv, hk, v0, bos, eos, NC, slot = _pass_of(item, cu, state_indices, HV, G, NV, BT, BV)
         NCL = gl.where(slot < 0, 0, NC)
         _loader(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s, q_s, rk_s,
-                rq_s, bos, NCL, hv, hk, v0, base, K, V, False)
+                rq_s, bos, NCL, hv, hk, v0, base, K, V, False, VU, NO_OUT)
         base += NCL
         i += 1
         # (taken once this item's tiles are issued: taking it before them measured no better overall, and a CTA
@@ -404,7 +430,8 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
                                V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
                                OUT_REGS: gl.constexpr, num_warps: gl.constexpr, P_SPLIT: gl.constexpr = True,
                                A_PATH: gl.constexpr = False, EARLY: gl.constexpr = False, PDL: gl.constexpr = False,
-                               PERSIST: gl.constexpr = False):
+                               PERSIST: gl.constexpr = False, VU: gl.constexpr = 0,
+                               NO_OUT: gl.constexpr = False):
     """chunk_state_output_sm90's result (o and the final state; no h, v_new) with the work split over three
     warp-specialised partitions (one warpgroup each) of one CTA per (sequence, v-head, BV state columns):
       - the chain (default partition): the state's dependency chain, two MMAs per chunk;
@@ -430,7 +457,12 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
     release before each refill, and the chain for its norms: its latency joined the chain's).
 
     PERSIST: a grid of at most one CTA per SM taking the n_items = N * HV * NV work items from the queue `work`
-    (an int32 zero at launch; see _next_item); else one CTA per work item (grid n_items; `work` unused)."""
+    (an int32 zero at launch; see _next_item); else one CTA per work item (grid n_items; `work` unused).
+
+    The segmented prefill's transition pass (gdn/common/triton/prefill/segments.py): NO_OUT (no output; o and
+    o_desc are not touched) with VU > 0 (u = v has heads VU wide while the state has V = VU + K columns; the
+    columns past VU read zeros, and the state starts from [0 | I], not the pool: the pass leaves [U | T], the
+    segment's affine map, in the pool's slot)."""
     BT: gl.constexpr = w_desc.block_type.shape[0]
     K: gl.constexpr = k_desc.block_type.shape[1]
     BV: gl.constexpr = u_desc.block_type.shape[1]
@@ -480,12 +512,13 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
         gl.warp_specialize([
             (_chain_items, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s,
                             vk_s, vec_s, vs_s, xs_s, item_s, item_ready, item_free, state, state_indices, cu, has_init,
-                            scale, HV, G, NV, n_items, s_ps, s_ph, s_pk, s_pv, L2NORM, A_PATH, EARLY)),
+                            scale, HV, G, NV, n_items, s_ps, s_ph, s_pk, s_pv, L2NORM, A_PATH, EARLY, VU)),
             (_output_items, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, item_s,
-                             item_ready, item_free, cu, state_indices, HV, G, NV, n_items, s_ot, s_oh, V, P_SPLIT)),
+                             item_ready, item_free, cu, state_indices, HV, G, NV, n_items, s_ot, s_oh, V, P_SPLIT,
+                             NO_OUT)),
             (_loader_items, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s,
                              g_s, q_s, rk_s, rq_s, item_s, item_ready, item_free, work, cu, state_indices, HV, G, NV,
-                             n_items, K, V, PDL)),
+                             n_items, K, V, PDL, VU, NO_OUT)),
         ], [4, 1], [OUT_REGS, 24])
     else:
         n, hv, hk, v0, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, NV, BT, BV)
@@ -493,11 +526,11 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
         gl.warp_specialize([
             (_chain, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s, vk_s,
                       vec_s, vs_s, xs_s, state, state_indices, has_init, scale, n, hv, hk, v0, bos, eos, NCL, slot,
-                      s_ps, s_ph, s_pk, s_pv, 0, L2NORM, A_PATH, EARLY)),
+                      s_ps, s_ph, s_pk, s_pv, 0, L2NORM, A_PATH, EARLY, False, VU)),
             (_output, (ready, empty, h_ready, h_free, k_s, q_s, h_s, vk_s, vec_s, o_s, o_desc, o, hv, v0, bos, eos,
-                       NC, slot, s_ot, s_oh, 0, V, P_SPLIT)),
+                       NC, slot, s_ot, s_oh, 0, V, P_SPLIT, NO_OUT)),
             (_loader, (w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, rq_desc, ready, empty, w_s, k_s, u_s, g_s,
-                       q_s, rk_s, rq_s, bos, NCL, hv, hk, v0, 0, K, V, PDL)),
+                       q_s, rk_s, rq_s, bos, NCL, hv, hk, v0, 0, K, V, PDL, VU, NO_OUT)),
         ], [4, 1], [OUT_REGS, 24])
     if PDL:
         gdc_wait()

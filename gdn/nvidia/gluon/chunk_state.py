@@ -337,10 +337,18 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
     them from the k and q tiles). With cfg A_PATH (warp-specialised pass only) w is A' = A diag(beta)
     [T, HV, 64] and u is v [T, HV, V] (prefill's first kernel with a_out): v_new is formed as
     A' (v - exp(g_cum) rk (k h)). work (or None): with cfg PERSIST, an int32 [1] zero for the work queue of the
-    persistent warp-specialised pass (prefill allocates it with its buffers; None: made here)."""
+    persistent warp-specialised pass (prefill allocates it with its buffers; None: made here).
+    cfg TRANSITION (warp-specialised A path; the segmented prefill's first pass, segments.py): the state has
+    V + K columns starting from [0 | I] (not read from the pool), of which the last K read v as zero; only final
+    states are written (out must be None): [U | T] per (segment, v-head), as the pool's [V + K, K] "vk" blocks."""
     from gdn.nvidia.gluon._chunk_state_kernels import chunk_state_output_sm90
     T, H, K = k.shape
     HV, V = u.shape[1], u.shape[2]
+    transition = bool(cfg.get("TRANSITION"))
+    if transition and (out is not None or not (cfg.get("WS") and cfg.get("A_PATH"))):
+        raise ValueError("gdn.chunk_state (gluon): a TRANSITION pass takes no out and needs the warp-specialised "
+                         "A path")
+    VU, V = (V, V + K) if transition else (0, V)
     N = cu_seqlens.shape[0] - 1
     BV, stages, warps = cfg["BV"], cfg["STAGES"], cfg["num_warps"]
     if V % BV or BV // (warps // 4) < 16:
@@ -354,8 +362,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
     NV = V // BV
     # o by TMA store where the table asks for it and out allows it (16-bit: an fp32 tile would not fit; T == 0:
     # no rows to store, and a TMA view needs one)
-    o_desc = (C.head_matrix(out, C.BT, BV) if cfg.get("TMA_O") and out.dtype in C.DTYPES and C.tma_ok(out) and T > 0
-              else None)
+    o_desc = (C.head_matrix(out, C.BT, BV) if out is not None and cfg.get("TMA_O") and out.dtype in C.DTYPES
+              and C.tma_ok(out) and T > 0 else None)
     if cfg.get("WS"):
         from gdn.nvidia.gluon._chunk_state_ws_kernels import chunk_state_output_ws_sm90
         # the output partition holds two chunks' stages and ring slots (its next chunk's MMAs are issued early):
@@ -374,12 +382,13 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
                  C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), gcum_desc(g_cum),
                  C.head_matrix(q, C.BT), None if rk is None else gcum_desc(rk), None if rq is None else gcum_desc(rq),
                  state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H,
-                 NV, float(scale), *TS.pool_strides(state, state_layout), *out.stride()[:2], items,
+                 NV, float(scale), *TS.pool_strides(state, state_layout), *(out.stride()[:2] if out is not None else
+                                                                             (0, 0)), items,
                  work if persist else state_indices, V=V,         # (without PERSIST the queue is never read)
                  L2NORM=bool(use_qk_l2norm), STAGES=stages, RING=cfg["RING"], OUT_REGS=cfg["OUT_REGS"],
                  P_SPLIT=bool(cfg.get("P_SPLIT", True)), A_PATH=bool(cfg.get("A_PATH", False)),
-                 EARLY=bool(cfg.get("EARLY", False)), PDL=pdl, PERSIST=persist, num_warps=4, maxnreg=cfg["maxnreg"],
-                 pdl=pdl)
+                 EARLY=bool(cfg.get("EARLY", False)), PDL=pdl, PERSIST=persist, VU=VU, NO_OUT=transition,
+                 num_warps=4, maxnreg=cfg["maxnreg"], pdl=pdl)
         return
     C.launch(chunk_state_output_sm90, (N * HV * NV,),
              C.head_matrix(w, C.BT), C.head_matrix(k, C.BT), C.head_matrix(u, C.BT, BV), C.head_matrix(q, C.BT),
@@ -434,15 +443,21 @@ def _fused_example_launches(arch: str) -> list:
                 cfgs.append((f"{name},A_PATH={int(other)}", dict(c, A_PATH=other)))
             # as prefill launches it: the key and query norms from the first kernel
             cfgs += [(",norms", dict(wide, NORMS=True)), (",narrow,norms", dict(narrow, NORMS=True))]
+            # the segmented prefill's transition pass (no output; v's columns past V read as zeros)
+            cfgs += [(",transition", dict(wide, NORMS=True, A_PATH=True, TRANSITION=True))]
         for suffix, cfg in cfgs:
             if cfg is None:
                 continue
             # the A path's w is A' [T, HV, 64] and its u is v (here u's stand-in)
             w_in = w.new_empty(w.shape[0], w.shape[1], C.BT) if cfg.get("A_PATH") else w
             norms = [PC.gcum_empty(k.shape[0], k.shape[1], k.device) for _ in range(2)] if cfg.get("NORMS") else []
+            # (the transition pass's pool has V + K columns a head)
+            pool_in = (pool.new_empty(pool.shape[0], pool.shape[1], u.shape[2] + k.shape[2], k.shape[2])
+                       if cfg.get("TRANSITION") else pool)
             with L.recording(arch), C.recording() as rec:
-                launch_state_output(k, w_in, u, q, g_cum, pool, idx, cu, has_init, out, 0.1, kw["use_qk_l2norm"],
-                                    kw["state_layout"], cfg, *norms)
+                launch_state_output(k, w_in, u, q, g_cum, pool_in, idx, cu, has_init,
+                                    None if cfg.get("TRANSITION") else out, 0.1, kw["use_qk_l2norm"],
+                                    "vk" if cfg.get("TRANSITION") else kw["state_layout"], cfg, *norms)
             tag = ",".join(f"{a}={b}" for a, b in opts.items()).replace("torch.", "") + suffix
             launches += [(f"{r.kernel.fn.__name__}[{tag}]", r) for r in rec]
     return launches

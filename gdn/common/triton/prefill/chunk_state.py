@@ -40,7 +40,10 @@ def _chunk_state_kernel(k, w, u, gcum, state, state_indices, cu, has_init, h, v_
                         s_ps, s_ph, s_pk, s_pv,
                         s_hs, s_hh, s_hk, s_nt, s_nh, s_qt, s_qh, s_ot, s_oh,
                         K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        L2NORM: tl.constexpr, FUSE_OUT: tl.constexpr, PREC: tl.constexpr):
+                        L2NORM: tl.constexpr, FUSE_OUT: tl.constexpr, PREC: tl.constexpr, VU: tl.constexpr = 0):
+    """VU > 0 (the segmented prefill's transition pass, segments.py): u's heads are VU columns wide, the state's
+    columns past VU read u as zero, the state starts from [0 | I] (not the pool); h and v_new may then be None
+    (only final states are written)."""
     pid = tl.program_id(0)
     i_v = tl.program_id(1)
     n = pid // HV
@@ -60,8 +63,14 @@ def _chunk_state_kernel(k, w, u, gcum, state, state_indices, cu, has_init, h, v_
     m_k = o_k < K
     m_v = o_v < V
     m_h = m_k[:, None] & m_v[None, :]
+    m_u = m_v
+    if VU > 0:
+        m_u = m_v & (o_v < VU)
     p_s = state + slot * s_ps + hv * s_ph + o_k[:, None] * s_pk + o_v[None, :] * s_pv
-    hs = tl.load(p_s, mask=m_h & start, other=0).to(tl.float32)
+    if VU > 0:      # the transition pass starts from [0 | I] (state column VU + i is e_i)
+        hs = (o_k[:, None] == (o_v - VU)[None, :]).to(tl.float32)
+    else:
+        hs = tl.load(p_s, mask=m_h & start, other=0).to(tl.float32)
     DT = w.dtype.element_ty
 
     # loop-invariant int32 tile offsets; each chunk only moves scalar (int64) base pointers
@@ -78,7 +87,7 @@ def _chunk_state_kernel(k, w, u, gcum, state, state_indices, cu, has_init, h, v_
         in_seq = t0 + o_t < eos
         valid = in_seq & live
         m_tk = valid[:, None] & m_k[None, :]
-        m_tv = valid[:, None] & m_v[None, :]
+        m_tv = valid[:, None] & m_u[None, :]
         wt = tl.load(w + (t0 * s_wt + hv * s_wh) + off_w, mask=m_tk, other=0)
         ut = tl.load(u + (t0 * s_ut + hv * s_uh) + off_u, mask=m_tv, other=0)
         p_g = gcum + t0 * s_gt + hv * s_gh
@@ -98,7 +107,7 @@ def _chunk_state_kernel(k, w, u, gcum, state, state_indices, cu, has_init, h, v_
                 rq = C.inv_norm(qd.to(tl.float32), L2NORM) * scale
             qd = qd.to(DT)
             s_qk = intra_scores(qd, kd, rq, rk, gc, PREC)       # off the state's dependency chain
-        else:
+        elif h is not None:
             tl.store(h + ((s0 + c) * s_hs + hv * s_hh) + off_h, hs.to(h.dtype.element_ty), mask=m_h)
         hd = hs.to(DT)
         vn = ut.to(tl.float32) - tl.dot(wt.to(DT), hd, input_precision=PREC)
@@ -107,7 +116,7 @@ def _chunk_state_kernel(k, w, u, gcum, state, state_indices, cu, has_init, h, v_
             ot = out_tile(qd, hd, s_qk, vd, rq, gc, PREC)
             tl.store(o + (t0 * s_ot + hv * s_oh) + off_o, ot.to(o.dtype.element_ty),
                      mask=in_seq[:, None] & m_v[None, :])
-        else:
+        elif v_new is not None:
             tl.store(v_new + (t0 * s_nt + hv * s_nh) + off_n, vn.to(v_new.dtype.element_ty),
                      mask=in_seq[:, None] & m_v[None, :])
         # state += k^T (v_new * rk * exp(g_last - g_cum)): the key's norm and decay ride on v_new's rows
@@ -279,18 +288,21 @@ def ensure_tma_allocator() -> None:
 
 
 def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, q, out, scale,
-                 use_qk_l2norm, state_layout, cfg, arch, rq=None, rk=None):
+                 use_qk_l2norm, state_layout, cfg, arch, rq=None, rk=None, transition=False):
     """h, v_new given: the plain pass; q, out given (h, v_new None): the pass with the output fused.
-    rq, rk [T,H] fp32: precomputed inverse q norms (times scale) and k norms, else computed in the loop."""
+    rq, rk [T,H] fp32: precomputed inverse q norms (times scale) and k norms, else computed in the loop.
+    transition (h, v_new, q, out None): the segmented prefill's first pass (segments.py): the state has V + K
+    columns, of which the last K read u as zero; only final states are written."""
     T, H, K = k.shape
     HV, V = u.shape[1], u.shape[2]
+    VU, V = (V, V + K) if transition else (0, V)
     N = cu_seqlens.shape[0] - 1
     cfg = dict(cfg)
     BV = min(cfg.pop("BV"), C.block_dim(V))
     cfg["num_stages"] = max(cfg.get("num_stages", 2), MIN_STAGES.get(arch, 1))
     fuse = out is not None
     st = lambda t, n: t.stride(n) if t is not None else 0
-    if cfg.pop("TMA", True) and tma_ok(arch, k, w, u, h, v_new, q, out, rk, use_qk_l2norm):
+    if cfg.pop("TMA", True) and not transition and tma_ok(arch, k, w, u, h, v_new, q, out, rk, use_qk_l2norm):
         if not L.is_recording():
             ensure_tma_allocator()
         L.launch(_chunk_state_tma_kernel, (N * HV, L.cdiv(V, BV)), k, w, u, g_cum, state, state_indices, cu_seqlens,
@@ -305,7 +317,7 @@ def launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_s
              g_cum.stride(0), g_cum.stride(1), *pool_strides(state, state_layout),
              st(h, 0), st(h, 1), st(h, 2), st(v_new, 0), st(v_new, 1), st(q, 0), st(q, 1), st(out, 0), st(out, 1),
              K=K, V=V, BK=C.block_dim(K), BV=BV, L2NORM=bool(use_qk_l2norm), FUSE_OUT=fuse,
-             PREC=C.f32_precision(arch, w.dtype), **cfg)
+             PREC=C.f32_precision(arch, w.dtype), VU=VU, **cfg)
 
 
 def chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, *, use_qk_l2norm,

@@ -38,7 +38,7 @@ from gdn.common import launch as L
 from gdn.common import registry
 from gdn.common.registry import Impl, dtypes, register
 from gdn.common.triton.prefill import _common as C
-from gdn.common.triton.prefill import chunk_output, chunk_state
+from gdn.common.triton.prefill import chunk_output, chunk_state, segments
 from gdn.common.triton.prefill.chunk_cumsum import raw_gate_g, sigmoid
 from gdn.common.triton.prefill.chunk_kkt_solve import kkt_solve_tile
 from gdn.common.triton.prefill.chunk_wy import u_tile, w_tile
@@ -145,6 +145,23 @@ _CALL_PLANS: dict = {}
 _MAX_CALL_PLANS = 256
 
 
+def _launch_prep(q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, rq, rk, scale, l2, arch):
+    """The Triton first kernel (gates, cumsum, norms, K K^T, solve, w and u) over every chunk slot."""
+    T, H, K = q.shape
+    HV, V = v.shape[1], v.shape[2]
+    N = cu_seqlens.shape[0] - 1
+    gx, bx = (a, b) if g is None else (g, beta)
+    big = max(C.block_dim(K), C.block_dim(V)) >= 128
+    L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
+             w, u, out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0),
+             k.stride(1), v.stride(0), v.stride(1), gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1),
+             g_cum.stride(0), g_cum.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1),
+             out.stride(0), out.stride(1), H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V),
+             BLOCK_N=C.block_n(N), L2NORM=l2, RAW=g is None, PREC=C.f32_precision(arch, q.dtype),
+             PREC_EXACT=C.f32_exact_precision(arch),
+             **L.pick(_PREP_CONFIGS, arch, "big" if big else "small", _PREP_CONFIGS["small"]))
+
+
 def _gluon_buffers(T, H, HV, K, V, wdt, dev, a_path: bool, ws_norms: bool, persist: bool = False) -> tuple:
     """The sm_90 path's buffers (g_cum, w, u, rk, rq, work): w is A' [T, HV, 64] on the A path, whose u is v (None
     here); the key norms for the warp-specialised pass (ws_norms), and on the A path the query norms too; the
@@ -193,8 +210,6 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     arch = L.current_arch(q.device)
     dev = q.device
     wdt = C.dot_dtype(q.dtype)
-    raw = g is None
-    gx, bx = (a, b) if raw else (g, beta)
     l2 = bool(use_qk_l2norm)
     out_impl = sub_op_impl("chunk_output", q, v)
     state_impl = sub_op_impl("chunk_state", q, v, state, state_layout)
@@ -214,6 +229,10 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
         # A' instead of w and u: the pass reads A' and v in w's and u's places and forms v_new itself
         # (chunk_state.py `_WS`)
         a_path = bool(ws and fused_gluon.get("A_PATH"))
+        seg = segments.segment_tokens(arch, T, N, HV, K, V) if a_path else 0
+        if seg:
+            _segmented_gluon(inputs, (q, k, v), key, arch, seg, scale, l2, state_layout)
+            return
         # the warp-specialised state pass takes the key norms from the first kernel (instruction issue bounds
         # it; there they are K K^T's diagonal), and on the A path the query norms too (one MMA more for one
         # v-head of each k head, where each of the pass's G x V / BV CTAs per k head read a q tile every chunk;
@@ -241,6 +260,12 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     # Fusing the output into the state pass pays against the Triton kernels only: with faster sub-op kernels
     # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
     fuse_triton = p["fuse"] and out_impl.backend == "triton" and state_impl.backend == "triton"
+    seg = 0
+    if out_impl.backend == "triton" and state_impl.backend == "triton" and not gluon_prep:
+        seg = segments.segment_tokens(arch, T, N, HV, K, V)
+    if seg:
+        _segmented_triton(inputs, (q, k, v), key, arch, seg, scale, l2, state_layout, norms)
+        return
     alloc = functools.partial(_general_buffers, T, N, H, HV, K, V, wdt, dev, norms,
                               fused_gluon is None and not fuse_triton)
     bufs = alloc()
@@ -249,13 +274,8 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
         if gluon_prep:
             chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, l2)
         else:
-            L.launch(_prep_kernel, (C.num_slots(T, N), HV), q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum,
-                     w, u, out, rq, rk, N, T, HV, HV // H, float(scale), q.stride(0), q.stride(1), k.stride(0),
-                     k.stride(1), v.stride(0), v.stride(1), gx.stride(0), gx.stride(1), bx.stride(0), bx.stride(1),
-                     g_cum.stride(0), g_cum.stride(1), w.stride(0), w.stride(1), u.stride(0), u.stride(1),
-                     out.stride(0), out.stride(1), H=H, K=K, V=V, BK=C.block_dim(K), BV=C.block_dim(V),
-                     BLOCK_N=C.block_n(N), L2NORM=l2, RAW=raw, PREC=C.f32_precision(arch, q.dtype),
-                     PREC_EXACT=C.f32_exact_precision(arch), **p["prep"])
+            _launch_prep(q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, rq, rk, scale, l2,
+                         arch)
         if fused_gluon is not None:
             # the Gluon fused pass after the Triton first kernel (k, v the Gluon one declines): w and u, no norms
             gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state,
@@ -275,6 +295,68 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
                                            p["output"], arch, rq, rk)
             else:
                 out_impl.fn(q, k, v_new, h, g_cum, state_indices, cu_seqlens, out, scale=scale, use_qk_l2norm=l2)
+    _keep_plan(key, rec, inputs + bufs, alloc)
+
+
+def _segmented_gluon(inputs, qkv, key, arch, seg, scale, l2, state_layout) -> None:
+    """sm_90's path with the sequences cut into segments of `seg` tokens (segments.py): the Gluon first kernel,
+    the warp-specialised pass as the transition pass (A path, no output), the combine, the pass with the output."""
+    from gdn.nvidia.gluon import chunk_prep
+    from gdn.nvidia.gluon import chunk_state as gluon_state
+    _, _, _, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state = inputs
+    q, k, v = qkv
+    T, H, K = q.shape
+    HV, V = v.shape[1], v.shape[2]
+    N = cu_seqlens.shape[0] - 1
+    P = segments.num_segments(T, N, seg)
+    cfg1 = dict(gluon_state.fused_config(arch, P, HV, K, V + K), A_PATH=True, TRANSITION=True)
+    cfg3 = dict(gluon_state.fused_config(arch, P, HV, K, V), A_PATH=True, PDL=False)
+
+    def alloc():
+        return (_gluon_buffers(T, H, HV, K, V, C.dot_dtype(q.dtype), q.device, True, l2)[:5]
+                + segments.buffers(T, N, HV, K, V, seg, q.device))
+    bufs = alloc()
+    g_cum, w, _, rk, rq, cu_seg, seg_idx, ext, xs, work1, work2 = bufs
+    with L.call_recording() as rec:
+        # the table first: the transition pass reads it (and ext) before its PDL wait on the first kernel
+        segments.launch_table(cu_seqlens, state_indices, cu_seg, seg_idx, seg)
+        chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None, None, out, l2, rk,
+                               a_out=w, q=q, rq=rq, trigger=gluon_state.pdl_pass(cfg1, q.device))
+        gluon_state.launch_state_output(k, w, v, q, g_cum, ext, seg_idx, cu_seg, None, None, scale, l2, "vk", cfg1,
+                                        rk, rq, work1)
+        segments.launch_combine(ext, xs, state, state_indices, has_initial_state, cu_seqlens, seg, state_layout,
+                                arch)
+        gluon_state.launch_state_output(k, w, v, q, g_cum, xs, seg_idx, cu_seg, None, out, scale, l2, "vk", cfg3,
+                                        rk, rq, work2)
+    _keep_plan(key, rec, inputs + bufs, alloc)
+
+
+def _segmented_triton(inputs, qkv, key, arch, seg, scale, l2, state_layout, norms) -> None:
+    """The Triton kernels' path with the sequences cut into segments of `seg` tokens (segments.py): the first
+    kernel, the transition pass, the combine, the pass with the output fused."""
+    _, _, _, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state = inputs
+    q, k, v = qkv
+    T, H, K = q.shape
+    HV, V = v.shape[1], v.shape[2]
+    N = cu_seqlens.shape[0] - 1
+    P = segments.num_segments(T, N, seg)
+    wdt = C.dot_dtype(q.dtype)
+
+    def alloc():
+        return (_general_buffers(T, N, H, HV, K, V, wdt, q.device, norms, False)[:5]
+                + segments.buffers(T, N, HV, K, V, seg, q.device)[:4])
+    bufs = alloc()
+    g_cum, rq, rk, w, u, cu_seg, seg_idx, ext, xs = bufs
+    cfg = chunk_state.config(arch, P, HV)
+    with L.call_recording() as rec:
+        segments.launch_table(cu_seqlens, state_indices, cu_seg, seg_idx, seg)
+        _launch_prep(q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, rq, rk, scale, l2, arch)
+        chunk_state.launch_state(k, w, u, g_cum, ext, seg_idx, cu_seg, None, None, None, None, None, 1.0, l2, "vk",
+                                 cfg, arch, None, rk, transition=True)
+        segments.launch_combine(ext, xs, state, state_indices, has_initial_state, cu_seqlens, seg, state_layout,
+                                arch, exact=q.dtype == torch.float32)
+        chunk_state.launch_state(k, w, u, g_cum, xs, seg_idx, cu_seg, None, None, None, q, out, scale, l2, "vk", cfg,
+                                 arch, rq, rk)
     _keep_plan(key, rec, inputs + bufs, alloc)
 
 
