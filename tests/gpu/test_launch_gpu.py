@@ -185,7 +185,8 @@ class _Hook:
         pass
 
 
-@pytest.mark.parametrize("path", ["triton", "gluon_state_triton_output", "triton_prep_gluon_pass"])
+@pytest.mark.parametrize("path", ["triton", "gluon_state_triton_output", "triton_prep_gluon_pass", "segmented",
+                                  "segmented_triton"])
 def test_prefill_call_plans_other_paths(path, monkeypatch):
     """Prefill's other paths (forced here on sm_90) make call plans where every launch took a launch plan (launches
     that need Triton's device-side TMA scratch take none: no call plan then); replayed or not, each call's outputs
@@ -196,9 +197,15 @@ def test_prefill_call_plans_other_paths(path, monkeypatch):
         pytest.skip("a Triton other than 3.6: the JIT takes every launch")
     replays = _replays(monkeypatch)
     env = {"triton": ("GDN_DISABLE", "gluon"), "gluon_state_triton_output": ("GDN_BACKEND_CHUNK_OUTPUT", "triton"),
-           "triton_prep_gluon_pass": ("GDN_CALL_PLANS", "1")}[path]
+           "triton_prep_gluon_pass": ("GDN_CALL_PLANS", "1"), "segmented": ("GDN_CALL_PLANS", "1"),
+           "segmented_triton": ("GDN_DISABLE", "gluon")}[path]
     if path == "triton_prep_gluon_pass":
         monkeypatch.setitem(P._GLUON_PREP, ("sm_90", "any"), False)
+    if path.startswith("segmented"):        # (segments.py: the table forced; seven launches, two persistent passes)
+        from gdn.common.triton.prefill import segments as SEG
+        for key in list(SEG._SEGMENTS):
+            monkeypatch.delitem(SEG._SEGMENTS, key)
+        monkeypatch.setitem(SEG._SEGMENTS, "any", dict(max_pairs=1 << 30, min_len=0, pairs=1 << 30, min_seg=256))
     with probe.env_switched(*env):
         a, kw = _prefill_inputs(0)
         for _ in range(3):              # compile, plan, replay
@@ -216,3 +223,5 @@ def test_prefill_call_plans_other_paths(path, monkeypatch):
             torch.cuda.synchronize()
             assert torch.equal(o, o_ref) and torch.equal(s, a1[3]), (path, seed, replayed)
             print(f"{path}: replayed {replayed}")
+            if path == "segmented":     # (every launch of sm_90's segmented path takes a launch plan)
+                assert replayed == 1
