@@ -21,6 +21,10 @@ Kernel-level signature: gdn/common/reference.py `prefill` (the token-by-token or
     work in its own warpgroup beside the state's chain. There step 1 writes A' = A diag(beta) [T, HV, 64]
     instead of w and u, and the pass forms v_new = A' (v - exp(g_cum) rk (k h)) from v (`A_PATH`).
 
+Few (sequence, v-head) pairs with long sequences (a tensor-parallel rank's heads): the sequences are cut into
+segments walked at once (segments.py: the segment table, the first kernel, a transition pass, the combine, the pass
+with the output), on sm_90 by `_segmented_gluon`, with the Triton kernels by `_segmented_triton`.
+
 q and k are l2-normalised where they are loaded (no separate pass). Nothing is read back to the host:
 the grid of steps 1 and 3 is the static bound T // 64 + N chunk slots (see _common), so prefill can be
 captured in a CUDA graph for a fixed token budget and traced on meta tensors. Configs come from tables
