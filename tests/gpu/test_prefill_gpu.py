@@ -220,32 +220,28 @@ def test_prefill_single_stage_request_is_clamped(monkeypatch, fuse):
     check_against_recurrence(c, o, p, "vk", torch.bfloat16, torch.float32)
 
 
-@pytest.mark.parametrize("N", [1, 8])
-def test_prefill_cuda_graph(N):
-    """Capture once for a token budget and N sequences; replay with new lengths (summing to less than the
-    budget), new inputs and slots: same result as an eager call, rows past the tokens zero."""
+def check_graph_replays(budget, N, batches):
+    """Capture prefill once for a token budget and N sequences; replay with each batch's lengths (summing to at
+    most the budget), new inputs and slots: the same output and pool as an eager call, rows past the tokens zero."""
     dev = torch.device("cuda")
-    budget = 8192
-    torch.manual_seed(2)
     st = make_case([budget // N] * N, torch.bfloat16, "vk", torch.float32, dev)
     pool_static = st["pool"].clone()
     out = torch.empty_like(st["v"])
     fn = registry.get("prefill", "triton").fn
 
-    def run():
-        fn(st["q"], st["k"], st["v"], pool_static, st["idx"], st["cu"], out, None, None, st["a"], st["b"],
+    def run(pool, o):
+        fn(st["q"], st["k"], st["v"], pool, st["idx"], st["cu"], o, None, None, st["a"], st["b"],
            st["A_log"], st["dt_bias"], st["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout="vk")
 
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        run()
+        run(pool_static, out)
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        run()
-    for rep in range(2):
-        lengths = torch.randint(0, budget // N, (N,)).tolist()
+        run(pool_static, out)
+    for lengths in batches:
         new = make_case(lengths, torch.bfloat16, "vk", torch.float32, dev)
         T = sum(lengths)
         for name in ("q", "k", "v", "a", "b"):
@@ -258,11 +254,18 @@ def test_prefill_cuda_graph(N):
         graph.replay()
         torch.cuda.synchronize()
         p_eager, o_eager = p0.clone(), torch.full_like(out, NAN)
-        fn(st["q"], st["k"], st["v"], p_eager, st["idx"], st["cu"], o_eager, None, None, st["a"], st["b"],
-           st["A_log"], st["dt_bias"], st["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout="vk")
+        run(p_eager, o_eager)
         assert torch.equal(out, o_eager)
         assert torch.equal(pool_static.view(torch.uint8), p_eager.view(torch.uint8))
         assert (out[T:] == 0).all()
+
+
+@pytest.mark.parametrize("N", [1, 8])
+def test_prefill_cuda_graph(N):
+    """check_graph_replays at 8192 tokens: two batches of random lengths."""
+    torch.manual_seed(2)
+    budget = 8192
+    check_graph_replays(budget, N, [torch.randint(0, budget // N, (N,)).tolist() for _ in range(2)])
 
 
 def test_sub_ops_against_references():
@@ -389,44 +392,7 @@ def test_prefill_segmented_against_float64(monkeypatch, path, seg, layout, pool_
 
 
 def test_prefill_segmented_cuda_graph(monkeypatch):
-    """The segmented path captured for a token budget and replayed with new lengths and inputs: as an eager call
-    (the segment table is built on the device from cu_seqlens; ext's identity is rewritten on every call)."""
+    """The segmented path under check_graph_replays (the segment table is built on the device from cu_seqlens)."""
     force_segments(monkeypatch, 512)
-    dev = torch.device("cuda")
-    budget, N = 6144, 3
     torch.manual_seed(4)
-    st = make_case([budget // N] * N, torch.bfloat16, "vk", torch.float32, dev)
-    pool_static = st["pool"].clone()
-    out = torch.empty_like(st["v"])
-    fn = registry.get("prefill", "triton").fn
-
-    def run():
-        fn(st["q"], st["k"], st["v"], pool_static, st["idx"], st["cu"], out, None, None, st["a"], st["b"],
-           st["A_log"], st["dt_bias"], st["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout="vk")
-
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        run()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    for lengths in ([3000, 0, 2500], [100, 5000, 1]):
-        new = make_case(lengths, torch.bfloat16, "vk", torch.float32, dev)
-        T = sum(lengths)
-        for name in ("q", "k", "v", "a", "b"):
-            st[name].zero_()
-            st[name][:T] = new[name]
-        for name in ("A_log", "dt_bias", "idx", "cu", "init"):
-            st[name].copy_(new[name][:st[name].shape[0]] if name != "cu" else new[name])
-        pool_static.copy_(new["pool"][:pool_static.shape[0]])
-        p0 = pool_static.clone()
-        graph.replay()
-        torch.cuda.synchronize()
-        p_eager, o_eager = p0.clone(), torch.full_like(out, NAN)
-        fn(st["q"], st["k"], st["v"], p_eager, st["idx"], st["cu"], o_eager, None, None, st["a"], st["b"],
-           st["A_log"], st["dt_bias"], st["init"], scale=K ** -0.5, use_qk_l2norm=True, state_layout="vk")
-        assert torch.equal(out, o_eager)
-        assert torch.equal(pool_static.view(torch.uint8), p_eager.view(torch.uint8))
-        assert (out[T:] == 0).all()
+    check_graph_replays(6144, 3, [[3000, 0, 2500], [100, 5000, 1]])

@@ -23,7 +23,7 @@ Kernel-level signature: gdn/common/reference.py `prefill` (the token-by-token or
 
 Few (sequence, v-head) pairs with long sequences (a tensor-parallel rank's heads): the sequences are cut into
 segments walked at once (segments.py: the segment table, the first kernel, a transition pass, the combine, the pass
-with the output), on sm_90 by `_segmented_gluon`, with the Triton kernels by `_segmented_triton`.
+with the output; `_segmented`), on sm_90 with the Gluon kernels, elsewhere with the Triton ones.
 
 q and k are l2-normalised where they are loaded (no separate pass). Nothing is read back to the host:
 the grid of steps 1 and 3 is the static bound T // 64 + N chunk slots (see _common), so prefill can be
@@ -235,7 +235,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
         a_path = bool(ws and fused_gluon.get("A_PATH"))
         seg = segments.segment_tokens(arch, T, N, HV, K, V) if a_path else 0
         if seg:
-            _segmented_gluon(inputs, (q, k, v), key, arch, seg, scale, l2, state_layout)
+            _segmented(inputs, (q, k, v), key, arch, seg, scale, l2, state_layout, True, False)
             return
         # the warp-specialised state pass takes the key norms from the first kernel (instruction issue bounds
         # it; there they are K K^T's diagonal), and on the A path the query norms too (one MMA more for one
@@ -268,7 +268,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     if out_impl.backend == "triton" and state_impl.backend == "triton" and not gluon_prep:
         seg = segments.segment_tokens(arch, T, N, HV, K, V)
     if seg:
-        _segmented_triton(inputs, (q, k, v), key, arch, seg, scale, l2, state_layout, norms)
+        _segmented(inputs, (q, k, v), key, arch, seg, scale, l2, state_layout, False, norms)
         return
     alloc = functools.partial(_general_buffers, T, N, H, HV, K, V, wdt, dev, norms,
                               fused_gluon is None and not fuse_triton)
@@ -302,42 +302,11 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     _keep_plan(key, rec, inputs + bufs, alloc)
 
 
-def _segmented_gluon(inputs, qkv, key, arch, seg, scale, l2, state_layout) -> None:
-    """sm_90's path with the sequences cut into segments of `seg` tokens (segments.py): the Gluon first kernel,
-    the warp-specialised pass as the transition pass (A path, no output), the combine, the pass with the output."""
-    from gdn.nvidia.gluon import chunk_prep
-    from gdn.nvidia.gluon import chunk_state as gluon_state
-    _, _, _, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state = inputs
-    q, k, v = qkv
-    T, H, K = q.shape
-    HV, V = v.shape[1], v.shape[2]
-    N = cu_seqlens.shape[0] - 1
-    P = segments.num_segments(T, N, seg)
-    cfg1 = dict(gluon_state.fused_config(arch, P, HV, K, V + K), A_PATH=True, TRANSITION=True)
-    cfg3 = dict(gluon_state.fused_config(arch, P, HV, K, V), A_PATH=True, PDL=False)
-
-    def alloc():
-        return (_gluon_buffers(T, H, HV, K, V, C.dot_dtype(q.dtype), q.device, True, l2)[:5]
-                + segments.buffers(T, N, HV, K, V, seg, q.device))
-    bufs = alloc()
-    g_cum, w, _, rk, rq, cu_seg, seg_idx, ext, xs, work1, work2 = bufs
-    with L.call_recording() as rec:
-        # the table first: the transition pass reads it (and ext) before its PDL wait on the first kernel
-        segments.launch_table(cu_seqlens, state_indices, cu_seg, seg_idx, seg)
-        chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None, None, out, l2, rk,
-                               a_out=w, q=q, rq=rq, trigger=gluon_state.pdl_pass(cfg1, q.device))
-        gluon_state.launch_state_output(k, w, v, q, g_cum, ext, seg_idx, cu_seg, None, None, scale, l2, "vk", cfg1,
-                                        rk, rq, work1)
-        segments.launch_combine(ext, xs, state, state_indices, has_initial_state, cu_seqlens, seg, state_layout,
-                                arch)
-        gluon_state.launch_state_output(k, w, v, q, g_cum, xs, seg_idx, cu_seg, None, out, scale, l2, "vk", cfg3,
-                                        rk, rq, work2)
-    _keep_plan(key, rec, inputs + bufs, alloc)
-
-
-def _segmented_triton(inputs, qkv, key, arch, seg, scale, l2, state_layout, norms) -> None:
-    """The Triton kernels' path with the sequences cut into segments of `seg` tokens (segments.py): the first
-    kernel, the transition pass, the combine, the pass with the output fused."""
+def _segmented(inputs, qkv, key, arch, seg, scale, l2, state_layout, gluon: bool, norms: bool) -> None:
+    """Prefill with the sequences cut into segments of `seg` tokens (segments.py): the segment table, the first
+    kernel, the transition pass (no output), the combine, the pass with the output over the segments. gluon (sm_90):
+    the Gluon first kernel (A' out) and the warp-specialised pass for both passes; else the Triton kernels (w, u;
+    norms: the [T, H] q/k norm buffers, as `prefill` decided)."""
     _, _, _, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state = inputs
     q, k, v = qkv
     T, H, K = q.shape
@@ -345,22 +314,43 @@ def _segmented_triton(inputs, qkv, key, arch, seg, scale, l2, state_layout, norm
     N = cu_seqlens.shape[0] - 1
     P = segments.num_segments(T, N, seg)
     wdt = C.dot_dtype(q.dtype)
+    if gluon:
+        from gdn.nvidia.gluon import chunk_prep
+        from gdn.nvidia.gluon import chunk_state as gluon_state
+        cfg1 = dict(gluon_state.fused_config(arch, P, HV, K, V + K), A_PATH=True, TRANSITION=True)
+        cfg3 = dict(gluon_state.fused_config(arch, P, HV, K, V), A_PATH=True, PDL=False)
+    else:
+        cfg = chunk_state.config(arch, P, HV)
 
-    def alloc():
-        return (_general_buffers(T, N, H, HV, K, V, wdt, q.device, norms, False)[:5]
-                + segments.buffers(T, N, HV, K, V, seg, q.device)[:4])
+    def alloc():            # (g_cum, w or A', u or None, rq, rk, then segments.buffers)
+        if gluon:
+            g_cum, w, u, rk, rq, _ = _gluon_buffers(T, H, HV, K, V, wdt, q.device, True, l2)
+        else:
+            g_cum, rq, rk, w, u = _general_buffers(T, N, H, HV, K, V, wdt, q.device, norms, False)[:5]
+        return (g_cum, w, u, rq, rk) + segments.buffers(T, N, HV, K, V, seg, q.device, queues=gluon)
     bufs = alloc()
-    g_cum, rq, rk, w, u, cu_seg, seg_idx, ext, xs = bufs
-    cfg = chunk_state.config(arch, P, HV)
+    g_cum, w, u, rq, rk, cu_seg, seg_idx, ext, xs, work1, work2 = bufs
     with L.call_recording() as rec:
+        # the table first: the Gluon transition pass reads it before its PDL wait on the first kernel
         segments.launch_table(cu_seqlens, state_indices, cu_seg, seg_idx, seg)
-        _launch_prep(q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, rq, rk, scale, l2, arch)
-        chunk_state.launch_state(k, w, u, g_cum, ext, seg_idx, cu_seg, None, None, None, None, None, 1.0, l2, "vk",
-                                 cfg, arch, None, rk, transition=True)
+        if gluon:
+            chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None, None, out, l2, rk,
+                                   a_out=w, q=q, rq=rq, trigger=gluon_state.pdl_pass(cfg1, q.device))
+            gluon_state.launch_state_output(k, w, v, q, g_cum, ext, seg_idx, cu_seg, None, None, scale, l2, "vk",
+                                            cfg1, rk, rq, work1)
+        else:
+            _launch_prep(q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, rq, rk, scale, l2,
+                         arch)
+            chunk_state.launch_state(k, w, u, g_cum, ext, seg_idx, cu_seg, None, None, None, None, None, 1.0, l2,
+                                     "vk", cfg, arch, None, rk, transition=True)
         segments.launch_combine(ext, xs, state, state_indices, has_initial_state, cu_seqlens, seg, state_layout,
                                 arch, exact=q.dtype == torch.float32)
-        chunk_state.launch_state(k, w, u, g_cum, xs, seg_idx, cu_seg, None, None, None, q, out, scale, l2, "vk", cfg,
-                                 arch, rq, rk)
+        if gluon:
+            gluon_state.launch_state_output(k, w, v, q, g_cum, xs, seg_idx, cu_seg, None, out, scale, l2, "vk",
+                                            cfg3, rk, rq, work2)
+        else:
+            chunk_state.launch_state(k, w, u, g_cum, xs, seg_idx, cu_seg, None, None, None, q, out, scale, l2, "vk",
+                                     cfg, arch, rq, rk)
     _keep_plan(key, rec, inputs + bufs, alloc)
 
 

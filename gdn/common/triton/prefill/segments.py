@@ -66,17 +66,18 @@ def num_segments(T: int, N: int, seg: int) -> int:
     return N + T // seg
 
 
-def buffers(T: int, N: int, HV: int, K: int, V: int, seg: int, dev) -> tuple:
+def buffers(T: int, N: int, HV: int, K: int, V: int, seg: int, dev, queues: bool = True) -> tuple:
     """(cu_seg [P + 1] int32, seg_idx [P] int32, ext [P, HV, V + K, K] fp32, xs [P, HV, V, K] fp32, work1, work2
     [1] int32 zeros) for P = num_segments: the segment table, the transition pass's final states (it starts from
-    [0 | I] in registers), the entering states and the two persistent passes' queue counters."""
+    [0 | I] in registers), the entering states and the two persistent passes' queue counters (None without
+    queues)."""
     P = num_segments(T, N, seg)
     cu_seg = torch.empty(P + 1, dtype=torch.int32, device=dev)
     seg_idx = torch.empty(P, dtype=torch.int32, device=dev)
     ext = torch.empty((P, HV, V + K, K), dtype=torch.float32, device=dev)
     xs = torch.empty((P, HV, V, K), dtype=torch.float32, device=dev)
-    work1 = torch.zeros(1, dtype=torch.int32, device=dev)
-    work2 = torch.zeros(1, dtype=torch.int32, device=dev)
+    work1 = torch.zeros(1, dtype=torch.int32, device=dev) if queues else None
+    work2 = torch.zeros(1, dtype=torch.int32, device=dev) if queues else None
     return cu_seg, seg_idx, ext, xs, work1, work2
 
 
