@@ -628,22 +628,27 @@ def test_segment_tokens_rule(monkeypatch):
 ])
 def test_segment_table(lengths, idx, seg):
     """The device-built table against a Python one: each sequence's segments (starts cu[n] + j seg; the segment's
-    index as its slot, -1 for a padding sequence), then empty skipped segments at cu[N] up to the static bound."""
+    index as its slot, -1 for a padding sequence; the transition pass's slots also -1 for each last segment), then
+    empty skipped segments at cu[N] up to the static bound."""
     cu = cu_of(lengths)
     N, T = len(lengths), sum(lengths)
     P = SEG.num_segments(T, N, seg)
-    cu_seg, seg_idx = torch.full((P + 1,), -7, dtype=torch.int32), torch.full((P,), -7, dtype=torch.int32)
-    SEG.launch_table(cu, torch.tensor(idx, dtype=torch.int32), cu_seg, seg_idx, seg)
-    starts, slots = [], []
+    cu_seg = torch.full((P + 1,), -7, dtype=torch.int32)
+    seg_idx, seg_idx1 = torch.full((P,), -7, dtype=torch.int32), torch.full((P,), -7, dtype=torch.int32)
+    SEG.launch_table(cu, torch.tensor(idx, dtype=torch.int32), cu_seg, seg_idx, seg_idx1, seg)
+    starts, slots, slots1 = [], [], []
     for n, ln in enumerate(lengths):
-        for j in range(max(1, -(-ln // seg))):
+        count = max(1, -(-ln // seg))
+        for j in range(count):
             slots.append(len(starts) if idx[n] >= 0 else -1)
+            slots1.append(slots[-1] if j < count - 1 else -1)         # (the last segment's map is not needed)
             starts.append(int(cu[n]) + j * seg)
     assert len(starts) <= P
     starts += [T] * (P + 1 - len(starts))
     slots += [-1] * (P - len(slots))
+    slots1 += [-1] * (P - len(slots1))
     assert cu_seg.tolist() == starts
-    assert seg_idx.tolist() == slots
+    assert seg_idx.tolist() == slots and seg_idx1.tolist() == slots1
 
 
 SEG_CASES = [   # input dtype, pool dtype, layout, raw gates, l2norm, segment tokens

@@ -304,7 +304,8 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
 
 def _segmented(inputs, qkv, key, arch, seg, scale, l2, state_layout, gluon: bool, norms: bool) -> None:
     """Prefill with the sequences cut into segments of `seg` tokens (segments.py): the segment table, the first
-    kernel, the transition pass (no output), the combine, the pass with the output over the segments. gluon (sm_90):
+    kernel, the transition pass (no output), the combine, the pass with the output over the segments, the end
+    states into the pool. gluon (sm_90):
     the Gluon first kernel (A' out) and the warp-specialised pass for both passes; else the Triton kernels (w, u;
     norms: the [T, H] q/k norm buffers, as `prefill` decided)."""
     _, _, _, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state = inputs
@@ -329,19 +330,19 @@ def _segmented(inputs, qkv, key, arch, seg, scale, l2, state_layout, gluon: bool
             g_cum, rq, rk, w, u = _general_buffers(T, N, H, HV, K, V, wdt, q.device, norms, False)[:5]
         return (g_cum, w, u, rq, rk) + segments.buffers(T, N, HV, K, V, seg, q.device, queues=gluon)
     bufs = alloc()
-    g_cum, w, u, rq, rk, cu_seg, seg_idx, ext, xs, work1, work2 = bufs
+    g_cum, w, u, rq, rk, cu_seg, seg_idx, seg_idx1, ext, xs, work1, work2 = bufs
     with L.call_recording() as rec:
         # the table first: the Gluon transition pass reads it before its PDL wait on the first kernel
-        segments.launch_table(cu_seqlens, state_indices, cu_seg, seg_idx, seg)
+        segments.launch_table(cu_seqlens, state_indices, cu_seg, seg_idx, seg_idx1, seg)
         if gluon:
             chunk_prep.launch_prep(k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, None, None, out, l2, rk,
                                    a_out=w, q=q, rq=rq, trigger=gluon_state.pdl_pass(cfg1, q.device))
-            gluon_state.launch_state_output(k, w, v, q, g_cum, ext, seg_idx, cu_seg, None, None, scale, l2, "vk",
+            gluon_state.launch_state_output(k, w, v, q, g_cum, ext, seg_idx1, cu_seg, None, None, scale, l2, "vk",
                                             cfg1, rk, rq, work1)
         else:
             _launch_prep(q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u, out, rq, rk, scale, l2,
                          arch)
-            chunk_state.launch_state(k, w, u, g_cum, ext, seg_idx, cu_seg, None, None, None, None, None, 1.0, l2,
+            chunk_state.launch_state(k, w, u, g_cum, ext, seg_idx1, cu_seg, None, None, None, None, None, 1.0, l2,
                                      "vk", cfg, arch, None, rk, transition=True)
         segments.launch_combine(ext, xs, state, state_indices, has_initial_state, cu_seqlens, seg, state_layout,
                                 arch, exact=q.dtype == torch.float32)
@@ -351,6 +352,8 @@ def _segmented(inputs, qkv, key, arch, seg, scale, l2, state_layout, gluon: bool
         else:
             chunk_state.launch_state(k, w, u, g_cum, xs, seg_idx, cu_seg, None, None, None, q, out, scale, l2, "vk",
                                      cfg, arch, rq, rk)
+        segments.launch_combine(ext, xs, state, state_indices, has_initial_state, cu_seqlens, seg, state_layout,
+                                arch, final=True)
     _keep_plan(key, rec, inputs + bufs, alloc)
 
 

@@ -12,9 +12,11 @@ U [K, V]; T and U depend only on the segment's k, g, beta and v). So:
      [V + K, K] blocks [U^T ; T^T];
   2. combine (`_combine_kernel`): per sequence and v-head, its segments in order, X' = X T^T + U^T (X = S^T, the
      "vk" block), starting from the pool's state (zeros without has_initial_state); it stores each segment's
-     entering state in a scratch pool and the last one's end in the sequence's slot (pool dtype and layout);
+     entering state in a scratch pool;
   3. the ordinary pass with the output (state + output) over the segments as sequences of their own, from those
-     entering states (its final states land in the scratch pool and are dropped).
+     entering states, leaving their end states in the scratch pool; a last small launch (the combine kernel's
+     FINAL) copies each sequence's end state into its slot (pool dtype and layout).
+The last segment's map is never needed (its end comes from step 3, in fp32): the transition pass skips it.
 Steps 1 and 3 reuse prefill's state pass (the Gluon warp-specialised one on sm_90, else Triton's). Their work is
 about three state passes (the transition has K more columns), so segments pay only where the ordinary pass
 leaves most SMs idle: `segment_tokens` decides from T, N and HV (host values), by the table `_SEGMENTS`.
@@ -67,18 +69,20 @@ def num_segments(T: int, N: int, seg: int) -> int:
 
 
 def buffers(T: int, N: int, HV: int, K: int, V: int, seg: int, dev, queues: bool = True) -> tuple:
-    """(cu_seg [P + 1] int32, seg_idx [P] int32, ext [P, HV, V + K, K] fp32, xs [P, HV, V, K] fp32, work1, work2
-    [1] int32 zeros) for P = num_segments: the segment table, the transition pass's final states (it starts from
+    """(cu_seg [P + 1] int32, seg_idx, seg_idx1 [P] int32, ext [P, HV, V + K, K] fp32, xs [P, HV, V, K] fp32,
+    work1, work2 [1] int32 zeros) for P = num_segments: the segment table (the passes' slots, the transition pass's
+    slots), the transition pass's final states (it starts from
     [0 | I] in registers), the entering states and the two persistent passes' queue counters (None without
     queues)."""
     P = num_segments(T, N, seg)
     cu_seg = torch.empty(P + 1, dtype=torch.int32, device=dev)
     seg_idx = torch.empty(P, dtype=torch.int32, device=dev)
+    seg_idx1 = torch.empty(P, dtype=torch.int32, device=dev)
     ext = torch.empty((P, HV, V + K, K), dtype=torch.float32, device=dev)
     xs = torch.empty((P, HV, V, K), dtype=torch.float32, device=dev)
     work1 = torch.zeros(1, dtype=torch.int32, device=dev) if queues else None
     work2 = torch.zeros(1, dtype=torch.int32, device=dev) if queues else None
-    return cu_seg, seg_idx, ext, xs, work1, work2
+    return cu_seg, seg_idx, seg_idx1, ext, xs, work1, work2
 
 
 @triton.jit
@@ -101,10 +105,11 @@ def _segments_of(cu, n, SEG, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _segment_table_kernel(cu, state_indices, cu_seg, seg_idx, N, P, SEG, BLOCK_N: tl.constexpr,
+def _segment_table_kernel(cu, state_indices, cu_seg, seg_idx, seg_idx1, N, P, SEG, BLOCK_N: tl.constexpr,
                           BLOCK_S: tl.constexpr):
     """Program n < N: sequence n's segments (starts cu[n] + j SEG; slot: the segment's own index, -1 for a
-    padding sequence). Program N: the unused tail of the table (empty segments at cu[N], slot -1) and its end."""
+    padding sequence; seg_idx1, the transition pass's: also -1 for the last segment, whose map no one needs).
+    Program N: the unused tail of the table (empty segments at cu[N], slot -1) and its end."""
     n = tl.program_id(0)
     o = tl.arange(0, BLOCK_S)
     if n < N:
@@ -116,6 +121,7 @@ def _segment_table_kernel(cu, state_indices, cu_seg, seg_idx, N, P, SEG, BLOCK_N
             p = first + j + o
             tl.store(cu_seg + p, (bos + (j + o).to(tl.int64) * SEG).to(tl.int32), mask=m)
             tl.store(seg_idx + p, tl.where(live, p, -1).to(tl.int32), mask=m)
+            tl.store(seg_idx1 + p, tl.where(live & (j + o < count - 1), p, -1).to(tl.int32), mask=m)
     else:
         total = _segments_before(cu, N, SEG, BLOCK_N)
         end = tl.load(cu + N)
@@ -123,14 +129,18 @@ def _segment_table_kernel(cu, state_indices, cu_seg, seg_idx, N, P, SEG, BLOCK_N
             p = j + o
             tl.store(cu_seg + p, end.to(tl.int32), mask=p <= P)
             tl.store(seg_idx + p, tl.full((BLOCK_S,), -1, tl.int32), mask=p < P)
+            tl.store(seg_idx1 + p, tl.full((BLOCK_S,), -1, tl.int32), mask=p < P)
 
 
 @triton.jit
 def _combine_kernel(ext, xs, state, state_indices, has_init, cu, SEG, s_es, s_eh, s_xs, s_xh, s_ps, s_ph, s_pk, s_pv,
-                    V: tl.constexpr, K: tl.constexpr, BV: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr):
-    """Program (sequence n, v-head hv, BV state columns): X = S^T [BV, K] through n's segments in order,
-    X <- X T_p^T + U_p^T with ext[p, hv] = [U_p^T ; T_p^T] ([V + K, K]); xs[p, hv] gets the X entering segment p,
-    the pool slot the last X (skipped for a padding sequence: nothing of it is read or written)."""
+                    V: tl.constexpr, K: tl.constexpr, BV: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+                    FINAL: tl.constexpr):
+    """Program (sequence n, v-head hv, BV state columns). X = S^T [BV, K] from the pool (zeros without
+    has_initial_state) through n's segments in order, X <- X T_p^T + U_p^T with ext[p, hv] = [U_p^T ; T_p^T]
+    ([V + K, K]); xs[p, hv] gets the X entering segment p (the last segment's map is not needed: the pass with the
+    output leaves its end in xs). FINAL (after that pass): the pool slot gets xs of n's last segment. A padding
+    sequence is skipped: nothing of it is read or written."""
     n = tl.program_id(0)
     hv = tl.program_id(1)
     o_v = tl.program_id(2) * BV + tl.arange(0, BV)
@@ -143,22 +153,26 @@ def _combine_kernel(ext, xs, state, state_indices, has_init, cu, SEG, s_es, s_eh
         start = True
         if has_init is not None:
             start = tl.load(has_init + n) != 0
-        x = tl.load(p_s, mask=start, other=0).to(tl.float32)
-        off_u = o_v[:, None] * K + o_k[None, :]
-        off_t = (V + o_k)[:, None] * K + o_k[None, :]
         off_x = o_v[:, None] * K + o_k[None, :]
-        for j in range(0, count):
-            p = (first + j).to(tl.int64)
-            tl.store(xs + p * s_xs + hv * s_xh + off_x, x)
-            e = ext + p * s_es + hv * s_eh
-            x = tl.dot(x, tl.load(e + off_t), acc=tl.load(e + off_u), input_precision=PREC)
-        tl.store(p_s, x.to(state.dtype.element_ty))
+        last = (first + count - 1).to(tl.int64)
+        if FINAL:
+            tl.store(p_s, tl.load(xs + last * s_xs + hv * s_xh + off_x).to(state.dtype.element_ty))
+        else:
+            x = tl.load(p_s, mask=start, other=0).to(tl.float32)
+            off_u = o_v[:, None] * K + o_k[None, :]
+            off_t = (V + o_k)[:, None] * K + o_k[None, :]
+            for j in range(0, count - 1):
+                p = (first + j).to(tl.int64)
+                tl.store(xs + p * s_xs + hv * s_xh + off_x, x)
+                e = ext + p * s_es + hv * s_eh
+                x = tl.dot(x, tl.load(e + off_t), acc=tl.load(e + off_u), input_precision=PREC)
+            tl.store(xs + last * s_xs + hv * s_xh + off_x, x)
 
 
-def launch_table(cu_seqlens, state_indices, cu_seg, seg_idx, seg: int) -> None:
+def launch_table(cu_seqlens, state_indices, cu_seg, seg_idx, seg_idx1, seg: int) -> None:
     N = cu_seqlens.shape[0] - 1
     P = seg_idx.shape[0]
-    L.launch(_segment_table_kernel, (N + 1,), cu_seqlens, state_indices, cu_seg, seg_idx, N, P, seg,
+    L.launch(_segment_table_kernel, (N + 1,), cu_seqlens, state_indices, cu_seg, seg_idx, seg_idx1, N, P, seg,
              BLOCK_N=C.block_n(N), BLOCK_S=64, num_warps=1, num_stages=1)
 
 
@@ -172,8 +186,9 @@ COMBINE = L.ConfigTable({"any": dict(BV=16, num_warps=4, num_stages=3)})
 
 
 def launch_combine(ext, xs, state, state_indices, has_initial_state, cu_seqlens, seg: int, state_layout: str,
-                   arch: str, exact: bool = False) -> None:
-    """exact: the product fp32-exact (fp32 inputs), else the arch's fast fp32 path (see COMBINE)."""
+                   arch: str, exact: bool = False, final: bool = False) -> None:
+    """exact: the product fp32-exact (fp32 inputs), else the arch's fast fp32 path (see COMBINE). final: the
+    kernel's FINAL step (each sequence's end state from xs into its pool slot)."""
     from gdn.common.triton.prefill.chunk_state import pool_strides
     N = cu_seqlens.shape[0] - 1
     HV, V, K = xs.shape[1], xs.shape[2], xs.shape[3]
@@ -183,4 +198,4 @@ def launch_combine(ext, xs, state, state_indices, has_initial_state, cu_seqlens,
              seg, ext.stride(0), ext.stride(1), xs.stride(0), xs.stride(1), *pool_strides(state, state_layout),
              V=V, K=K, BV=BV, BLOCK_N=C.block_n(N),
              PREC=C.f32_exact_precision(arch) if exact else C.f32_precision(arch, torch.bfloat16),
-             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+             FINAL=bool(final), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
