@@ -1,5 +1,6 @@
 """The segmented prefill's combine kernel alone (segments.py `_combine_kernel`, P - 1 steps for P segments):
-per-launch GPU time and the entering states' error against a float64 combine, by config (BV, warps, stages, fp32-exact or not), at P segments of one sequence, HV heads, K = V = 128.
+per-launch GPU time and the entering states' error against a float64 combine, by config (BV, warps, stages,
+fp32-exact or not), at P segments of one sequence, HV heads, K = V = 128.
 
     python bench/wip/combine_ab.py      (GPU; P=8,16,32; HV=4; VARIANTS="BV:num_warps:num_stages:exact,...")
 """

@@ -178,10 +178,11 @@ def launch_table(cu_seqlens, state_indices, cu_seg, seg_idx, seg_idx1, seg: int)
 
 # The combine's launch: X's columns per program (each program reads the whole [K, K] T_p^T tile of each step), warps,
 # pipeline stages. Its product: for 16-bit inputs the arch's fast fp32 path (C.f32_precision: tf32 on NVIDIA), for
-# fp32 inputs fp32-exact (C.f32_exact_precision). tf32 rounds X and T_p^T to 11 bits once a segment, 4x finer than the bf16 rounding the pass applies to the same
-# state every chunk. H100, 2026-11-24 (bench/wip/combine_ab.py, 8 segments, HV = 4, us a step; relative error of the
-# end state against float64): BV=32 tf32x3 7.14 (2.6e-7), tf32 2.48 (5.5e-4), ieee 300; BV=16 tf32x3 4.40, BV=16
-# tf32 3 stages 1.84 (5.5e-4); BV=64 tf32x3 8 warps: out of shared memory.
+# fp32 inputs fp32-exact (C.f32_exact_precision). tf32 rounds X and T_p^T to 11 bits once a segment, 4x finer than
+# the bf16 rounding the pass applies to the same state every chunk. H100, 2026-11-24 (bench/wip/combine_ab.py, 8
+# segments, HV = 4, us a step; relative error against float64): BV=32 tf32x3 7.14 (2.6e-7), tf32 2.48 (5.5e-4),
+# ieee 300; BV=16 tf32x3 4.40, BV=16 tf32 3 stages 1.84 (5.5e-4; 4 stages, 8 or 2 warps no better); BV=64 tf32x3
+# 8 warps: out of shared memory.
 COMBINE = L.ConfigTable({"any": dict(BV=16, num_warps=4, num_stages=3)})
 
 
