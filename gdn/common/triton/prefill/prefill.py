@@ -305,9 +305,8 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
 def _segmented(inputs, qkv, key, arch, seg, scale, l2, state_layout, gluon: bool, norms: bool) -> None:
     """Prefill with the sequences cut into segments of `seg` tokens (segments.py): the segment table, the first
     kernel, the transition pass (no output), the combine, the pass with the output over the segments, the end
-    states into the pool. gluon (sm_90):
-    the Gluon first kernel (A' out) and the warp-specialised pass for both passes; else the Triton kernels (w, u;
-    norms: the [T, H] q/k norm buffers, as `prefill` decided)."""
+    states into the pool. gluon (sm_90): the Gluon first kernel (A' out) and the warp-specialised pass for both
+    passes; else the Triton kernels (w, u; norms: the [T, H] q/k norm buffers, as `prefill` decided)."""
     _, _, _, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log, dt_bias, has_initial_state = inputs
     q, k, v = qkv
     T, H, K = q.shape

@@ -71,9 +71,8 @@ def num_segments(T: int, N: int, seg: int) -> int:
 def buffers(T: int, N: int, HV: int, K: int, V: int, seg: int, dev, queues: bool = True) -> tuple:
     """(cu_seg [P + 1] int32, seg_idx, seg_idx1 [P] int32, ext [P, HV, V + K, K] fp32, xs [P, HV, V, K] fp32,
     work1, work2 [1] int32 zeros) for P = num_segments: the segment table (the passes' slots, the transition pass's
-    slots), the transition pass's final states (it starts from
-    [0 | I] in registers), the entering states and the two persistent passes' queue counters (None without
-    queues)."""
+    slots), the transition pass's final states (it starts from [0 | I] in registers), the entering and end states,
+    and the two persistent passes' queue counters (None without queues)."""
     P = num_segments(T, N, seg)
     cu_seg = torch.empty(P + 1, dtype=torch.int32, device=dev)
     seg_idx = torch.empty(P, dtype=torch.int32, device=dev)
