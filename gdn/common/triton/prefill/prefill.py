@@ -265,7 +265,7 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
     # (sm_90: Gluon; chunk_output 0.45 vs 0.92 ms at 8x4096 on an H100) the plain pass + them wins.
     fuse_triton = p["fuse"] and out_impl.backend == "triton" and state_impl.backend == "triton"
     seg = 0
-    if out_impl.backend == "triton" and state_impl.backend == "triton" and not gluon_prep:
+    if out_impl.backend == "triton" and state_impl.backend == "triton":
         seg = segments.segment_tokens(arch, T, N, HV, K, V)
     if seg:
         _segmented(inputs, (q, k, v), key, arch, seg, scale, l2, state_layout, False, norms)

@@ -149,14 +149,14 @@ def _combine_kernel(ext, xs, state, state_indices, has_init, cu, SEG, s_es, s_eh
         first, count = _segments_of(cu, n, SEG, BLOCK_N)
         # the pool block as X [BV, K] in either layout (strides by (slot, head, k, v))
         p_s = state + slot * s_ps + hv * s_ph + o_k[None, :] * s_pk + o_v[:, None] * s_pv
-        start = True
-        if has_init is not None:
-            start = tl.load(has_init + n) != 0
         off_x = o_v[:, None] * K + o_k[None, :]
         last = (first + count - 1).to(tl.int64)
         if FINAL:
             tl.store(p_s, tl.load(xs + last * s_xs + hv * s_xh + off_x).to(state.dtype.element_ty))
         else:
+            start = True
+            if has_init is not None:
+                start = tl.load(has_init + n) != 0
             x = tl.load(p_s, mask=start, other=0).to(tl.float32)
             off_u = o_v[:, None] * K + o_k[None, :]
             off_t = (V + o_k)[:, None] * K + o_k[None, :]
