@@ -220,6 +220,35 @@ def test_prefill_single_stage_request_is_clamped(monkeypatch, fuse):
     check_against_recurrence(c, o, p, "vk", torch.bfloat16, torch.float32)
 
 
+@pytest.mark.parametrize("lengths,layout,pool_dtype", [
+    pytest.param([300, 64, 0, 129], "vk", torch.float32, id="4seq-zero1-vk-fp32pool"),
+    pytest.param([1000, 0, 65, 1, 512, 129, 0, 2000], "kv", torch.bfloat16, id="8seq-zero2-kv-bf16pool"),
+])
+def test_prefill_head_pass_against_float64(monkeypatch, lengths, layout, pool_dtype):
+    """The head pass (sm_90 wide batches at V = 128: one CTA per (sequence, v-head), S^T in two math warpgroups;
+    chunk_state.py HEAD) against the float64 recurrence (a padding sequence, empty ones, tails, a has_initial_state
+    mix, unused slots NaN and bit-identical after) and against the warp-specialised pass it replaces there."""
+    from gdn.common import probe
+    from gdn.nvidia.gluon import chunk_state as GS
+    if probe.device_info().arch != "sm_90":
+        pytest.skip("the head pass runs on sm_90")
+    dev = torch.device("cuda")
+    torch.manual_seed(9)
+    c = make_case(lengths, torch.bfloat16, layout, pool_dtype, dev, pad_seq=1)
+    ran = []
+    head = GS._launch_head
+    monkeypatch.setattr(GS, "_launch_head", lambda *a, **kw: ran.append(1) or head(*a, **kw))
+    o1, p1 = run_triton(c, layout)
+    assert ran, "the head pass did not run"
+    check_against_recurrence(c, o1, p1, layout, torch.bfloat16, pool_dtype)
+    assert (o1[c["cu"][1]:c["cu"][2]] == 0).all()        # the padding sequence
+    monkeypatch.delitem(GS._FUSED, ("sm_90", "head"))
+    ran.clear()
+    o0, p0 = run_triton(c, layout)
+    assert not ran
+    assert relerr(o1, o0) < 5e-3
+
+
 def check_graph_replays(budget, N, batches):
     """Capture prefill once for a token budget and N sequences; replay with each batch's lengths (summing to at
     most the budget), new inputs and slots: the same output and pool as an eager call, rows past the tokens zero."""

@@ -2,6 +2,8 @@
 sm_90a compile of each, and that the compiled PTX really uses the Hopper paths (wgmma from shared memory,
 TMA bulk tensor copies), not a fallback. Gluon kernels compile in-process even with TRITON_INTERPRET=1
 (the interpreter only replaces @triton.jit)."""
+import re
+
 import pytest
 import torch
 
@@ -305,6 +307,32 @@ def test_transition_pass_compiles():
 
 
 @needs_gluon
+def test_head_pass_compiles():
+    """The head pass (cfg HEAD, prefill's wide batches at V = 128): two math warpgroups at 192 registers, the scores
+    warpgroup at 104, the loader at 24 (setmaxnreg from a 128-register launch); no injected wgmma wait; o by TMA
+    store; the products of a chunk as the kernel's docstring has them (per math warpgroup k h and q h over K, A' x,
+    the [64, 128] state update, P' v_new; q k^T once in the scores warpgroup). ptxas spills a few bytes in the
+    initial state's load (offsets of the [64, 128] tile, before the chunk loop; triton 3.6: 56): bounded at 64."""
+    from gdn.nvidia.gluon import chunk_state as GS
+    launches = dict(GS._fused_example_launches("sm_90"))
+    names = [n for n in launches if ",head" in n]
+    assert names, "no head-pass example"
+    for name in names:
+        launch = launches[name]
+        assert launch.kernel.fn.__name__ == "chunk_state_output_head_sm90"
+        assert launch.options.get("maxnreg") == 128
+        assert launch.signature["o_desc"].startswith("tensordesc")
+        assert launch.signature["rk_desc"].startswith("tensordesc") == name.endswith(",head]")
+        ptx = _check_hopper_kernel(name, launch, max_spill=64).asm["ptx"]
+        for regs in (192, 104, 24):
+            assert f"setmaxnreg.inc.sync.aligned.u32 \t{regs}" in ptx or \
+                f"setmaxnreg.dec.sync.aligned.u32 \t{regs}" in ptx, (name, regs)
+        shapes = re.findall(r"wgmma\.mma_async\.sync\.aligned\.(m64n\d+k16)", ptx)
+        # per chunk: 2 x (k h 8 + q h 8 + A' x 4 + P' v_new 4) m64n64 and 2 x 4 m64n128 (the update); q k^T 8 m64n64
+        assert shapes.count("m64n128k16") == 8 and shapes.count("m64n64k16") == 2 * 24 + 8, (name, shapes)
+
+
+@needs_gluon
 def test_chunk_state_output_tma_o_compiles():
     """The fused pass with whole chunks' output by TMA store (cfg TMA_O, 16-bit out): it fits sm_90's shared
     memory (an extra [64, BV] tile), and keeps the spill bound and no injected waits."""
@@ -343,7 +371,7 @@ def test_chunk_state_output_ws_compiles(tma_o, rk, pairs, p_split, a_path):
     from gdn.nvidia.gluon import chunk_state as GS
     ex, variants = examples.KERNEL_EXAMPLES["chunk_state"]
     (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **variants[0])
-    cfg = GS.fused_config("sm_90", pairs, 1, k.shape[2], u.shape[2])
+    cfg = GS.fused_config("sm_90", pairs, 1, k.shape[2], u.shape[2], head=False)       # (the head pass: below)
     assert cfg.get("WS") and cfg["P_SPLIT"] is False
     cfg = dict(cfg, TMA_O=tma_o, P_SPLIT=p_split, A_PATH=a_path)
     if a_path:

@@ -46,6 +46,13 @@ def exp2_ftz(x):
 
 
 @gluon.jit
+def opaque_zero():
+    """An int32 0 the compiler cannot see through (a non-pure inline asm): index math offset by it is not hoisted
+    out of a loop around it and kept live across the loop body (a persistent or long-lived partition's registers)."""
+    return gl.inline_asm_elementwise("mov.b32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def log2_ftz(x):
     """log2(x) by one MUFU.LG2 (lg2.approx.ftz.f32; 0 gives -inf). gl.log2 lowers to libdevice's software
     log2 (about fifteen FMAs an element)."""

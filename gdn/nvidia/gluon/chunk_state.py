@@ -294,8 +294,24 @@ TWO_WG = dict(BV=128, STAGES=2, num_warps=8, TMA_O=True)
 # The narrow bucket keeps one CTA per item (at most 128 items: one wave).
 _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, P_SPLIT=False, A_PATH=True,
            PDL=True)
+# HEAD ("head" bucket, more than HEAD_MIN_PAIRS pairs at V = 128): the head pass (_chunk_state_head_kernels.py), one
+# CTA per (sequence, v-head) with S^T in two math warpgroups and the scores formed once per head by a third. H100,
+# 2026-11-24 ~12:10-12:20 UTC (bench/wip/head_ab.py, prefill's profiler time in one process, ms: first kernel + this
+# pass = busy; the warp-specialised wide entry -> the head pass at STAGES=2, RING=2):
+#   8x4096   0.193 + 0.443 = 0.633 -> 0.193 + 0.355 = 0.543      4x8192   0.673 -> 0.539
+#   64x512   0.231 + 0.552 = 0.780 -> 0.233 + 0.472 = 0.701      16x2048  0.654 -> 0.563
+#   4x4096   0.323 -> 0.273     128x256  0.920 -> 0.793     3x1000 (96 pairs)  0.090 -> 0.075
+#   2x4096 (64 pairs)  0.172 -> 0.209      2x8192 (64 pairs)  0.313 -> 0.405     1x4096 (narrow)  0.107 -> 0.183
+# One CTA per pair leaves SMs idle at 64 pairs (132 SMs; the warp-specialised pass runs 128 CTAs of 64 columns
+# there), hence HEAD_MIN_PAIRS. Errors against the float64 recurrence equal the warp-specialised pass's (1x4096:
+# o 3.816e-3 / 3.817e-3, state 2.949e-3 / 2.948e-3; varlen with a padding slot, has_initial_state, kv layout and bf16
+# pool the same). STAGES=3 (211 KB of shared memory): 64x512 0.480 -> 0.445 ms, 8x4096 0.355 -> 0.358; a 3-slot
+# scores ring with it: 64x512 0.458.
+HEAD_MIN_PAIRS = 64
+HEAD_V = 128            # two math warpgroups of 64 columns
 _FUSED = L.ConfigTable({("sm_90", "wide"): dict(_WS, BV=64, STAGES=2, PERSIST=True),
-                        ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True)})     # (call plans follow changes)
+                        ("sm_90", "narrow"): dict(_WS, BV=32, STAGES=3, EARLY=True),
+                        ("sm_90", "head"): dict(_WS, HEAD=True, BV=HEAD_V, STAGES=3, RING=2)})  # (plans follow)
 
 
 def pdl_pass(cfg: dict, device) -> bool:
@@ -304,17 +320,27 @@ def pdl_pass(cfg: dict, device) -> bool:
     before its wait: safe because the kernel before it is that first kernel, an ordinary launch, which starts only
     once every earlier kernel (a decode step writing the pool, say) is done. So no PDL where the first kernel does
     not run (T == 0: launch_state_output)."""
-    return bool(cfg.get("PDL") and cfg.get("WS")) and L.pdl_ok(L.current_arch(device))
+    return bool(cfg.get("PDL") and (cfg.get("WS") or cfg.get("HEAD"))) and L.pdl_ok(L.current_arch(device))
 
 
-def fused_bucket(N: int, HV: int) -> str:
-    """"narrow" while four CTAs of 32 state columns per (sequence, v-head) pair fill at most one wave."""
-    return "narrow" if N * HV <= FUSED_NARROW_PAIRS else "wide"
+def fused_bucket(N: int, HV: int, K: int = HEAD_V, V: int = HEAD_V, head: bool = True) -> str:
+    """"narrow" while four CTAs of 32 state columns per (sequence, v-head) pair fill at most one wave; "head" past
+    HEAD_MIN_PAIRS pairs where the head pass serves (head: the A path; K = V = HEAD_V, the sizes run on a GPU);
+    else "wide"."""
+    pairs = N * HV
+    if pairs <= FUSED_NARROW_PAIRS:
+        return "narrow"
+    return "head" if head and pairs > HEAD_MIN_PAIRS and K == V == HEAD_V else "wide"
 
 
-def fused_config(arch: str, N: int, HV: int, K: int, V: int) -> dict | None:
-    """Config of the fused pass for these sizes, or None where the plain pass + chunk_output is faster."""
-    cfg = L.pick(_FUSED, arch, fused_bucket(N, HV), None)
+def fused_config(arch: str, N: int, HV: int, K: int, V: int, head: bool = True) -> dict | None:
+    """Config of the fused pass for these sizes, or None where the plain pass + chunk_output is faster. head=False:
+    not the head pass (it needs the A path: prefill's Gluon first kernel). An arch without a "head" entry takes its
+    "wide" one there."""
+    bucket = fused_bucket(N, HV, K, V, head)
+    cfg = L.pick(_FUSED, arch, bucket, None)
+    if cfg is None and bucket == "head":
+        cfg = L.pick(_FUSED, arch, "wide", None)
     if cfg is None or K > 128:
         return None
     return fit_config(cfg, V)
@@ -364,6 +390,10 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
     # no rows to store, and a TMA view needs one)
     o_desc = (C.head_matrix(out, C.BT, BV) if out is not None and cfg.get("TMA_O") and out.dtype in C.DTYPES
               and C.tma_ok(out) and T > 0 else None)
+    if cfg.get("HEAD"):
+        _launch_head(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale,
+                     state_layout, cfg, rk, rq, pdl)
+        return
     if cfg.get("WS"):
         from gdn.nvidia.gluon._chunk_state_ws_kernels import chunk_state_output_ws_sm90
         # the output partition holds two chunks' stages and ring slots (its next chunk's MMAs are issued early):
@@ -395,6 +425,27 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
              g_cum, state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H, NV, float(scale),
              g_cum.stride(0), g_cum.stride(1), *TS.pool_strides(state, state_layout), out.stride(0), out.stride(1),
              V=V, L2NORM=bool(use_qk_l2norm), STAGES=stages, num_warps=warps)
+
+
+def _launch_head(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale, state_layout,
+                 cfg, rk, rq, pdl):
+    """The head pass (cfg HEAD; _chunk_state_head_kernels.py): one CTA per (sequence, v-head) on the A path, w = A'
+    [T, HV, 64], u = v [T, HV, V] with V = 128 (two math warpgroups of 64 columns), 16-bit out."""
+    from gdn.nvidia.gluon._chunk_state_head_kernels import chunk_state_output_head_sm90
+    H, K = k.shape[1:]
+    HV, V = u.shape[1], u.shape[2]
+    if not cfg.get("A_PATH") or V != HEAD_V or K > 128 or out is None or cfg.get("TRANSITION"):
+        raise ValueError(f"gdn.chunk_state (gluon, head pass): needs the A path, V={HEAD_V}, K<=128 and an out; got "
+                         f"A_PATH={cfg.get('A_PATH')}, V={V}, K={K}, TRANSITION={cfg.get('TRANSITION')}")
+    # o by TMA store where it can (k's 16-bit dtype; T == 0: no rows, and a TMA view needs one), else plain stores
+    o_desc = (C.head_matrix(out, C.BT, V // 2) if out.dtype == k.dtype and C.tma_ok(out) and out.shape[0] > 0
+              else None)
+    C.launch(chunk_state_output_head_sm90, (max(cu_seqlens.shape[0] - 1, 0) * HV,),
+             C.head_matrix(k, C.BT), C.head_matrix(q, C.BT), C.head_matrix(u, C.BT, V // 2), C.head_matrix(w, C.BT),
+             gcum_desc(g_cum), None if rk is None else gcum_desc(rk), None if rq is None else gcum_desc(rq),
+             state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H, float(scale),
+             *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V, STAGES=cfg["STAGES"], RING=cfg["RING"],
+             PDL=pdl, num_warps=4, maxnreg=128, pdl=pdl)
 
 
 def chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, *, use_qk_l2norm,
@@ -432,8 +483,9 @@ def _fused_example_launches(arch: str) -> list:
             continue
         (k, w, u, g_cum, pool, idx, cu, has_init, _, _), kw = ex("meta", **opts)
         q, out = torch.empty_like(k), torch.empty_like(u)
-        wide = fused_config(arch, 128, 1, k.shape[2], u.shape[2])
+        wide = fused_config(arch, FUSED_NARROW_PAIRS + 1, 1, k.shape[2], u.shape[2])
         narrow = fused_config(arch, 1, 1, k.shape[2], u.shape[2])
+        head = L.pick(_FUSED, arch, "head", None)
         cfgs = [("", wide)] + ([(",TMA_O=0", dict(wide, TMA_O=False)), (",narrow", narrow),
                                 (",narrow,P_SPLIT", dict(narrow, P_SPLIT=True)),
                                 (",two_wg", fit_config(TWO_WG, u.shape[2]))] if i == 0 else [])
@@ -445,6 +497,8 @@ def _fused_example_launches(arch: str) -> list:
             cfgs += [(",norms", dict(wide, NORMS=True)), (",narrow,norms", dict(narrow, NORMS=True))]
             # the segmented prefill's transition pass (no output; v's columns past V read as zeros)
             cfgs += [(",transition", dict(wide, NORMS=True, A_PATH=True, TRANSITION=True))]
+            if head is not None and u.shape[2] == HEAD_V:     # the head pass, with and without the norms
+                cfgs += [(",head", dict(head, NORMS=True)), (",head,no_norms", head)]
         for suffix, cfg in cfgs:
             if cfg is None:
                 continue

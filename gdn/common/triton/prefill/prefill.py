@@ -282,8 +282,10 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
                          arch)
         if fused_gluon is not None:
             # the Gluon fused pass after the Triton first kernel (k, v the Gluon one declines): w and u, no norms
+            # (not the head pass: it needs A')
+            cfg_wu = gluon_state.fused_config(arch, N, HV, K, V, head=False)
             gluon_state.launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state,
-                                            out, scale, l2, state_layout, dict(fused_gluon, A_PATH=False))
+                                            out, scale, l2, state_layout, dict(cfg_wu, A_PATH=False))
         elif fuse_triton:
             chunk_state.launch_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, None, None,
                                      q, out, scale, l2, state_layout, p["state"], arch, rq, rk)
