@@ -17,14 +17,17 @@ import torch  # noqa: E402
 from gdn.nvidia.gluon import chunk_state as GS  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
-SAVED = {k: dict(v) for k, v in GS._FUSED.items()}
-HEAD = dict(GS._WS, HEAD=True, STAGES=int(os.environ.get("STAGES", 2)), RING=int(os.environ.get("RING", 2)),
-            PERSIST=False, BV=128)
+KEY = ("sm_90", "head")
+HEAD = dict(GS._FUSED[KEY], STAGES=int(os.environ.get("STAGES", GS._FUSED[KEY]["STAGES"])),
+            RING=int(os.environ.get("RING", GS._FUSED[KEY]["RING"])))
 
 
 def set_head(on: bool):
-    for key, cfg in SAVED.items():
-        GS._FUSED[key] = dict(HEAD) if on else dict(cfg)
+    """The table's head entry (with STAGES / RING from the environment) or none (the warp-specialised wide entry)."""
+    if on:
+        GS._FUSED[KEY] = dict(HEAD)
+    else:
+        GS._FUSED.pop(KEY, None)
 
 
 def run(x, lengths, slots=None, init=None, layout="vk", pool_dtype=torch.float32, nh=HV):

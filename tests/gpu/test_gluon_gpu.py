@@ -285,7 +285,8 @@ def test_chunk_state_output_fused(lengths, H, HV, K, V, slots, layout, pool_dtyp
         rk.copy_(torch.rsqrt((k.float() ** 2).sum(-1) + 1e-6))
     if cfg in (None, "narrow", "narrow-rk", "narrow-strong"):
         # the table's entry fed w and u (its A path takes A' and v from prefill's first kernel: test_prefill_gpu)
-        cfg = dict(GS.fused_config("sm_90", 1 if cfg else 128, 1, K, V), A_PATH=False)
+        # (not the head pass: it takes A' only)
+        cfg = dict(GS.fused_config("sm_90", 1 if cfg else 128, 1, K, V, head=False), A_PATH=False)
     res = {}
     for name, st, out_fn, dt in (("ref", RC.chunk_state, RC.chunk_output, torch.float32),
                                  ("gluon", gluon("chunk_state"), gluon("chunk_output"), torch.bfloat16)):

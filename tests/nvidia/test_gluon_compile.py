@@ -278,7 +278,7 @@ def test_chunk_state_output_fused_compiles():
     assert launches and any("TMA_O=0" in name for name, _ in launches[:2])      # both output branches
     # and as prefill launches it: the key and query norms as TMA tiles from the first kernel, with the wide and
     # the narrow table entries (the narrow one's chain takes EARLY)
-    norms = [(name, launch) for name, launch in launches if name.endswith(",norms]")]
+    norms = [(name, launch) for name, launch in launches if name.endswith(",norms]") and ",head" not in name]
     assert len(norms) == 2 and all("rq_desc" in launch.signature for _, launch in norms), [n for n, _ in launches]
     assert sorted(launch.constexprs["EARLY"] for _, launch in norms) == [False, True]
     for name, launch in launches[:2] + norms:
@@ -322,7 +322,8 @@ def test_head_pass_compiles():
         assert launch.kernel.fn.__name__ == "chunk_state_output_head_sm90"
         assert launch.options.get("maxnreg") == 128
         assert launch.signature["o_desc"].startswith("tensordesc")
-        assert launch.signature["rk_desc"].startswith("tensordesc") == name.endswith(",head]")
+        assert launch.signature["rk_desc"].startswith("tensordesc")
+        assert launch.signature["rq_desc"].startswith("tensordesc") == name.endswith(",norms]")
         ptx = _check_hopper_kernel(name, launch, max_spill=64).asm["ptx"]
         for regs in (192, 104, 24):
             assert f"setmaxnreg.inc.sync.aligned.u32 \t{regs}" in ptx or \
@@ -452,11 +453,18 @@ def test_prefill_pdl_pair_compiles(monkeypatch):
 
 def test_fused_config_table():
     """The fused pass: warp-specialised, 32 state columns per CTA up to 32 (sequence, v-head) pairs (four CTAs
-    a pair fill one wave), 64 past them; at K <= 128, with >= 16 state columns per warpgroup."""
+    a pair fill one wave), 64 up to 64 pairs, then the head pass (all 128 columns a CTA) at K = V = 128 (the
+    warp-specialised pass at 64 columns for other sizes, and where the caller has no A' to give: head=False); at
+    K <= 128, with >= 16 state columns per warpgroup."""
     from gdn.nvidia.gluon import chunk_state as GS
-    for N, BV, stages in ((1, 32, 3), (2, 64, 2), (8, 64, 2), (64, 64, 2)):    # 1x32768, 2x8192, 8x4096, 64x512
+    for N, BV, stages in ((1, 32, 3), (2, 64, 2)):     # 1x32768, 2x8192
         cfg = GS.fused_config("sm_90", N, 32, 128, 128)
-        assert cfg["WS"] and (cfg["BV"], cfg["STAGES"]) == (BV, stages), (N, cfg)
+        assert cfg["WS"] and not cfg.get("HEAD") and (cfg["BV"], cfg["STAGES"]) == (BV, stages), (N, cfg)
+    for N in (3, 8, 64):                                # 3x1000, 8x4096, 64x512
+        cfg = GS.fused_config("sm_90", N, 32, 128, 128)
+        assert cfg["HEAD"] and cfg["A_PATH"] and cfg["BV"] == 128, (N, cfg)
+        assert not GS.fused_config("sm_90", N, 32, 128, 128, head=False).get("HEAD")
+        assert not GS.fused_config("sm_90", N, 32, 64, 128).get("HEAD")
     assert GS.fused_config("sm_90", 1, 33, 128, 128)["BV"] == 64
     assert GS.fused_config("sm_90", 8, 32, 256, 128) is None
     assert GS.fused_config("sm_80", 8, 32, 128, 128) is None

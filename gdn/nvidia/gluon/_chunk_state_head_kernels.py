@@ -22,7 +22,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 
 from gdn.nvidia.gluon._chunk_state_kernels import G_TILE, _decays_tma, _pass_of, tile_col
-from gdn.nvidia.gluon._jit import exp2_ftz, gdc_wait, log2_ftz, opaque_zero, row_sum, zero_rows_past
+from gdn.nvidia.gluon._jit import (exp2_ftz, gdc_wait, inv_norm, log2_ftz, opaque_zero, row_sum,
+                                   zero_rows_past)
 
 LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
 NVEC: gl.constexpr = gl.constexpr(4)      # per-token vectors per ring slot: a, rk f, cfo, exp(g_last)
@@ -73,7 +74,7 @@ def _loader(k_desc, q_desc, v_desc, a_desc, g_desc, rk_desc, rq_desc, ready, emp
 
 @gluon.jit
 def _scores(ready, empty, p_ready, p_free, k_s, q_s, v_s, a_s, g_s, rk_s, rk_desc, rq_s, rq_desc, p_s, vec_s, scale,
-            hv, hk, bos, eos, NCL):
+            hv, hk, bos, eos, NCL, L2NORM: gl.constexpr):
     """The scores warpgroup, per chunk: a tail chunk's rows past eos zeroed in the k, v and A' tiles; P' [64, 64]
     (module docstring) into ring slot c % RING of p_s, and the per-token vectors into vec_s rows NVEC j..; then the
     slot is handed to both math warpgroups (p_ready) and the stage released on this side (its q tile is read only
@@ -105,12 +106,15 @@ def _scores(ready, empty, p_ready, p_free, k_s, q_s, v_s, a_s, g_s, rk_s, rk_des
         # the chunk's vectors in the product's shadow
         gc, g_last = _decays_tma(g_s.index(b), t0, eos, hv, row, G_TILE)
         valid = t0 + r < eos
-        rk = gl.full([BT], 1.0, gl.float32, row)
-        rq = gl.full([BT], 1.0, gl.float32, row)
+        # the norms from the first kernel's [64, 4] tiles, or from the k and q tiles (ones without L2NORM)
         if rk_desc is not None:
             rk = tile_col(rk_s.index(b), hk, row, G_TILE)
+        else:
+            rk = gl.convert_layout(inv_norm(k_b, L2NORM, blk), row)
         if rq_desc is not None:
             rq = tile_col(rq_s.index(b), hk, row, G_TILE)
+        else:
+            rq = gl.convert_layout(inv_norm(q_b, L2NORM, blk), row)
         rk = gl.where(valid, rk, 0.0)           # (rows past eos: whatever the norms buffer holds)
         lg = gc * LOG2E
         e_row = lg + log2_ftz(rq * scale)
@@ -241,10 +245,11 @@ def _store_rows_t(acc, o, t0, eos, hv, v0, s_ot, s_oh, layout: gl.constexpr):
 @gluon.jit
 def chunk_state_output_head_sm90(k_desc, q_desc, v_desc, a_desc, g_desc, rk_desc, rq_desc, state, state_indices, cu,
                                  has_init, o, o_desc, HV, G, scale, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh,
-                                 V: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr, PDL: gl.constexpr = False):
+                                 V: gl.constexpr, L2NORM: gl.constexpr, STAGES: gl.constexpr, RING: gl.constexpr,
+                                 PDL: gl.constexpr = False):
     """o [T, HV, V] and the final states of the A path (A' [T, HV, 64] and v from prefill's first kernel), one CTA per
-    (sequence, v-head): grid N * HV. rk_desc, rq_desc: the key and query norms [T, H] (None: use_qk_l2norm off, the
-    factors 1). mbarriers: per stage ready (TMA bytes) and empty (the scores and both math warpgroups released it);
+    (sequence, v-head): grid N * HV. rk_desc, rq_desc: the key and query norms [T, H] as prefill's first kernel
+    writes them, or None: the scores warpgroup takes them from the k and q tiles (L2NORM; ones without it). mbarriers: per stage ready (TMA bytes) and empty (the scores and both math warpgroups released it);
     per ring slot p_ready (the scores warpgroup's P' and vectors) and p_free (both math warpgroups done with them).
     PDL: as the warp-specialised pass's (the loader waits for the first kernel; every CTA waits before it ends)."""
     BT: gl.constexpr = k_desc.block_type.shape[0]
@@ -287,7 +292,7 @@ def chunk_state_output_head_sm90(k_desc, q_desc, v_desc, a_desc, g_desc, rk_desc
         (_math, (ready, empty, p_ready, p_free, k_s, q_s, v_s, a_s, p_s, vec_s, o_s, o_desc, o, state, state_indices,
                  has_init, n, hv, bos, eos, NC, slot, s_ps, s_ph, s_pk, s_pv, s_ot, s_oh, 1, V)),
         (_scores, (ready, empty, p_ready, p_free, k_s, q_s, v_s, a_s, g_s, rk_s, rk_desc, rq_s, rq_desc, p_s, vec_s,
-                   scale, hv, hk, bos, eos, NCL)),
+                   scale, hv, hk, bos, eos, NCL, L2NORM)),
         (_loader, (k_desc, q_desc, v_desc, a_desc, g_desc, rk_desc, rq_desc, ready, empty, k_s, q_s, v_s, a_s, g_s,
                    rk_s, rq_s, bos, NCL, hv, hk, K, V, PDL)),
     ], [4, 4, 1], [192, 104, 24])

@@ -392,7 +392,7 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
               and C.tma_ok(out) and T > 0 else None)
     if cfg.get("HEAD"):
         _launch_head(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale,
-                     state_layout, cfg, rk, rq, pdl)
+                     use_qk_l2norm, state_layout, cfg, rk, rq, pdl)
         return
     if cfg.get("WS"):
         from gdn.nvidia.gluon._chunk_state_ws_kernels import chunk_state_output_ws_sm90
@@ -427,8 +427,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
              V=V, L2NORM=bool(use_qk_l2norm), STAGES=stages, num_warps=warps)
 
 
-def _launch_head(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale, state_layout,
-                 cfg, rk, rq, pdl):
+def _launch_head(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale, use_qk_l2norm,
+                 state_layout, cfg, rk, rq, pdl):
     """The head pass (cfg HEAD; _chunk_state_head_kernels.py): one CTA per (sequence, v-head) on the A path, w = A'
     [T, HV, 64], u = v [T, HV, V] with V = 128 (two math warpgroups of 64 columns), 16-bit out."""
     from gdn.nvidia.gluon._chunk_state_head_kernels import chunk_state_output_head_sm90
@@ -444,8 +444,8 @@ def _launch_head(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initia
              C.head_matrix(k, C.BT), C.head_matrix(q, C.BT), C.head_matrix(u, C.BT, V // 2), C.head_matrix(w, C.BT),
              gcum_desc(g_cum), None if rk is None else gcum_desc(rk), None if rq is None else gcum_desc(rq),
              state, state_indices, cu_seqlens, has_initial_state, out, o_desc, HV, HV // H, float(scale),
-             *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V, STAGES=cfg["STAGES"], RING=cfg["RING"],
-             PDL=pdl, num_warps=4, maxnreg=128, pdl=pdl)
+             *TS.pool_strides(state, state_layout), *out.stride()[:2], V=V, L2NORM=bool(use_qk_l2norm),
+             STAGES=cfg["STAGES"], RING=cfg["RING"], PDL=pdl, num_warps=4, maxnreg=128, pdl=pdl)
 
 
 def chunk_state(k, w, u, g_cum, state, state_indices, cu_seqlens, has_initial_state, h, v_new, *, use_qk_l2norm,
@@ -498,13 +498,16 @@ def _fused_example_launches(arch: str) -> list:
             # the segmented prefill's transition pass (no output; v's columns past V read as zeros)
             cfgs += [(",transition", dict(wide, NORMS=True, A_PATH=True, TRANSITION=True))]
             if head is not None and u.shape[2] == HEAD_V:     # the head pass, with and without the norms
-                cfgs += [(",head", dict(head, NORMS=True)), (",head,no_norms", head)]
+                # (as prefill runs it: the key norms from the first kernel, the query norms from the q tiles; and
+                # both from the first kernel)
+                cfgs += [(",head", dict(head, NORMS="k")), (",head,norms", dict(head, NORMS=True))]
         for suffix, cfg in cfgs:
             if cfg is None:
                 continue
             # the A path's w is A' [T, HV, 64] and its u is v (here u's stand-in)
             w_in = w.new_empty(w.shape[0], w.shape[1], C.BT) if cfg.get("A_PATH") else w
-            norms = [PC.gcum_empty(k.shape[0], k.shape[1], k.device) for _ in range(2)] if cfg.get("NORMS") else []
+            n_norms = {True: 2, "k": 1}.get(cfg.get("NORMS"), 0)     # (rk, rq; "k": rk only)
+            norms = [PC.gcum_empty(k.shape[0], k.shape[1], k.device) for _ in range(n_norms)]
             # (the transition pass's pool has V + K columns a head)
             pool_in = (pool.new_empty(pool.shape[0], pool.shape[1], u.shape[2] + k.shape[2], k.shape[2])
                        if cfg.get("TRANSITION") else pool)

@@ -166,10 +166,12 @@ def _launch_prep(q, k, v, g, beta, a, b, A_log, dt_bias, cu_seqlens, g_cum, w, u
              **L.pick(_PREP_CONFIGS, arch, "big" if big else "small", _PREP_CONFIGS["small"]))
 
 
-def _gluon_buffers(T, H, HV, K, V, wdt, dev, a_path: bool, ws_norms: bool, persist: bool = False) -> tuple:
+def _gluon_buffers(T, H, HV, K, V, wdt, dev, a_path: bool, ws_norms: bool, persist: bool = False,
+                   q_norms: bool = True) -> tuple:
     """The sm_90 path's buffers (g_cum, w, u, rk, rq, work): w is A' [T, HV, 64] on the A path, whose u is v (None
-    here); the key norms for the warp-specialised pass (ws_norms), and on the A path the query norms too; the
-    persistent pass's work-queue counter (an int32 zero; persist)."""
+    here); the key norms for the warp-specialised pass (ws_norms), and on the A path the query norms too unless the
+    pass takes them from its q tiles (not q_norms: the head pass); the persistent pass's work-queue counter (an int32
+    zero; persist)."""
     g_cum = C.gcum_empty(T, HV, dev)
     if a_path:
         w, u = torch.empty((T, HV, C.BT), dtype=wdt, device=dev), None
@@ -177,7 +179,7 @@ def _gluon_buffers(T, H, HV, K, V, wdt, dev, a_path: bool, ws_norms: bool, persi
         w = torch.empty((T, HV, K), dtype=wdt, device=dev)
         u = torch.empty((T, HV, V), dtype=wdt, device=dev)
     rk = C.gcum_empty(T, H, dev) if ws_norms else None
-    rq = C.gcum_empty(T, H, dev) if ws_norms and a_path else None
+    rq = C.gcum_empty(T, H, dev) if ws_norms and a_path and q_norms else None
     work = torch.zeros(1, dtype=torch.int32, device=dev) if persist else None
     return g_cum, w, u, rk, rq, work
 
@@ -245,8 +247,9 @@ def prefill(q, k, v, state, state_indices, cu_seqlens, out, g, beta, a, b, A_log
         # (H100, 2026-11-24, one process, prefill under CUDA-graph replay, us): query norms in the pass's chain
         # instead cost 1x32768 787.6 -> 859.5, 1x4096 109.9 -> 118.8, 8x4096 647.7 -> 655.6, 64x512 786.9 ->
         # 784.9 (first kernel 21-28 us faster, the pass 23-100 us slower)
+        # (the head pass forms the query norms itself, in its scores warpgroup: the first kernel then skips q)
         alloc = functools.partial(_gluon_buffers, T, H, HV, K, V, wdt, dev, a_path, ws and l2,
-                                  bool(ws and fused_gluon.get("PERSIST")))
+                                  bool(ws and fused_gluon.get("PERSIST")), not fused_gluon.get("HEAD"))
         bufs = alloc()
         g_cum, w, u, rk_ws, rq_ws, work = bufs
         u = v if u is None else u
