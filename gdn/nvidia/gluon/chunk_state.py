@@ -306,7 +306,9 @@ _WS = dict(num_warps=4, TMA_O=True, WS=True, RING=3, OUT_REGS=248, maxnreg=168, 
 # there), hence HEAD_MIN_PAIRS. Errors against the float64 recurrence equal the warp-specialised pass's (1x4096:
 # o 3.816e-3 / 3.817e-3, state 2.949e-3 / 2.948e-3; varlen with a padding slot, has_initial_state, kv layout and bf16
 # pool the same). STAGES=3 (211 KB of shared memory): 64x512 0.480 -> 0.445 ms, 8x4096 0.355 -> 0.358; a 3-slot
-# scores ring with it: 64x512 0.458.
+# scores ring with it: 64x512 0.458. Then the query norms from the q tiles in the scores warpgroup (prefill's first
+# kernel skips q; ~13:00 UTC): first kernel 0.196 -> 0.175 ms at 8x4096, 0.232 -> 0.190 at 64x512, this pass the
+# same (8x4096 0.345, 64x512 0.461). bench/results/prefill_h100_2026-11-24_1310_head.md has the side-by-side run.
 HEAD_MIN_PAIRS = 64
 HEAD_V = 128            # two math warpgroups of 64 columns
 _FUSED = L.ConfigTable({("sm_90", "wide"): dict(_WS, BV=64, STAGES=2, PERSIST=True),
