@@ -18,7 +18,9 @@ k, w, u may have any 16-byte aligned row stride with packed heads; h is written 
 `launch_state_output` (prefill's path) runs the same pass with chunk_output's formula evaluated in it and
 writes o instead of h and v_new: chunk_state_output_ws_sm90 (warp-specialised: the state's chain, the output
 and a TMA loader in separate partitions; _chunk_state_ws_kernels.py) with 32 or 64 state columns per CTA by
-batch width (`fused_config`), or chunk_state_output_sm90 (two warpgroups splitting the columns; TWO_WG).
+batch width (`fused_config`); past 64 (sequence, v-head) pairs at K = V = 128, chunk_state_output_head_sm90 (the
+head pass: one CTA per pair, S^T in two math warpgroups; _chunk_state_head_kernels.py); or chunk_state_output_sm90
+(two warpgroups splitting the columns; TWO_WG).
 """
 from __future__ import annotations
 
@@ -432,7 +434,8 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
 def _launch_head(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale, use_qk_l2norm,
                  state_layout, cfg, rk, rq, pdl):
     """The head pass (cfg HEAD; _chunk_state_head_kernels.py): one CTA per (sequence, v-head) on the A path, w = A'
-    [T, HV, 64], u = v [T, HV, V] with V = 128 (two math warpgroups of 64 columns), 16-bit out."""
+    [T, HV, 64], u = v [T, HV, V] with V = 128 (two math warpgroups of 64 columns); o by TMA store when it has k's
+    16-bit dtype, else by plain stores."""
     from gdn.nvidia.gluon._chunk_state_head_kernels import chunk_state_output_head_sm90
     H, K = k.shape[1:]
     HV, V = u.shape[1], u.shape[2]
