@@ -327,7 +327,7 @@ def pdl_pass(cfg: dict, device) -> bool:
     return bool(cfg.get("PDL") and (cfg.get("WS") or cfg.get("HEAD"))) and L.pdl_ok(L.current_arch(device))
 
 
-def fused_bucket(N: int, HV: int, K: int = HEAD_V, V: int = HEAD_V, head: bool = True) -> str:
+def fused_bucket(N: int, HV: int, K: int, V: int, head: bool = True) -> str:
     """"narrow" while four CTAs of 32 state columns per (sequence, v-head) pair fill at most one wave; "head" past
     HEAD_MIN_PAIRS pairs where the head pass serves (head: the A path; K = V = HEAD_V, the sizes run on a GPU);
     else "wide"."""
@@ -389,15 +389,15 @@ def launch_state_output(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has
         k, q = k.new_zeros(1, H, K), q.new_zeros(1, H, K)
         w, u = w.new_zeros(1, HV, w.shape[2]), u.new_zeros(1, HV, V)
     k, w, u, q = C.tma_ready(k), C.tma_ready(w), C.tma_ready(u), C.tma_ready(q)
+    if cfg.get("HEAD"):     # (its own o view: [64, V / 2] tiles, one per math warpgroup)
+        _launch_head(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale,
+                     use_qk_l2norm, state_layout, cfg, rk, rq, pdl)
+        return
     NV = V // BV
     # o by TMA store where the table asks for it and out allows it (16-bit: an fp32 tile would not fit; T == 0:
     # no rows to store, and a TMA view needs one)
     o_desc = (C.head_matrix(out, C.BT, BV) if out is not None and cfg.get("TMA_O") and out.dtype in C.DTYPES
               and C.tma_ok(out) and T > 0 else None)
-    if cfg.get("HEAD"):
-        _launch_head(k, w, u, q, g_cum, state, state_indices, cu_seqlens, has_initial_state, out, scale,
-                     use_qk_l2norm, state_layout, cfg, rk, rq, pdl)
-        return
     if cfg.get("WS"):
         from gdn.nvidia.gluon._chunk_state_ws_kernels import chunk_state_output_ws_sm90
         # the output partition holds two chunks' stages and ring slots (its next chunk's MMAs are issued early):
