@@ -88,6 +88,9 @@ if os.environ.get("CHECK", "1") == "1":
     ok &= check((70, 5, 0, 130), slots=(2, 0, -1, 1))
     ok &= check((70, 5, 0, 130), slots=(3, 0, -1, 1), layout="kv", pool_dtype=torch.bfloat16)
     ok &= check((300, 64, 1, 777), init=torch.tensor([1.0, 0.0, 1.0, 0.0], device=BP.DEV))
+    # more CTAs than SMs: varied lengths, an empty sequence, padding slots
+    ln = [(i * 97) % 400 for i in range(80)]
+    ok &= check(ln, slots=[-1 if i % 9 == 4 else i for i in range(80)])
     print("ALL OK" if ok else "SOME BAD", flush=True)
 
 cases = os.environ.get("CASES", "8x4096,64x512,4x8192,1x4096,1x32768")
