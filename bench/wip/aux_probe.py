@@ -10,6 +10,7 @@ is unused), so the head pass's time is what the on-chip solve costs it; prefill 
                                                 CASES=8x4096,...  CHECK=0  ROUNDS=2)
     MREGS=184 SREGS=120   setmaxnreg of the math and scores warpgroups (default 192 / 104)
     AUXMODE=1             A' = N (K K^T and N only, no solve; wrong numbers)   AUXMODE=3: the 16x16 blocks only
+    AUXMODE=4             A' = K K^T (no N)   AUXMODE=5: A' = P' (no K K^T: the A' tile's store alone)
 """
 import os
 import sys
@@ -27,7 +28,7 @@ from gdn.common.triton.prefill import chunk_state as TS  # noqa: E402
 
 SREGS = int(os.environ.get("SREGS", 104))
 MREGS = int(os.environ.get("MREGS", 192))
-AUXMODE = int(os.environ.get("AUXMODE", 0))   # 1: A' = N (no solve, wrong numbers), 3: 16x16 blocks only
+AUXMODE = int(os.environ.get("AUXMODE", 0))   # (see the docstring)
 PROBE = {"beta": None}
 _orig = GS._launch_head
 
