@@ -249,8 +249,9 @@ def chunk_state_output_head_sm90(k_desc, q_desc, v_desc, a_desc, g_desc, rk_desc
                                  PDL: gl.constexpr = False):
     """o [T, HV, V] and the final states of the A path (A' [T, HV, 64] and v from prefill's first kernel), one CTA per
     (sequence, v-head): grid N * HV. rk_desc, rq_desc: the key and query norms [T, H] as prefill's first kernel
-    writes them, or None: the scores warpgroup takes them from the k and q tiles (L2NORM; ones without it). mbarriers: per stage ready (TMA bytes) and empty (the scores and both math warpgroups released it);
-    per ring slot p_ready (the scores warpgroup's P' and vectors) and p_free (both math warpgroups done with them).
+    writes them, or None: the scores warpgroup takes them from the k and q tiles (L2NORM; ones without it).
+    mbarriers: per stage ready (TMA bytes) and empty (the scores and both math warpgroups released it); per ring slot
+    p_ready (the scores warpgroup's P' and vectors) and p_free (both math warpgroups done with them).
     PDL: as the warp-specialised pass's (the loader waits for the first kernel; every CTA waits before it ends)."""
     BT: gl.constexpr = k_desc.block_type.shape[0]
     K: gl.constexpr = k_desc.block_type.shape[1]
