@@ -22,7 +22,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 
 from gdn.nvidia.gluon._chunk_state_kernels import G_TILE, _decays_tma, _pass_of, tile_col
-from gdn.nvidia.gluon._jit import (exp2_ftz, gdc_wait, inv_norm, log2_ftz, opaque_zero, row_sum,
+from gdn.nvidia.gluon._jit import (barrier_ring, exp2_ftz, gdc_wait, inv_norm, log2_ftz, opaque_zero, row_sum,
                                    zero_rows_past)
 
 LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
@@ -275,16 +275,10 @@ def chunk_state_output_head_sm90(k_desc, q_desc, v_desc, a_desc, g_desc, rk_desc
     o_s = p_s           # placeholder when o goes out by plain stores
     if o_desc is not None:
         o_s = gl.allocate_shared_memory(o_desc.dtype, [2] + o_desc.block_type.shape, o_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    p_ready = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    p_free = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=3)
-    for i in gl.static_range(RING):
-        mbarrier.init(p_ready.index(i), count=1)
-        mbarrier.init(p_free.index(i), count=2)
+    ready = barrier_ring(STAGES, 1)
+    empty = barrier_ring(STAGES, 3)         # the scores and both math warpgroups
+    p_ready = barrier_ring(RING, 1)
+    p_free = barrier_ring(RING, 2)          # both math warpgroups
     n, hv, hk, _, bos, eos, NC, slot = _pass_of(gl.program_id(0), cu, state_indices, HV, G, 1, BT, V)
     NCL = gl.where(slot < 0, 0, NC)         # chunks the loader and the scores walk (none for a skipped sequence)
     gl.warp_specialize([

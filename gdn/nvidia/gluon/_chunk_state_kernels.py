@@ -4,7 +4,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._jit import inv_norm, row_sum, split_mma, store_rows, store_tile, zero_rows_past
+from gdn.nvidia.gluon._jit import barrier_ring, inv_norm, row_sum, split_mma, store_rows, store_tile, zero_rows_past
 
 
 # The layout g_cum's (and the key norms') [64, 4] fp32 tiles are read in by a warpgroup: the 4 columns in
@@ -169,9 +169,7 @@ def pass_buffers(w_desc, k_desc, u_desc, g_desc, vn_desc, bos, NC, hv, hk, v0, K
     vn_s = vs_s
     if vn_desc is not None:
         vn_s = gl.allocate_shared_memory(vn_desc.dtype, vn_desc.block_type.shape, vn_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(bars.index(i), count=1)
+    bars = barrier_ring(STAGES, 1)
     for i in gl.static_range(STAGES):
         _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bars.index(i), w_s.index(i), k_s.index(i), u_s.index(i),
                       g_s.index(i), bos + i * BT, hv, hk, v0, i < NC, K, V)
@@ -366,9 +364,7 @@ def chunk_state_output_sm90(w_desc, k_desc, u_desc, q_desc, gcum, state, state_i
         o_s = vn_s          # placeholder when o goes out by plain stores
         if o_desc is not None:
             o_s = gl.allocate_shared_memory(o_desc.dtype, o_desc.block_type.shape, o_desc.layout)
-        bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(bars.index(i), count=1)
+        bars = barrier_ring(STAGES, 1)
         for i in gl.static_range(STAGES):
             _load_chunk_q(w_desc, k_desc, u_desc, q_desc, bars.index(i), w_s.index(i), k_s.index(i),
                           u_s.index(i), q_s.index(i), bos + i * BT, hv, hk, v0, i < NC, K, V)

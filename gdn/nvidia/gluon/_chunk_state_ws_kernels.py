@@ -9,8 +9,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from gdn.nvidia.gluon._chunk_state_kernels import (G_TILE, _decays_tma, _initial_state, _load_chunk_g, _pass_of,
                                                     _pool_ptrs, tile_col)
-from gdn.nvidia.gluon._jit import (exp2_ftz, gdc_wait, inv_norm, log2_ftz, row_sum, split_mma, store_rows,
-                                   store_tile, zero_rows_past)
+from gdn.nvidia.gluon._jit import (barrier_ring, exp2_ftz, gdc_wait, inv_norm, log2_ftz, row_sum, split_mma,
+                                   store_rows, store_tile, zero_rows_past)
 
 LOG2E: gl.constexpr = gl.constexpr(1.4426950408889634)
 ITEM_RING: gl.constexpr = gl.constexpr(4)     # work items handed from the loader to the other partitions (PERSIST)
@@ -491,24 +491,15 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
     o_s = vs_s          # placeholder when o goes out by plain stores
     if o_desc is not None:
         o_s = gl.allocate_shared_memory(o_desc.dtype, o_desc.block_type.shape, o_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    h_ready = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    h_free = gl.allocate_shared_memory(gl.int64, [RING, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)
-    for i in gl.static_range(RING):
-        mbarrier.init(h_ready.index(i), count=1)
-        mbarrier.init(h_free.index(i), count=1)
+    ready = barrier_ring(STAGES, 1)
+    empty = barrier_ring(STAGES, 2)         # the chain and the output partition
+    h_ready = barrier_ring(RING, 1)
+    h_free = barrier_ring(RING, 1)
 
     if PERSIST:
         item_s = gl.allocate_shared_memory(gl.int32, [ITEM_RING, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-        item_ready = gl.allocate_shared_memory(gl.int64, [ITEM_RING, 1], mbarrier.MBarrierLayout())
-        item_free = gl.allocate_shared_memory(gl.int64, [ITEM_RING, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(ITEM_RING):
-            mbarrier.init(item_ready.index(i), count=1)
-            mbarrier.init(item_free.index(i), count=2)          # the chain and the output partition
+        item_ready = barrier_ring(ITEM_RING, 1)
+        item_free = barrier_ring(ITEM_RING, 2)      # the chain and the output partition
         gl.warp_specialize([
             (_chain_items, (ready, empty, h_ready, h_free, w_s, k_s, q_s, u_s, g_s, rk_s, rk_desc, rq_s, rq_desc, h_s,
                             vk_s, vec_s, vs_s, xs_s, item_s, item_ready, item_free, state, state_indices, cu, has_init,

@@ -1,7 +1,7 @@
 """Gluon device helpers shared by the prefill kernels (imported only when a kernel is launched or compiled)."""
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, tma, warpgroup_mma
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 
 
 @gluon.jit
@@ -43,6 +43,16 @@ def exp2_ftz(x):
     denormal handling adds a compare and two predicated multiplies per element."""
     return gl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
                                      pack=1)
+
+
+@gluon.jit
+def barrier_ring(n: gl.constexpr, count: gl.constexpr):
+    """n mbarriers in shared memory ([n, 1]: a stage or ring slot's barrier is .index(i)), each initialised to
+    expect `count` arrivals a phase."""
+    bars = gl.allocate_shared_memory(gl.int64, [n, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(n):
+        mbarrier.init(bars.index(i), count=count)
+    return bars
 
 
 @gluon.jit
