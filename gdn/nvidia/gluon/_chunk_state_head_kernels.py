@@ -21,7 +21,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from gdn.nvidia.gluon._chunk_state_kernels import G_TILE, _decays_tma, _pass_of, tile_col
+from gdn.nvidia.gluon._chunk_state_kernels import G_TILE, _decays_tma, _pass_of, norm_tiles, tile_col
 from gdn.nvidia.gluon._jit import (barrier_ring, exp2_ftz, gdc_wait, inv_norm, log2_ftz, opaque_zero, row_sum,
                                    zero_rows_past)
 
@@ -264,12 +264,7 @@ def chunk_state_output_head_sm90(k_desc, q_desc, v_desc, a_desc, g_desc, rk_desc
     v_s = gl.allocate_shared_memory(DT, [2 * STAGES, BT, BV], v_desc.layout)
     a_s = gl.allocate_shared_memory(DT, [STAGES, BT, BT], a_desc.layout)
     g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
-    rk_s = g_s          # placeholders without rk_desc, rq_desc
-    rq_s = g_s
-    if rk_desc is not None:
-        rk_s = gl.allocate_shared_memory(rk_desc.dtype, [STAGES] + rk_desc.block_type.shape, rk_desc.layout)
-    if rq_desc is not None:
-        rq_s = gl.allocate_shared_memory(rq_desc.dtype, [STAGES] + rq_desc.block_type.shape, rq_desc.layout)
+    rk_s, rq_s = norm_tiles(rk_desc, rq_desc, STAGES, g_s)
     p_s = gl.allocate_shared_memory(DT, [RING, BT, BT], tile)
     vec_s = gl.allocate_shared_memory(gl.float32, [NVEC * RING, BT], vec)
     o_s = p_s           # placeholder when o goes out by plain stores

@@ -55,6 +55,19 @@ def _load_chunk_g(w_desc, k_desc, u_desc, g_desc, bar, w_buf, k_buf, u_buf, g_bu
 
 
 @gluon.jit
+def norm_tiles(rk_desc, rq_desc, STAGES: gl.constexpr, placeholder):
+    """The key- and query-norm tile rings ([STAGES, 64, 4] fp32, one per descriptor given) of a warp-specialised
+    pass; `placeholder` (any shared buffer) stands in for a ring whose descriptor is None."""
+    rk_s = placeholder
+    rq_s = placeholder
+    if rk_desc is not None:
+        rk_s = gl.allocate_shared_memory(rk_desc.dtype, [STAGES] + rk_desc.block_type.shape, rk_desc.layout)
+    if rq_desc is not None:
+        rq_s = gl.allocate_shared_memory(rq_desc.dtype, [STAGES] + rq_desc.block_type.shape, rq_desc.layout)
+    return rk_s, rq_s
+
+
+@gluon.jit
 def tile_col(buf, col, row: gl.constexpr, g2: gl.constexpr):
     """Column col % W of a landed [64, W] fp32 tile (W = 4: one 16-byte TMA box of a [T, heads] matrix) as a
     [64] vector in `row`, read in g2 (a [64, W] layout whose rows sit where `row` has them, all W columns

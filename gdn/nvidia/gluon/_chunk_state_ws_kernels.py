@@ -8,7 +8,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 
 from gdn.nvidia.gluon._chunk_state_kernels import (G_TILE, _decays_tma, _initial_state, _load_chunk_g, _pass_of,
-                                                    _pool_ptrs, tile_col)
+                                                    _pool_ptrs, norm_tiles, tile_col)
 from gdn.nvidia.gluon._jit import (barrier_ring, exp2_ftz, gdc_wait, inv_norm, log2_ftz, row_sum, split_mma,
                                    store_rows, store_tile, zero_rows_past)
 
@@ -475,12 +475,7 @@ def chunk_state_output_ws_sm90(w_desc, k_desc, u_desc, g_desc, q_desc, rk_desc, 
     q_s = gl.allocate_shared_memory(DT, [STAGES, BT, K], q_desc.layout)
     u_s = gl.allocate_shared_memory(DT, [STAGES, BT, BV], u_desc.layout)
     g_s = gl.allocate_shared_memory(g_desc.dtype, [STAGES] + g_desc.block_type.shape, g_desc.layout)
-    rk_s = g_s          # placeholders without rk_desc, rq_desc
-    rq_s = g_s
-    if rk_desc is not None:
-        rk_s = gl.allocate_shared_memory(rk_desc.dtype, [STAGES] + rk_desc.block_type.shape, rk_desc.layout)
-    if rq_desc is not None:
-        rq_s = gl.allocate_shared_memory(rq_desc.dtype, [STAGES] + rq_desc.block_type.shape, rq_desc.layout)
+    rk_s, rq_s = norm_tiles(rk_desc, rq_desc, STAGES, g_s)
     h_s = gl.allocate_shared_memory(DT, [RING, K, BV], gl.NVMMASharedLayout.get_default_for([K, BV], DT))
     vk_s = gl.allocate_shared_memory(DT, [RING, BT, BV], tile)
     vec_s = gl.allocate_shared_memory(gl.float32, [2 * RING, BT], vec)
