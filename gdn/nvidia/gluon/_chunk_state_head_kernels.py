@@ -87,6 +87,13 @@ def _scores(ready, empty, p_ready, p_free, k_s, q_s, v_s, a_s, g_s, rk_s, rk_des
     row: gl.constexpr = gl.SliceLayout(1, mma)
     col: gl.constexpr = gl.SliceLayout(0, mma)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    # q's tile read for its row norms in the layout of a [64, K] accumulator (ldmatrix): its rows sit on the threads
+    # that hold them in `row`, so the sum is in-thread plus two shuffles and needs no shared round trip (a blocked
+    # layout took 8 more shuffles and a barrier). This warpgroup's work sets the pace on an H200: this pass 0.332 ->
+    # 0.328 ms at 8x4096, 0.425 -> 0.422 at 64x512 (H100: unchanged; 2026-11-24, bench/wip/module_ab.py); with
+    # no norms at all (q, k normalised by the caller) it runs 0.293 there, 0.356 on the H100
+    rows_k: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                     instr_shape=[16, q_s.shape[2], 16])
     r = gl.arange(0, BT, layout=row)
     tri = r[:, None] >= gl.arange(0, BT, layout=col)[None, :]
     for c in range(0, NCL):
@@ -114,7 +121,7 @@ def _scores(ready, empty, p_ready, p_free, k_s, q_s, v_s, a_s, g_s, rk_s, rk_des
         if rq_desc is not None:
             rq = tile_col(rq_s.index(b), hk, row, G_TILE)
         else:
-            rq = gl.convert_layout(inv_norm(q_b, L2NORM, blk), row)
+            rq = gl.convert_layout(inv_norm(q_b, L2NORM, rows_k), row)
         rk = gl.where(valid, rk, 0.0)           # (rows past eos: whatever the norms buffer holds)
         lg = gc * LOG2E
         e_row = lg + log2_ftz(rq * scale)
