@@ -1,0 +1,65 @@
+"""A kernel module at a git revision (OLD, default HEAD) against the working tree's: prefill's per-kernel GPU time,
+interleaved rounds in one process, after comparing both versions' outputs (they should be bitwise equal unless the
+change alters numerics). The launcher must import the kernel at call time (as chunk_state.py's do).
+
+    MODULE=gdn.nvidia.gluon._chunk_state_head_kernels OLD=HEAD python bench/wip/module_ab.py
+    (GPU; CASES=8x4096,...; ROUNDS=3). The GPU machine's copy has no .git: run it here once first (CPU: it
+    writes the old version to bench/wip/_old_module.py and stops at the first CUDA call) and carry that file.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+os.environ["GDN_CALL_PLANS"] = "0"
+
+import bench_prefill as BP  # noqa: E402
+import torch  # noqa: E402
+
+H, HV, K, V = 16, 32, 128, 128
+MOD = os.environ.get("MODULE", "gdn.nvidia.gluon._chunk_state_head_kernels")
+path = MOD.replace(".", "/") + ".py"
+old_file = os.path.join(ROOT, "bench", "wip", "_old_module.py")
+if os.path.isdir(os.path.join(ROOT, ".git")):     # (the GPU machine's copy has no .git: write it here first)
+    old_src = subprocess.run(["git", "show", f"{os.environ.get('OLD', 'HEAD')}:{path}"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    with open(old_file, "w") as f:
+        f.write(old_src)
+new = importlib.import_module(MOD)
+spec = importlib.util.spec_from_file_location("_old_module", old_file)
+old = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(old)
+VERS = {"old": old, "new": new}
+
+
+def use(which):
+    sys.modules[MOD] = VERS[which]
+
+
+x = BP.make_inputs([300, 64, 1, 777], H, HV, K, V, seed=3)
+outs = {}
+for which in VERS:
+    use(which)
+    call, _, res = BP.gdn_candidate(x, True)
+    call()
+    torch.cuda.synchronize()
+    outs[which] = [t.clone() for t in res()]
+print("outputs bitwise equal:", all(torch.equal(a, b) for a, b in zip(outs["old"], outs["new"])),
+      "| max |o| diff", (outs["old"][0].float() - outs["new"][0].float()).abs().max().item(), flush=True)
+cases = os.environ.get("CASES", "8x4096,64x512,16x2048")
+print("| case | version | first kernel ms | state pass ms | GPU busy ms |")
+print("|---|---|---|---|---|")
+for _ in range(int(os.environ.get("ROUNDS", 3))):
+    for case in cases.split(","):
+        lengths = [int(case.split("x")[1])] * int(case.split("x")[0])
+        x = BP.make_inputs(lengths, H, HV, K, V)
+        for which in VERS:
+            use(which)
+            call, _, _ = BP.gdn_candidate(x, True)
+            busy, per = BP.gpu_time(call, 10)
+            prep = sum(v for k, v in per.items() if "prep" in k)
+            state = sum(v for k, v in per.items() if "state" in k)
+            print(f"| {case} | {which} | {prep:.3f} | {state:.3f} | {busy:.3f} |", flush=True)
