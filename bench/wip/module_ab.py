@@ -3,8 +3,8 @@ interleaved rounds in one process, after comparing both versions' outputs (they 
 change alters numerics). The launcher must import the kernel at call time (as chunk_state.py's do).
 
     MODULE=gdn.nvidia.gluon._chunk_state_head_kernels OLD=HEAD python bench/wip/module_ab.py
-    (GPU; CASES=8x4096,...; ROUNDS=3). The GPU machine's copy has no .git: run it here once first (CPU: it
-    writes the old version to bench/wip/_old_module.py and stops at the first CUDA call) and carry that file.
+    (GPU; CASES=8x4096,...; ROUNDS=3). The GPU machine's copy has no .git: write the old version here first
+    (git show HEAD:gdn/nvidia/gluon/_chunk_state_head_kernels.py > bench/wip/_old_module.py) and carry that file.
 """
 import importlib.util
 import os
