@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ["GDN_CALL_PLANS"] = "0"
 
 import bench_prefill as BP  # noqa: E402
+from ab_rows import print_rows  # noqa: E402
 import torch  # noqa: E402
 
 from gdn.common.triton.prefill import prefill as PF  # noqa: E402
@@ -40,18 +41,15 @@ o_ref, s_ref = BP.recurrence64(x, [300, 64, 1, 777])
 for on in (False, True):
     print(f"q norms from {'first kernel' if on else 'q tiles'}: o {BP.rel(outs[on][0], o_ref):.3e} "
           f"st {BP.rel(outs[on][1], s_ref):.3e}", flush=True)
-cases = os.environ.get("CASES", "8x4096,64x512,16x2048")
-print("| case | candidate | first kernel ms | state pass ms | GPU busy ms |")
-print("|---|---|---|---|---|")
-for _ in range(int(os.environ.get("ROUNDS", 3))):
-    for case in cases.split(","):
-        lengths = [int(case.split("x")[1])] * int(case.split("x")[0])
-        x = BP.make_inputs(lengths, H, HV, K, V)
-        for name, on, pre in (("rq from q tiles", False, False), ("rq from first kernel", True, False),
-                              ("prenormed", False, True)):
-            MODE["q_from_first"] = on
-            call, _, _ = BP.gdn_candidate(x, True, pre) if not pre else BP.gdn_candidate(x, False, True)
-            busy, per = BP.gpu_time(call, 10)
-            prep = sum(v for k, v in per.items() if "prep" in k)
-            state = sum(v for k, v in per.items() if "state" in k)
-            print(f"| {case} | {name} | {prep:.3f} | {state:.3f} | {busy:.3f} |", flush=True)
+
+
+def variant(on, pre):
+    def make(x):
+        MODE["q_from_first"] = on
+        return BP.gdn_candidate(x, not pre, pre)[0]
+    return make
+
+
+print_rows(os.environ.get("CASES", "8x4096,64x512,16x2048"),
+           [("rq from q tiles", variant(False, False)), ("rq from first kernel", variant(True, False)),
+            ("prenormed", variant(False, True))], int(os.environ.get("ROUNDS", 3)))

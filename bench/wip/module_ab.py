@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 os.environ["GDN_CALL_PLANS"] = "0"
 
 import bench_prefill as BP  # noqa: E402
+from ab_rows import print_rows  # noqa: E402
 import torch  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
@@ -49,17 +50,14 @@ for which in VERS:
     outs[which] = [t.clone() for t in res()]
 print("outputs bitwise equal:", all(torch.equal(a, b) for a, b in zip(outs["old"], outs["new"])),
       "| max |o| diff", (outs["old"][0].float() - outs["new"][0].float()).abs().max().item(), flush=True)
-cases = os.environ.get("CASES", "8x4096,64x512,16x2048")
-print("| case | version | first kernel ms | state pass ms | GPU busy ms |")
-print("|---|---|---|---|---|")
-for _ in range(int(os.environ.get("ROUNDS", 3))):
-    for case in cases.split(","):
-        lengths = [int(case.split("x")[1])] * int(case.split("x")[0])
-        x = BP.make_inputs(lengths, H, HV, K, V)
-        for which in VERS:
-            use(which)
-            call, _, _ = BP.gdn_candidate(x, True)
-            busy, per = BP.gpu_time(call, 10)
-            prep = sum(v for k, v in per.items() if "prep" in k)
-            state = sum(v for k, v in per.items() if "state" in k)
-            print(f"| {case} | {which} | {prep:.3f} | {state:.3f} | {busy:.3f} |", flush=True)
+
+
+def variant(which):
+    def make(x):
+        use(which)
+        return BP.gdn_candidate(x, True)[0]
+    return make
+
+
+print_rows(os.environ.get("CASES", "8x4096,64x512,16x2048"), [(w, variant(w)) for w in VERS],
+           int(os.environ.get("ROUNDS", 3)))

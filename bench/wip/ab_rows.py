@@ -1,0 +1,20 @@
+"""The per-kernel timing table the wip A/B scripts print: prefill's first kernel, state pass and GPU busy time (ms) of
+each variant, interleaved rounds over the cases in one process (bench_prefill.gpu_time: profiler time of 10 calls)."""
+import bench_prefill as BP
+
+H, HV, K, V = 16, 32, 128, 128
+
+
+def print_rows(cases: str, variants, rounds: int):
+    """cases "8x4096,64x512"; variants [(name, make_call(inputs) -> call)], each made and timed in turn per case."""
+    print("| case | variant | first kernel ms | state pass ms | GPU busy ms |")
+    print("|---|---|---|---|---|")
+    for _ in range(rounds):
+        for case in cases.split(","):
+            n, length = (int(s) for s in case.split("x"))
+            x = BP.make_inputs([length] * n, H, HV, K, V)
+            for name, make_call in variants:
+                busy, per = BP.gpu_time(make_call(x), 10)
+                prep = sum(v for k, v in per.items() if "prep" in k)
+                state = sum(v for k, v in per.items() if "state" in k)
+                print(f"| {case} | {name} | {prep:.3f} | {state:.3f} | {busy:.3f} |", flush=True)
