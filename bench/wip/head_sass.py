@@ -1,5 +1,5 @@
-"""Static SASS of the head pass (CPU compile of chunk_state.py's ",head" example launches): instruction count, spill
-and a histogram of opcodes, to compare a change in the kernel module.
+"""Static SASS of the head pass (CPU compile of chunk_state.py's ",head" example launches): instruction count and the
+counts of the opcodes named, to compare a change in the kernel module (spill: tests/nvidia/test_gluon_compile.py).
 
     python bench/wip/head_sass.py [opcode ...]
 """
@@ -26,8 +26,9 @@ for name, launch in GS._fused_example_launches("sm_90"):
         f.write(ck.asm["cubin"])
         f.flush()
         sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout
-    ops = collections.Counter(m.group(1).split(".")[0] for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass))
-    spill = re.search(r"(\d+) bytes spill stores", ck.asm.get("ptxas_log", "") or "")
-    print(name, "instructions", sum(ops.values()), "spill stores", spill.group(1) if spill else "?")
+    # (an instruction line: its address comment, an optional predicate, the opcode)
+    ops = collections.Counter(m.group(1).split(".")[0]
+                              for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass))
+    print(name, "instructions", sum(ops.values()))
     for op in sys.argv[1:]:
         print("  ", op, ops.get(op, 0))
