@@ -5,6 +5,7 @@ change alters numerics). The launcher must import the kernel at call time (as ch
     MODULE=gdn.nvidia.gluon._chunk_state_head_kernels OLD=HEAD python bench/wip/module_ab.py
     (GPU; CASES=8x4096,...; ROUNDS=3). The GPU machine's copy has no .git: write the old version here first
     (git show HEAD:gdn/nvidia/gluon/_chunk_state_head_kernels.py > bench/wip/_old_module.py) and carry that file.
+    EXTRA="name=path,..." times more versions of the module beside them (scratch files, e.g. scores_probe.py's).
 """
 import importlib.util
 import os
@@ -34,6 +35,12 @@ spec = importlib.util.spec_from_file_location("_old_module", old_file)
 old = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(old)
 VERS = {"old": old, "new": new}
+# EXTRA="name=path,...": more versions of the module (scratch files beside it), timed with these two
+for spec_ in filter(None, os.environ.get("EXTRA", "").split(",")):
+    name_, _, file_ = spec_.partition("=")
+    spec = importlib.util.spec_from_file_location("_" + name_, os.path.join(ROOT, file_))
+    VERS[name_] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(VERS[name_])
 
 
 def use(which):
@@ -48,8 +55,11 @@ for which in VERS:
     call()
     torch.cuda.synchronize()
     outs[which] = [t.clone() for t in res()]
-print("outputs bitwise equal:", all(torch.equal(a, b) for a, b in zip(outs["old"], outs["new"])),
-      "| max |o| diff", (outs["old"][0].float() - outs["new"][0].float()).abs().max().item(), flush=True)
+o_ref, s_ref = BP.recurrence64(x, [300, 64, 1, 777])
+for which in VERS:
+    print(f"{which}: bitwise equal to old:", all(torch.equal(a, b) for a, b in zip(outs["old"], outs[which])),
+          "| max |o| diff", (outs["old"][0].float() - outs[which][0].float()).abs().max().item(),
+          f"| vs float64: o {BP.rel(outs[which][0], o_ref):.3e} st {BP.rel(outs[which][1], s_ref):.3e}", flush=True)
 
 
 def variant(which):
