@@ -1,6 +1,7 @@
 """The per-kernel timing table the wip A/B scripts print: prefill's first kernel, state pass and GPU busy time (ms) of
 each variant, interleaved rounds over the cases in one process (bench_prefill.gpu_time: profiler time of 10 calls)."""
 import bench_prefill as BP
+import torch
 
 H, HV, K, V = 16, 32, 128, 128
 
@@ -18,3 +19,16 @@ def print_rows(cases: str, variants, rounds: int):
                 prep = sum(v for k, v in per.items() if "prep" in k)
                 state = sum(v for k, v in per.items() if "state" in k)
                 print(f"| {case} | {name} | {prep:.3f} | {state:.3f} | {busy:.3f} |", flush=True)
+
+
+def outputs(x, variants: dict) -> dict:
+    """{name: [o, state]} of one prefill call (raw gates) per variant; variants {name: select()}, select setting the
+    variant's mode before its call is made."""
+    out = {}
+    for name, select in variants.items():
+        select()
+        call, _, res = BP.gdn_candidate(x, True)
+        call()
+        torch.cuda.synchronize()
+        out[name] = [t.clone() for t in res()]
+    return out

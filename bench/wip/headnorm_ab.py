@@ -13,8 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ["GDN_CALL_PLANS"] = "0"
 
 import bench_prefill as BP  # noqa: E402
-from ab_rows import print_rows  # noqa: E402
-import torch  # noqa: E402
+from ab_rows import outputs, print_rows  # noqa: E402
 
 from gdn.common.triton.prefill import prefill as PF  # noqa: E402
 
@@ -30,13 +29,7 @@ def _bufs(T, H, HV, K, V, wdt, dev, a_path, ws_norms, persist=False, q_norms=Tru
 PF._gluon_buffers = _bufs
 
 x = BP.make_inputs([300, 64, 1, 777], H, HV, K, V, seed=3)
-outs = {}
-for on in (False, True):
-    MODE["q_from_first"] = on
-    call, _, res = BP.gdn_candidate(x, True)
-    call()
-    torch.cuda.synchronize()
-    outs[on] = [t.clone() for t in res()]
+outs = outputs(x, {on: (lambda on=on: MODE.update(q_from_first=on)) for on in (False, True)})
 o_ref, s_ref = BP.recurrence64(x, [300, 64, 1, 777])
 for on in (False, True):
     print(f"q norms from {'first kernel' if on else 'q tiles'}: o {BP.rel(outs[on][0], o_ref):.3e} "

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 os.environ["GDN_CALL_PLANS"] = "0"
 
 import bench_prefill as BP  # noqa: E402
-from ab_rows import print_rows  # noqa: E402
+from ab_rows import outputs, print_rows  # noqa: E402
 import torch  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
@@ -48,13 +48,7 @@ def use(which):
 
 
 x = BP.make_inputs([300, 64, 1, 777], H, HV, K, V, seed=3)
-outs = {}
-for which in VERS:
-    use(which)
-    call, _, res = BP.gdn_candidate(x, True)
-    call()
-    torch.cuda.synchronize()
-    outs[which] = [t.clone() for t in res()]
+outs = outputs(x, {which: (lambda which=which: use(which)) for which in VERS})
 o_ref, s_ref = BP.recurrence64(x, [300, 64, 1, 777])
 for which in VERS:
     print(f"{which}: bitwise equal to old:", all(torch.equal(a, b) for a, b in zip(outs["old"], outs[which])),
