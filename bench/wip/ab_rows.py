@@ -1,5 +1,8 @@
 """The per-kernel timing table the wip A/B scripts print: prefill's first kernel, state pass and GPU busy time (ms) of
 each variant, interleaved rounds over the cases in one process (bench_prefill.gpu_time: profiler time of 10 calls)."""
+import importlib.util
+import os
+
 import bench_prefill as BP
 import torch
 
@@ -32,3 +35,25 @@ def outputs(x, variants: dict) -> dict:
         torch.cuda.synchronize()
         out[name] = [t.clone() for t in res()]
     return out
+
+
+def load_file(name: str, path: str):
+    """The Python module in file `path`, imported as `name` (not entered in sys.modules)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def scratch_module(src_path: str, name: str, subs) -> str:
+    """Write bench/wip/_var_<name>.py (gitignored): the module at src_path with each (old, new) of subs applied, old
+    matching exactly once (a probe must not silently miss the code it cuts). Returns the file's path."""
+    with open(src_path) as f:
+        src = f.read()
+    for a, b in subs:
+        assert src.count(a) == 1, (name, a)
+        src = src.replace(a, b)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"_var_{name}.py")
+    with open(path, "w") as f:
+        f.write(src)
+    return path

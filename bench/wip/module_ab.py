@@ -7,7 +7,7 @@ change alters numerics). The launcher must import the kernel at call time (as ch
     (git show HEAD:gdn/nvidia/gluon/_chunk_state_head_kernels.py > bench/wip/_old_module.py) and carry that file.
     EXTRA="name=path,..." times more versions of the module beside them (scratch files, e.g. scores_probe.py's).
 """
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 os.environ["GDN_CALL_PLANS"] = "0"
 
 import bench_prefill as BP  # noqa: E402
-from ab_rows import outputs, print_rows  # noqa: E402
+from ab_rows import load_file, outputs, print_rows  # noqa: E402
 import torch  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
@@ -30,17 +30,11 @@ if os.path.isdir(os.path.join(ROOT, ".git")):     # (the GPU machine's copy has 
                              capture_output=True, text=True, check=True).stdout
     with open(old_file, "w") as f:
         f.write(old_src)
-new = importlib.import_module(MOD)
-spec = importlib.util.spec_from_file_location("_old_module", old_file)
-old = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(old)
-VERS = {"old": old, "new": new}
+VERS = {"old": load_file("_old_module", old_file), "new": importlib.import_module(MOD)}
 # EXTRA="name=path,...": more versions of the module (scratch files beside it), timed with these two
-for spec_ in filter(None, os.environ.get("EXTRA", "").split(",")):
-    name_, _, file_ = spec_.partition("=")
-    spec = importlib.util.spec_from_file_location("_" + name_, os.path.join(ROOT, file_))
-    VERS[name_] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(VERS[name_])
+for spec in filter(None, os.environ.get("EXTRA", "").split(",")):
+    name, _, file = spec.partition("=")
+    VERS[name] = load_file("_" + name, os.path.join(ROOT, file))
 
 
 def use(which):

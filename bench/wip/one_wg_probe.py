@@ -8,18 +8,19 @@ H200, 2026-11-24: bench/results/prefill_h200_2026-11-24_probes.md.
     python bench/wip/one_wg_probe.py compile     (CPU: ptxas spill and injected waits)
     python bench/wip/one_wg_probe.py             (GPU: outputs against the head pass, then per-kernel times)
 """
-import importlib.util
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.join(ROOT, "bench", "wip"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "nvidia"))
 os.environ["GDN_CALL_PLANS"] = "0"
 
 from gdn.nvidia.gluon import _common as C  # noqa: E402
 from gdn.nvidia.gluon import chunk_state as GS  # noqa: E402
+from ab_rows import load_file, outputs, print_rows, scratch_module  # noqa: E402
 
 # The scratch kernel, made from the kernel module by text substitution (each piece must match exactly once)
 _SUBS = [
@@ -53,16 +54,8 @@ state_indices,
     ("rk_s, rq_s, bos, NCL, hv, hk, K, V, PDL)),", "rk_s, rq_s, bos, NCL, hv, hk, v0, K, V, PDL)),"),
     ("], [4, 4, 1], [192, 104, 24])", "], [4, 1], [152, 24])"),
 ]
-src = open(os.path.join(ROOT, "gdn", "nvidia", "gluon", "_chunk_state_head_kernels.py")).read()
-for a, b in _SUBS:
-    assert src.count(a) == 1, a
-    src = src.replace(a, b)
-scratch = os.path.join(ROOT, "bench", "wip", "_var_one_wg.py")
-with open(scratch, "w") as f:
-    f.write(src)
-spec = importlib.util.spec_from_file_location("_var_one_wg", scratch)
-ONE = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ONE)
+ONE = load_file("_var_one_wg", scratch_module(
+    os.path.join(ROOT, "gdn", "nvidia", "gluon", "_chunk_state_head_kernels.py"), "one_wg", _SUBS))
 _orig = GS._launch_head
 MODE = {"one": False}
 
@@ -96,7 +89,6 @@ if sys.argv[1:] == ["compile"]:
     sys.exit(0)
 
 import bench_prefill as BP  # noqa: E402
-from ab_rows import outputs, print_rows  # noqa: E402
 import torch  # noqa: E402
 
 H, HV, K, V = 16, 32, 128, 128
