@@ -11,6 +11,7 @@ is unused), so the head pass's time is what the on-chip solve costs it; prefill 
     MREGS=184 SREGS=120   setmaxnreg of the math and scores warpgroups (default 192 / 104)
     AUXMODE=1             A' = N (K K^T and N only, no solve; wrong numbers)   AUXMODE=3: the 16x16 blocks only
     AUXMODE=4             A' = K K^T (no N)   AUXMODE=5: A' = P' (no K K^T: the A' tile's store alone)
+    PRENORM=1             q, k normalised by the caller, use_qk_l2norm=False (FlashInfer's inputs and work)
 """
 import os
 import sys
@@ -29,6 +30,7 @@ from gdn.common.triton.prefill import chunk_state as TS  # noqa: E402
 SREGS = int(os.environ.get("SREGS", 104))
 MREGS = int(os.environ.get("MREGS", 192))
 AUXMODE = int(os.environ.get("AUXMODE", 0))   # (see the docstring)
+PRENORM = os.environ.get("PRENORM", "0") == "1"
 PROBE = {"beta": None}
 _orig = GS._launch_head
 
@@ -110,8 +112,8 @@ def prefill(x, aux):
     pool = x["pool"].clone()
     out = torch.full_like(x["v"], float("nan"))
     PROBE["beta"] = x["beta32"] if aux else None
-    BP.ops.prefill(x["q"], x["k"], x["v"], pool, x["idx"], x["cu"], g=x["g"], beta=x["beta"], scale=x["scale"],
-                   state_layout="vk", out=out, backend="triton")
+    BP.ops.prefill(x["qp"], x["kp"], x["v"], pool, x["idx"], x["cu"], g=x["g"], beta=x["beta"], scale=x["scale"],
+                   state_layout="vk", out=out, backend="triton", use_qk_l2norm=not PRENORM)
     torch.cuda.synchronize()
     return out, pool.transpose(-1, -2)
 
@@ -119,6 +121,7 @@ def prefill(x, aux):
 def prep(lengths):
     x = BP.make_inputs(lengths, H, HV, K, V, seed=3)
     x["beta32"] = x["beta"].float().contiguous()
+    x["qp"], x["kp"] = (BP.l2normed(x["q"]), BP.l2normed(x["k"])) if PRENORM else (x["q"], x["k"])
     return x
 
 
@@ -147,8 +150,9 @@ for _ in range(int(os.environ.get("ROUNDS", 2))):
         for aux in (False, True):
             def call():
                 PROBE["beta"] = x["beta32"] if aux else None
-                BP.ops.prefill(x["q"], x["k"], x["v"], pool, x["idx"], x["cu"], g=x["g"], beta=x["beta"],
-                               scale=x["scale"], state_layout="vk", out=out, backend="triton")
+                BP.ops.prefill(x["qp"], x["kp"], x["v"], pool, x["idx"], x["cu"], g=x["g"], beta=x["beta"],
+                               scale=x["scale"], state_layout="vk", out=out, backend="triton",
+                               use_qk_l2norm=not PRENORM)
             busy, per = BP.gpu_time(call, 10)
             prep_ms = sum(v for k, v in per.items() if "prep" in k)
             state = sum(v for k, v in per.items() if "state" in k)
