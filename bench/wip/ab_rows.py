@@ -45,14 +45,21 @@ def load_file(name: str, path: str):
     return mod
 
 
-def scratch_module(src_path: str, name: str, subs) -> str:
-    """Write bench/wip/_var_<name>.py (gitignored): the module at src_path with each (old, new) of subs applied, old
-    matching exactly once (a probe must not silently miss the code it cuts). Returns the file's path."""
-    with open(src_path) as f:
-        src = f.read()
+def substitute_once(src: str, subs, name: str) -> str:
+    """src with each (old, new) of subs applied, old matching exactly once (a probe must not silently miss the code
+    it cuts); name labels the failure."""
     for a, b in subs:
-        assert src.count(a) == 1, (name, a)
+        if src.count(a) != 1:
+            raise SystemExit(f"{name}: {a!r} matches {src.count(a)} times")
         src = src.replace(a, b)
+    return src
+
+
+def scratch_module(src_path: str, name: str, subs) -> str:
+    """Write bench/wip/_var_<name>.py (gitignored): the module at src_path with subs applied (substitute_once).
+    Returns the file's path."""
+    with open(src_path) as f:
+        src = substitute_once(f.read(), subs, name)
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"_var_{name}.py")
     with open(path, "w") as f:
         f.write(src)

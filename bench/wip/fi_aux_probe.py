@@ -16,8 +16,9 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.join(ROOT, "bench", "wip"))
 SRC = "gdn_kernels/delta_rule_dsl/delta_rule_sm90.py"
 INV = "        CollectiveInverse().run(sKK_inv, NamedBarrier.KK_SYNC)\n"
 BETA = "        if cutlass.const_expr(self.needs_beta or self.dtype != self.inverse_dtype):\n"
@@ -35,18 +36,16 @@ def scratch_package(name, subs):
     pkg = os.path.dirname(flashinfer.__file__)
     d = tempfile.mkdtemp(prefix=f"fi_{name}_")
     shutil.copytree(pkg, os.path.join(d, "flashinfer"), symlinks=True)
+    from ab_rows import substitute_once
     path = os.path.join(d, "flashinfer", SRC)
-    text = open(path).read()
-    for old, new in subs:
-        if text.count(old) != 1:
-            raise SystemExit(f"{name}: {old!r} matches {text.count(old)} times in {SRC}")
-        text = text.replace(old, new)
-    open(path, "w").write(text)
+    with open(path) as f:
+        text = substitute_once(f.read(), subs, f"{name} ({SRC})")
+    with open(path, "w") as f:
+        f.write(text)
     return d
 
 
 def child(name):
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     import flashinfer
     import bench_prefill as BP
     assert flashinfer.__file__.startswith(tempfile.gettempdir()) or name == "shipped", flashinfer.__file__
